@@ -1,0 +1,3 @@
+from ema_lint.cli import main
+
+main()

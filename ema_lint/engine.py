@@ -1,0 +1,124 @@
+"""One file's check: bytes -> pre-filter -> one batched traversal -> `# noqa` -> result.
+
+Never imports or executes the code it checks, and never raises for bad input: every
+failure becomes a diagnostic in the returned `FileResult`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import libcst as cst
+from libcst.metadata import MetadataWrapper
+
+from ema_lint.diagnostics import Diagnostic, Location, Severity
+from ema_lint.project import ProjectIndex
+from ema_lint.registry import tool_code
+from ema_lint.rule import FileContext, Rule
+
+SKIP_FILE = re.compile(rb"^[ \t]*#[ \t]*ema-lint:[ \t]*skip-file\b", re.MULTILINE)
+NOQA = re.compile(
+    r"#\s*noqa(?::[\s]?(?P<codes>[A-Z]+[0-9]+(?:[,\s]+[A-Z]+[0-9]+)*))?", re.IGNORECASE
+)
+
+
+@dataclass
+class FileResult:
+    path: str
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    parsed: bool = False
+    skipped: bool = False
+
+
+def tool_diagnostic(code: str, path: str, message: str, line: int = 1, column: int = 1) -> Diagnostic:
+    tool = tool_code(code)
+    return Diagnostic(
+        code=tool.code,
+        name=tool.name,
+        message=message,
+        path=path,
+        start=Location(line, column),
+        end=Location(line, column),
+        severity=tool.severity,
+    )
+
+
+def rules_triggered(source: bytes, rules: Sequence[type[Rule]]) -> list[type[Rule]]:
+    """The rules that could report on `source`.
+
+    Trigger words are ASCII identifiers, and PEP 263 only admits ASCII-compatible
+    encodings, so a byte search is exact, with one gap: NFKC normalisation lets a
+    non-ASCII spelling (fullwidth letters) name the same identifier. Files with any
+    non-ASCII byte therefore skip the pre-filter rather than risk dropping a finding.
+    """
+    if not source.isascii():
+        return list(rules)
+    return [
+        rule
+        for rule in rules
+        if not rule.triggers or any(word.encode() in source for word in rule.triggers)
+    ]
+
+
+def parse(path: str, source: bytes) -> cst.Module | Diagnostic:
+    if b"\x00" in source:
+        line = source.count(b"\n", 0, source.index(b"\x00")) + 1
+        return tool_diagnostic("EMA004", path, "file contains a NUL byte; not Python source", line)
+    try:
+        return cst.parse_module(source)
+    except cst.ParserSyntaxError as error:
+        message = " ".join(error.message.split())
+        return tool_diagnostic(
+            "EMA001", path, f"cannot parse: {message}", error.raw_line, error.raw_column + 1
+        )
+    except (UnicodeDecodeError, LookupError, SyntaxError) as error:
+        return tool_diagnostic("EMA004", path, f"cannot decode: {error}")
+
+
+def check_source(
+    path: str,
+    source: bytes,
+    rules: Sequence[type[Rule]],
+    project: ProjectIndex | None = None,
+    module_name: str = "",
+) -> FileResult:
+    result = FileResult(path)
+    if SKIP_FILE.search(source):
+        result.skipped = True
+        return result
+    triggered = rules_triggered(source, rules)
+    if not triggered:
+        return result
+    module = parse(path, source)
+    if isinstance(module, Diagnostic):
+        result.diagnostics.append(module)
+        return result
+    result.parsed = True
+    context = FileContext(path, module_name, module, project or ProjectIndex())
+    visitors = [rule(context) for rule in triggered]
+    MetadataWrapper(module, unsafe_skip_copy=True).visit_batched(visitors)
+    lines = module.code.splitlines()
+    for visitor in visitors:
+        result.diagnostics.extend(d for d in visitor.diagnostics if not is_suppressed(d, lines))
+    result.diagnostics.sort(key=Diagnostic.sort_key)
+    return result
+
+
+def is_suppressed(diagnostic: Diagnostic, lines: Sequence[str]) -> bool:
+    """`# noqa` or `# noqa: CODE[, CODE]` on the first or last line of the finding."""
+    for line_number in {diagnostic.start.line, diagnostic.end.line}:
+        if not 0 < line_number <= len(lines):
+            continue
+        match = NOQA.search(lines[line_number - 1])
+        if match is None:
+            continue
+        codes = match.group("codes")
+        if codes is None or diagnostic.code in re.split(r"[,\s]+", codes.upper()):
+            return True
+    return False
+
+
+def severity_at_least(diagnostic: Diagnostic, floor: Severity) -> bool:
+    return diagnostic.severity.rank >= floor.rank

@@ -1,0 +1,108 @@
+"""The base every source rule derives from, and the per-file context it reads.
+
+A rule is a libcst `BatchableCSTVisitor`: the engine runs every enabled rule in one
+batched traversal of the file, resolving only the metadata the enabled rules declare.
+Each rule carries VALID/INVALID examples; tests run them and `ema-lint rule CODE`
+prints them, so the docs cannot drift from the behaviour.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Sequence
+
+import libcst as cst
+from libcst.metadata import CodeRange, PositionProvider
+
+from ema_lint.diagnostics import Diagnostic, Edit, Fix, Location, Severity
+
+if TYPE_CHECKING:
+    from ema_lint.project import ProjectIndex
+
+
+@dataclass(frozen=True)
+class Example:
+    """A rule example. For INVALID ones, `message` (if given) must equal the first diagnostic's
+    message, and `fixed` (if given) is the whole source after applying every fix of this rule
+    (safe and unsafe)."""
+
+    code: str
+    message: str | None = None
+    fixed: str | None = None
+
+    @property
+    def source(self) -> str:
+        return textwrap.dedent(self.code).lstrip("\n")
+
+
+@dataclass
+class FileContext:
+    path: str
+    module_name: str
+    module: cst.Module
+    project: "ProjectIndex"
+
+
+class Rule(cst.BatchableCSTVisitor):
+    """Subclasses set the class attributes below and write the docstring as ruff does:
+    `## What it does`, `## Why is this bad?`, `## Example`, `## Use instead`, `## Fix safety`.
+    """
+
+    code: ClassVar[str]
+    name: ClassVar[str]
+    severity: ClassVar[Severity]
+    summary: ClassVar[str]
+    # Textual pre-filter: a file that contains none of these substrings cannot hold a finding
+    # of this rule, so it is not parsed for it. Empty means the rule must always run. A rule
+    # that sets this must be able to justify that no finding is possible without them.
+    triggers: ClassVar[tuple[str, ...]] = ()
+    VALID: ClassVar[Sequence[Example]] = ()
+    INVALID: ClassVar[Sequence[Example]] = ()
+
+    METADATA_DEPENDENCIES: ClassVar[tuple] = (PositionProvider,)
+
+    def __init__(self, context: FileContext) -> None:
+        super().__init__()
+        self.context = context
+        self.diagnostics: list[Diagnostic] = []
+
+    def range_of(self, node: cst.CSTNode) -> CodeRange:
+        return self.get_metadata(PositionProvider, node)
+
+    def edit_replacing(self, node: cst.CSTNode, replacement: cst.CSTNode | str) -> Edit:
+        """An edit that swaps `node`'s source text for `replacement` (a node or raw code)."""
+        code_range = self.range_of(node)
+        content = (
+            replacement
+            if isinstance(replacement, str)
+            else self.context.module.code_for_node(replacement)
+        )
+        return Edit(_location(code_range.start), _location(code_range.end), content)
+
+    def report(
+        self,
+        node: cst.CSTNode,
+        message: str,
+        *,
+        fix: Fix | None = None,
+        notes: Sequence[str] = (),
+    ) -> None:
+        code_range = self.range_of(node)
+        self.diagnostics.append(
+            Diagnostic(
+                code=self.code,
+                name=self.name,
+                message=message,
+                path=self.context.path,
+                start=_location(code_range.start),
+                end=_location(code_range.end),
+                severity=self.severity,
+                fix=fix,
+                notes=tuple(notes),
+            )
+        )
+
+
+def _location(position) -> Location:
+    return Location(position.line, position.column + 1)

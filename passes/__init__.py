@@ -1,0 +1,1 @@
+"""torch.fx analyses and rewrite passes, installed as `ema_lint.passes`."""
