@@ -33,12 +33,9 @@ class ProjectIndex:
         return cls({f.module_name: f for f in facts})
 
 
-def summarize(module_name: str, source: bytes) -> ModuleFacts | None:
-    """Facts for one file, or None when the file does not parse (the rule pass reports that)."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return None
+def summarize(module_name: str, source: bytes) -> ModuleFacts:
+    """Facts for one file. Raises SyntaxError (or ValueError for NUL bytes) when it does not parse."""
+    tree = ast.parse(source)
     imports: dict[str, str] = {}
     classes: list[str] = []
     package = module_name.rpartition(".")[0]
@@ -70,3 +67,15 @@ def _absolute_module(package: str, module: str | None, level: int) -> str:
     if module:
         parts.append(module)
     return ".".join(parts)
+
+
+def module_name_for(path: str, root: str) -> str:
+    """Dotted module name of `path` relative to `root` (`pkg/sub/mod.py` -> `pkg.sub.mod`)."""
+    import os
+
+    relative = os.path.relpath(path, root)
+    parts = relative.replace(os.sep, "/").split("/")
+    parts[-1] = parts[-1].removesuffix(".py")
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(part for part in parts if part not in ("", ".", ".."))

@@ -1,0 +1,311 @@
+"""Checking many files: project index first, then every file's rules, across processes.
+
+Phase 1 reads each file and extracts its project facts (stdlib `ast`, fast); syntax
+errors surface there for every file, including those no rule needs to parse. Phase 2
+runs the libcst rules on the files the pre-filter keeps. Both phases are cached by
+content hash, and a worker that crashes costs one file a diagnostic, never the run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import multiprocessing
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+from ema_lint import __version__
+from ema_lint.diagnostics import Diagnostic
+from ema_lint.engine import FileResult, check_source, tool_diagnostic
+from ema_lint.project import ModuleFacts, ProjectIndex, module_name_for, summarize
+from ema_lint.rule import Rule
+
+# Past this size a file is generated data, not code a person wrote; parsing it would take
+# minutes. Reported as EMA004 rather than silently skipped.
+MAX_FILE_BYTES = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str
+    root: str
+
+    @property
+    def module_name(self) -> str:
+        return module_name_for(self.path, self.root)
+
+
+@dataclass
+class Report:
+    results: list[FileResult] = field(default_factory=list)
+
+    @property
+    def diagnostics(self) -> list[Diagnostic]:
+        return sorted((d for r in self.results for d in r.diagnostics), key=Diagnostic.sort_key)
+
+
+@dataclass
+class _Loaded:
+    """Phase-1 output for one file: its bytes and facts, or the diagnostic that ends its check."""
+
+    file: SourceFile
+    digest: str = ""
+    source: bytes | None = None
+    facts: ModuleFacts | None = None
+    # set when the reference parser rejects the file; libcst may still accept newer syntax
+    syntax_error: Diagnostic | None = None
+    problem: Diagnostic | None = None
+
+    @property
+    def summarized(self) -> bool:
+        return self.facts is not None or self.syntax_error is not None
+
+
+def _load(file: SourceFile) -> _Loaded:
+    loaded = _Loaded(file)
+    try:
+        size = os.path.getsize(file.path)
+        if size > MAX_FILE_BYTES:
+            loaded.problem = tool_diagnostic(
+                "EMA004",
+                file.path,
+                f"file is {size / 2**20:.1f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit; not checked",
+            )
+            return loaded
+        with open(file.path, "rb") as handle:
+            loaded.source = handle.read()
+    except OSError as error:
+        loaded.problem = tool_diagnostic("EMA004", file.path, f"cannot read: {error.strerror or error}")
+        return loaded
+    loaded.digest = hashlib.blake2b(loaded.source, digest_size=16).hexdigest()
+    return loaded
+
+
+def _summarize(loaded: _Loaded) -> _Loaded:
+    if loaded.source is None:
+        return loaded
+    try:
+        loaded.facts = summarize(loaded.file.module_name, loaded.source)
+    except SyntaxError as error:
+        loaded.syntax_error = tool_diagnostic(
+            "EMA001", loaded.file.path, f"cannot parse: {error.msg}", error.lineno or 1, error.offset or 1
+        )
+    except ValueError:
+        pass  # NUL bytes: the engine reports them with their line
+    return loaded
+
+
+def _prefer_reference_parser(item: _Loaded, result: FileResult) -> FileResult:
+    """Report the reference parser's syntax error (clearer message, exact position) unless
+    libcst parsed the file, which it does for syntax newer than the running Python."""
+    if item.syntax_error is None or result.parsed:
+        return result
+    others = [d for d in result.diagnostics if d.code != "EMA001"]
+    return FileResult(result.path, [item.syntax_error, *others], parsed=False, skipped=result.skipped)
+
+
+class _Worker:
+    """State a worker process needs for phase 2, sent once through the pool initializer."""
+
+    rules: Sequence[type[Rule]] = ()
+    project: ProjectIndex = ProjectIndex()
+
+    @classmethod
+    def setup(cls, rules: Sequence[type[Rule]], project: ProjectIndex) -> None:
+        cls.rules, cls.project = rules, project
+
+    @classmethod
+    def check(cls, path: str, source: bytes, module_name: str) -> FileResult:
+        try:
+            return check_source(path, source, cls.rules, cls.project, module_name)
+        except Exception as error:  # a rule bug must cost one file, not the run
+            result = FileResult(path)
+            result.diagnostics.append(
+                tool_diagnostic("EMA005", path, f"internal error: {type(error).__name__}: {error}")
+            )
+            return result
+
+
+def _crashed(path: str, exitcode: int | None) -> FileResult:
+    result = FileResult(path)
+    result.diagnostics.append(
+        tool_diagnostic("EMA005", path, f"internal error: the checker process died (exit code {exitcode})")
+    )
+    return result
+
+
+def _check_alone(loaded: _Loaded, rules, project) -> FileResult:
+    """Re-run one file in a process of its own, to tell the file that kills a worker."""
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1, initializer=_Worker.setup, initargs=(rules, project)) as pool:
+        pending = pool.apply_async(
+            _Worker.check, (loaded.file.path, loaded.source, loaded.file.module_name)
+        )
+        processes = list(pool._pool)
+        while True:
+            try:
+                return pending.get(timeout=0.2)
+            except multiprocessing.TimeoutError:
+                dead = [p for p in processes if p.exitcode not in (None, 0)]
+                if dead:
+                    return _crashed(loaded.file.path, dead[0].exitcode)
+
+
+def check_files(
+    files: Sequence[SourceFile],
+    rules: Sequence[type[Rule]],
+    *,
+    jobs: int = 1,
+    cache: "ResultCache | None" = None,
+    progress: Callable[[int], None] | None = None,
+) -> Report:
+    loaded = [_load(f) for f in files]
+    if cache is not None:
+        cache.fill_facts(loaded)
+    _map_in_place(loaded, lambda item: item.source is not None and not item.summarized, _summarize, jobs)
+    if cache is not None:
+        cache.store_facts(loaded)
+    project = ProjectIndex.from_facts([item.facts for item in loaded if item.facts is not None])
+
+    results: dict[str, FileResult] = {}
+    todo: list[_Loaded] = []
+    for item in loaded:
+        if item.problem is not None:
+            results[item.file.path] = FileResult(item.file.path, [item.problem])
+        elif cache is not None and (hit := cache.result(item, project)) is not None:
+            results[item.file.path] = hit
+        else:
+            todo.append(item)
+    for item, result in _run_phase_two(todo, rules, project, jobs, progress):
+        result = _prefer_reference_parser(item, result)
+        results[item.file.path] = result
+        if cache is not None:
+            cache.store_result(item, project, result)
+    if cache is not None:
+        cache.save()
+    return Report([results[f.path] for f in files])
+
+
+def _map_in_place(items: list[_Loaded], needed, function, jobs: int) -> None:
+    indices = [i for i, item in enumerate(items) if needed(item)]
+    if jobs <= 1 or len(indices) < 2 * jobs:
+        for i in indices:
+            items[i] = function(items[i])
+        return
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=_context()) as pool:
+        for i, item in zip(indices, pool.map(function, [items[i] for i in indices], chunksize=16)):
+            items[i] = item
+
+
+def _run_phase_two(todo, rules, project, jobs, progress) -> Iterable[tuple[_Loaded, FileResult]]:
+    if jobs <= 1 or len(todo) < 2 * jobs:
+        _Worker.setup(rules, project)
+        for item in todo:
+            yield item, _Worker.check(item.file.path, item.source, item.file.module_name)
+            if progress:
+                progress(1)
+        return
+    unfinished = list(todo)
+    try:
+        with concurrent.futures.ProcessPoolExecutor(
+            jobs, mp_context=_context(), initializer=_Worker.setup, initargs=(rules, project)
+        ) as pool:
+            futures = {
+                pool.submit(_Worker.check, i.file.path, i.source, i.file.module_name): i for i in todo
+            }
+            for future in concurrent.futures.as_completed(futures):
+                item = futures[future]
+                result = future.result()
+                unfinished.remove(item)
+                yield item, result
+                if progress:
+                    progress(1)
+    except concurrent.futures.process.BrokenProcessPool:
+        for item in unfinished:
+            yield item, _check_alone(item, rules, project)
+            if progress:
+                progress(1)
+
+
+def _context():
+    # fork: workers inherit the imported rules and start in milliseconds; the checker
+    # starts no threads before forking.
+    return multiprocessing.get_context("fork")
+
+
+class ResultCache:
+    """Content-hash cache in one pickle file per (tool version, rule set, settings).
+
+    Phase-1 facts are keyed by content alone; phase-2 results also by the project index,
+    since cross-file facts can change a file's findings.
+    """
+
+    def __init__(self, directory: str, settings_key: str) -> None:
+        key = hashlib.blake2b(f"{__version__}\0{settings_key}".encode(), digest_size=12).hexdigest()
+        self.path = os.path.join(directory, f"{key}.pickle")
+        self.directory = directory
+        self._facts: dict[tuple[str, str], tuple[ModuleFacts | None, Diagnostic | None]] = {}
+        self._results: dict[tuple[str, str, str], FileResult] = {}
+        self._dirty = False
+        try:
+            with open(self.path, "rb") as handle:
+                self._facts, self._results = pickle.load(handle)
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError):
+            pass
+        self._project_keys: dict[int, str] = {}
+        # entries this run read or wrote; the rest belong to old file contents and are dropped
+        self._live_facts: set = set()
+        self._live_results: set = set()
+
+    def _project_key(self, project: ProjectIndex) -> str:
+        ident = id(project)
+        if ident not in self._project_keys:
+            blob = pickle.dumps(sorted(project.modules.items()), protocol=5)
+            self._project_keys[ident] = hashlib.blake2b(blob, digest_size=12).hexdigest()
+        return self._project_keys[ident]
+
+    def fill_facts(self, loaded: list[_Loaded]) -> None:
+        for item in loaded:
+            key = (item.file.path, item.digest)
+            if item.source is not None and key in self._facts:
+                item.facts, item.syntax_error = self._facts[key]
+                self._live_facts.add(key)
+
+    def store_facts(self, loaded: list[_Loaded]) -> None:
+        for item in loaded:
+            key = (item.file.path, item.digest)
+            if item.summarized and key not in self._facts:
+                self._facts[key] = (item.facts, item.syntax_error)
+                self._live_facts.add(key)
+                self._dirty = True
+
+    def result(self, item: _Loaded, project: ProjectIndex) -> FileResult | None:
+        key = (item.file.path, item.digest, self._project_key(project))
+        if key in self._results:
+            self._live_results.add(key)
+        return self._results.get(key)
+
+    def store_result(self, item: _Loaded, project: ProjectIndex, result: FileResult) -> None:
+        if not any(d.code == "EMA005" for d in result.diagnostics):
+            key = (item.file.path, item.digest, self._project_key(project))
+            self._results[key] = result
+            self._live_results.add(key)
+            self._dirty = True
+
+    def save(self) -> None:
+        stale = len(self._facts) > len(self._live_facts) or len(self._results) > len(self._live_results)
+        if not (self._dirty or stale):
+            return
+        self._facts = {k: v for k, v in self._facts.items() if k in self._live_facts}
+        self._results = {k: v for k, v in self._results.items() if k in self._live_results}
+        os.makedirs(self.directory, exist_ok=True)
+        gitignore = os.path.join(self.directory, ".gitignore")
+        if not os.path.exists(gitignore):
+            with open(gitignore, "w") as handle:
+                handle.write("*\n")
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        with open(temporary, "wb") as handle:
+            pickle.dump((self._facts, self._results), handle, protocol=5)
+        os.replace(temporary, self.path)

@@ -1,0 +1,66 @@
+"""Every fixture under fixtures/<CODE>/ is checked with only its own rule enabled.
+
+A case is `<case>.py` with `<case>.expected.txt` (`line:col CODE message` per finding), or a
+directory `<case>/` checked as one project, with `<case>/expected.txt`
+(`relative/path.py:line:col CODE message`). `pytest --update-fixtures` rewrites expectations.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ema_lint.registry import SOURCE_RULES, enabled_rules
+from ema_lint.runner import SourceFile, check_files
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+SUFFIXES_NOT_CASES = (".fixed.py", ".unsafe.fixed.py", ".model.py")
+
+
+def _cases() -> list[tuple[str, Path]]:
+    cases = []
+    for code_dir in sorted(p for p in FIXTURES.iterdir() if p.is_dir() and p.name.startswith("EMA")):
+        for entry in sorted(code_dir.iterdir()):
+            if entry.is_dir() or (entry.suffix == ".py" and not entry.name.endswith(SUFFIXES_NOT_CASES)):
+                cases.append((code_dir.name, entry))
+    return cases
+
+
+def render_case(code: str, case: Path) -> str:
+    rules = enabled_rules([code], [])
+    assert rules, f"fixtures/{code} has no rule with that code"
+    if case.is_dir():
+        root = case
+        files = sorted(str(p) for p in case.rglob("*.py"))
+    else:
+        root, files = case.parent, [str(case)]
+    report = check_files([SourceFile(f, str(root)) for f in files], rules)
+    lines = []
+    for d in report.diagnostics:
+        prefix = f"{os.path.relpath(d.path, root)}:" if case.is_dir() else ""
+        lines.append(f"{prefix}{d.start.line}:{d.start.column} {d.code} {d.message}")
+    return "".join(f"{line}\n" for line in lines)
+
+
+def expectation_path(case: Path) -> Path:
+    return case / "expected.txt" if case.is_dir() else case.with_suffix(".expected.txt")
+
+
+@pytest.mark.parametrize(
+    ("code", "case"), _cases(), ids=[f"{c}/{p.name}" for c, p in _cases()]
+)
+def test_fixture_diagnostics(code: str, case: Path, update_fixtures: bool) -> None:
+    actual = render_case(code, case)
+    expected_file = expectation_path(case)
+    if update_fixtures:
+        expected_file.write_text(actual)
+    assert expected_file.exists(), f"missing {expected_file}; run pytest --update-fixtures"
+    assert actual == expected_file.read_text()
+
+
+def test_every_rule_has_fixtures() -> None:
+    codes_with_cases = {code for code, _ in _cases()}
+    missing = [rule.code for rule in SOURCE_RULES if rule.code not in codes_with_cases]
+    assert not missing, f"rules without fixtures: {missing}"
