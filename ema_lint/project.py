@@ -333,12 +333,13 @@ class ProjectIndex:
 # ---------------------------------------------------------------------------------------
 
 
-def summarize(module_name: str, source: bytes) -> ModuleFacts:
-    """Facts for one file. Raises SyntaxError (or ValueError for NUL bytes) when it does not parse."""
+def summarize(module_name: str, source: bytes, is_package: bool = False) -> ModuleFacts:
+    """Facts for one file (`is_package`: it is a package's `__init__.py`, the base of its
+    relative imports). Raises SyntaxError (or ValueError for NUL bytes) when it does not parse."""
     tree = ast.parse(source)
     imports: dict[str, str] = {}
     star_imports: list[str] = []
-    package = module_name.rpartition(".")[0]
+    package = module_name if is_package else module_name.rpartition(".")[0]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -499,8 +500,12 @@ class LocalValues:
     def annotation(self, node: ast.AST) -> frozenset[Held]:
         """Classes named in a parameter annotation (`Type[Bottleneck]`, `Union[A, B]`)."""
         values = set()
-        for sub in ast.walk(node):
-            if isinstance(sub, (ast.Name, ast.Attribute)):
+        pending = [node]
+        while pending:
+            sub = pending.pop()
+            if not isinstance(sub, (ast.Name, ast.Attribute)):
+                pending.extend(ast.iter_child_nodes(sub))
+            else:
                 dotted = dotted_name(sub)
                 if dotted and dotted.partition(".")[0] not in ("typing", "Type", "Union", "Optional", "Callable"):
                     qualified = self.scope.qualify(dotted)

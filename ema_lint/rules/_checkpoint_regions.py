@@ -83,10 +83,6 @@ class FunctionRegions:
             attributes = _FrozenAttributes(facts.attributes if facts else {})
         self.values = LocalValues(scope, function, self_name, attributes)
 
-    def local_references(self, name: str) -> set[str]:
-        """Qualified names a local (or `self.<attr>`) may refer to, e.g. `ckpt = partial(checkpoint)`."""
-        return {h.target for h in self.values.references(ast.parse(name, mode="eval").body)}
-
     def path(self, node: ast.AST, depth: int = 0, seen: frozenset = frozenset()) -> tuple[str, ...] | None:
         """Steps from the callable to a module that updates running statistics, or None."""
         if depth > _MAX_DEPTH:
@@ -202,10 +198,3 @@ def parse_expression(code: str) -> ast.AST | None:
     except SyntaxError:
         return None
 
-
-def parse_function(code: str) -> ast.AST | None:
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return None
-    return tree.body[0] if tree.body else None

@@ -7,7 +7,7 @@ import ast
 import libcst as cst
 
 from ema_lint.diagnostics import Applicability, Edit, Fix, Location, RequiredImport, Severity
-from ema_lint.project import ModuleScope, ProjectIndex, summarize
+from ema_lint.project import PARTIAL, ModuleScope, ProjectIndex, dotted_name, summarize
 from ema_lint.rule import Example, FileContext, Rule
 from ema_lint.rules._checkpoint_regions import (
     APPLY_ACTIVATION_CHECKPOINTING,
@@ -15,7 +15,6 @@ from ema_lint.rules._checkpoint_regions import (
     FunctionRegions,
     Region,
     parse_expression,
-    parse_function,
 )
 
 CONTEXT_FN = RequiredImport("ema_lint.runtime", "running_stats_context_fn")
@@ -164,6 +163,9 @@ class BatchnormInCheckpoint(Rule):
         self.functions: list[cst.FunctionDef] = []
         self.no_grad_depth = 0
         self._regions: dict[int, FunctionRegions] = {}
+        self._module_tree: ast.Module | None = None
+        self._functions_by_line: dict[int, ast.AST] = {}
+        self._aliases: dict[str, Region] = {}
 
     @classmethod
     def could_report(cls, source: bytes, project: ProjectIndex, module_name: str) -> bool:
@@ -207,18 +209,50 @@ class BatchnormInCheckpoint(Rule):
         dotted = _dotted(expression)
         return dotted is not None and self.project.resolve(self.scope.qualify(dotted)) in _NO_GRAD
 
+    def _tree(self) -> ast.Module:
+        """The file's stdlib `ast`, parsed on first need (a region call was found)."""
+        if self._module_tree is None:
+            self._module_tree = ast.parse(self.context.module.code)
+            for node in ast.walk(self._module_tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    self._functions_by_line[node.lineno] = node
+                elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+                    self._record_alias(node)
+        return self._module_tree
+
+    def _record_alias(self, node: ast.Assign | ast.AnnAssign) -> None:
+        """`ckpt = checkpoint` / `self._ckpt = partial(checkpoint, ...)`: names that call a region."""
+        value = node.value
+        if isinstance(value, ast.Call) and value.args:
+            func = dotted_name(value.func)
+            if func is None or self.project.resolve(self.scope.qualify(func)) not in PARTIAL:
+                return
+            value = value.args[0]
+        target_name = dotted_name(value)
+        if target_name is None:
+            return
+        region = REGIONS.get(self.project.resolve(self.scope.qualify(target_name)))
+        if region is None:
+            return
+        for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+            name = dotted_name(target)
+            if name is not None:
+                self._aliases[name] = region
+
     def _function_regions(self) -> FunctionRegions:
         """Resolution context: the outermost function of the innermost class (where `self`
         is bound; nested closures are part of its body), or the module body."""
+        tree = self._tree()
         class_name = f"{self.context.module_name}.{self.classes[0]}" if len(self.classes) == 1 else None
-        function = self.functions[0] if self.functions else None
+        function = None
+        if self.functions:
+            function = self._functions_by_line.get(self.range_of(self.functions[0].name).start.line)
         key = id(function)
         if key not in self._regions:
             if function is None:
-                tree = ast.parse(self.context.module.code)
+                self._regions[key] = FunctionRegions(self.project, self.scope, tree, None)
             else:
-                tree = parse_function(self.context.module.code_for_node(function.with_changes(decorators=[])).lstrip())
-            self._regions[key] = FunctionRegions(self.project, self.scope, tree, class_name if function else None)
+                self._regions[key] = FunctionRegions(self.project, self.scope, function, class_name)
         return self._regions[key]
 
     # -- the check -----------------------------------------------------------------------
@@ -233,7 +267,8 @@ class BatchnormInCheckpoint(Rule):
         region = REGIONS.get(qualified)
         direct = region is not None
         if region is None:
-            region = self._aliased_region(dotted)
+            self._tree()
+            region = self._aliases.get(dotted)
             if region is None:
                 return
         target = _argument(node, region.callable_keyword)
@@ -258,19 +293,6 @@ class BatchnormInCheckpoint(Rule):
             f"`{callable_text}`{steps} updates running stats twice under `{region.name}`",
             fix=self._fix(node, region, direct),
         )
-
-    def _aliased_region(self, dotted: str) -> Region | None:
-        """`ckpt = partial(checkpoint, ...)` locally, on `self`, or in another module."""
-        regions = self._function_regions()
-        for target in regions.local_references(dotted):
-            region = REGIONS.get(self.project.resolve(target))
-            if region is not None:
-                return region
-        for held in self.project.module_aliases(self.scope.qualify(dotted)):
-            region = REGIONS.get(self.project.resolve(held.target))
-            if region is not None:
-                return region
-        return None
 
     def _selected_path(self, regions: FunctionRegions, check_fn: cst.CSTNode) -> tuple[str, ...] | None:
         expression = parse_expression(self.context.module.code_for_node(check_fn))
