@@ -90,6 +90,10 @@ class CheckpointRegion:
 
 @dataclass
 class Trace:
+    """`root` is the traced model itself: the graph module's intermediate submodules are
+    bare `Module`s, so names resolve against `root` to reach the user's classes."""
+
+    root: torch.nn.Module
     graph_module: torch.fx.GraphModule
     regions: dict[int, CheckpointRegion]
 
@@ -197,7 +201,7 @@ class EmaTracer(torch.fx.Tracer):
             if any(p.requires_grad for p in module.parameters()):
                 return True
         carries = any(_inputs_carry_grad(node))
-        if carries and _writes_first_argument(node):
+        if carries and writes_in_place(node):
             destination = node.args[0]
             if isinstance(destination, Node):
                 destination.meta[CARRIES_GRAD_META] = True
@@ -223,7 +227,7 @@ class EmaTracer(torch.fx.Tracer):
         def intercepted_setattr(module: torch.nn.Module, name: str, value: Any) -> None:
             if id(module) not in tracer._traced_module_ids or not _is_traceable_value(value):
                 return original(module, name, value)
-            current = getattr(module, name, None)
+            current = _resolve_attribute(module, name)
             if isinstance(current, torch.Tensor) and not isinstance(current, torch.nn.Parameter):
                 destination = tracer._assigned.get(id(current))
                 if destination is None:
@@ -348,16 +352,25 @@ def _inputs_carry_grad(node: Node) -> Iterator[bool]:
         yield bool(argument.meta.get(CARRIES_GRAD_META, False))
 
 
-def _writes_first_argument(node: Node) -> bool:
+def writes_in_place(node: Node) -> bool:
+    """An in-place tensor method (`mul_`) or an attribute store: both write their first argument."""
     if node.op == "call_method":
         return str(node.target).endswith("_") and node.target != "requires_grad_"
     return node.op == "call_function" and node.target is store
 
 
 def _resolve_attribute(root: torch.nn.Module, target: str) -> Any:
+    """`root.<target>` read from the module dicts: while tracing, `getattr` on a module is
+    patched to create proxies."""
     value: Any = root
     for part in target.split(".") if target else ():
-        value = getattr(value, part)
+        for table in ("_parameters", "_buffers", "_modules"):
+            members = vars(value).get(table, {})
+            if part in members:
+                value = members[part]
+                break
+        else:
+            value = vars(value).get(part)
     return value
 
 
@@ -376,4 +389,4 @@ def trace(model: torch.nn.Module, inputs_require_grad: bool = False) -> Trace:
     tracer = EmaTracer(inputs_require_grad=inputs_require_grad)
     graph = tracer.trace(model)
     name = type(model).__name__
-    return Trace(torch.fx.GraphModule(tracer.root, graph, name), tracer.regions)
+    return Trace(model, torch.fx.GraphModule(tracer.root, graph, name), tracer.regions)
