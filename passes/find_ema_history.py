@@ -24,7 +24,7 @@ FIX = Fix("Detach the value written into the attribute", Applicability.UNSAFE)
 
 def find_ema_history(trace: Trace) -> list[Diagnostic]:
     diagnostics: dict[str, Diagnostic] = {}
-    for node, attribute in state_writes(trace):
+    for node, attribute in state_writes(trace.graph):
         if attribute in diagnostics or not node.meta.get(GRAD_ENABLED_META):
             continue
         if not node.meta.get(CARRIES_GRAD_META):

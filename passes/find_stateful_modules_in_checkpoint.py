@@ -34,7 +34,7 @@ def find_stateful_modules_in_checkpoint(trace: Trace) -> list[Diagnostic]:
             module = root.get_submodule(str(node.target))
             if not is_running_stat_module(module) and _writes_buffers_invisibly(module):
                 found.setdefault(str(node.target), module)
-    for node, attribute in state_writes(trace):
+    for node, attribute in state_writes(trace.graph):
         if in_recomputed_region(node):
             owner, _ = owner_of(attribute)
             module = root.get_submodule(owner)

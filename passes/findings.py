@@ -15,7 +15,7 @@ import torch
 from torch.fx.node import Node
 
 from ema_lint.diagnostics import Diagnostic, Fix, Location, Severity
-from ema_lint.passes.tracer import GRAD_ENABLED_META, REGIONS_META, Trace, writes_in_place
+from ema_lint.passes.tracer import GRAD_ENABLED_META, REGIONS_META, writes_in_place
 
 # A hazard keeps one code wherever it is found; these are the names the source rules use.
 GRAPH_CODES: dict[str, tuple[str, Severity]] = {
@@ -96,8 +96,8 @@ def _attribute_behind(value: object) -> str | None:
     return None
 
 
-def state_writes(trace: Trace) -> Iterator[tuple[Node, str]]:
-    for node in trace.graph.nodes:
+def state_writes(graph: torch.fx.Graph) -> Iterator[tuple[Node, str]]:
+    for node in graph.nodes:
         attribute = written_attribute(node)
         if attribute is not None:
             yield node, attribute

@@ -35,14 +35,13 @@ import torch.fx
 import torch.utils.checkpoint
 from torch.fx.node import Argument, Node, Target
 
+# One definition of "running-stat module" for the runtime and the analyses.
+from ema_lint.runtime.running_stats import is_running_stat_module
+
 REGIONS_META = "ema_lint.checkpoint_regions"
 GRAD_ENABLED_META = "ema_lint.grad_enabled"
 CARRIES_GRAD_META = "ema_lint.carries_grad"
 MODULE_META = "ema_lint.module"
-
-RUNNING_STAT_BASES: tuple[type[torch.nn.Module], ...] = (
-    torch.nn.modules.batchnorm._NormBase,
-)
 
 # Ops whose outputs never carry autograd history, whatever their inputs.
 _NON_DIFFERENTIABLE_METHODS = frozenset(
@@ -61,14 +60,6 @@ _NON_DIFFERENTIABLE_FUNCTIONS = frozenset(
 )
 
 
-def is_running_stat_module(module: torch.nn.Module) -> bool:
-    """BatchNorm (any dimension, sync, lazy, subclasses such as timm's BatchNormAct2d) and
-    InstanceNorm, when they keep running statistics."""
-    return isinstance(module, RUNNING_STAT_BASES) and bool(
-        getattr(module, "track_running_stats", False)
-    )
-
-
 @dataclass(frozen=True)
 class CheckpointRegion:
     """One call of a checkpoint entry point seen while tracing.
@@ -81,6 +72,7 @@ class CheckpointRegion:
 
     id: int
     entry: str
+    function: str
     use_reentrant: bool | None
     options: dict[str, Any]
     parent: int | None
@@ -115,6 +107,8 @@ def _qualified_name(value: Any) -> str:
         return f"functools.partial({_qualified_name(value.func)})"
     module = getattr(value, "__module__", None)
     name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
+    if name is None and not isinstance(value, type):  # a callable object: name its class
+        name = type(value).__qualname__
     if module and name:
         return f"{module}.{name}"
     return repr(value)
@@ -280,7 +274,7 @@ class EmaTracer(torch.fx.Tracer):
         tracer = self
 
         def checkpoint(function: Callable[..., Any], *args: Any, use_reentrant: bool | None = None, **options: Any) -> Any:
-            with tracer._region(_qualified_name(original), use_reentrant, options):
+            with tracer._region(_qualified_name(original), function, use_reentrant, options):
                 return function(*args)
 
         return checkpoint
@@ -291,10 +285,11 @@ class EmaTracer(torch.fx.Tracer):
         # exactly those regions.
         return original
 
-    def _region(self, entry: str, use_reentrant: bool | None, options: dict[str, Any]) -> "_RegionScope":
+    def _region(self, entry: str, function: Callable[..., Any], use_reentrant: bool | None, options: dict[str, Any]) -> "_RegionScope":
         region = CheckpointRegion(
             id=len(self.regions),
             entry=entry,
+            function=_qualified_name(function),
             use_reentrant=use_reentrant,
             options={k: (_qualified_name(v) if callable(v) else v) for k, v in options.items()},
             parent=self._region_stack[-1] if self._region_stack else None,
