@@ -20,9 +20,9 @@ from ema_lint.passes.tracer import GRAD_ENABLED_META, REGIONS_META, writes_in_pl
 # A hazard keeps one code wherever it is found; these are the names the source rules use.
 GRAPH_CODES: dict[str, tuple[str, Severity]] = {
     "EMA003": ("model-not-traceable", Severity.INFO),
-    "EMA101": ("batchnorm-in-checkpoint", Severity.WARNING),
-    "EMA103": ("stateful-module-in-checkpoint", Severity.WARNING),
-    "EMA201": ("ema-update-keeps-graph", Severity.WARNING),
+    "EMA101": ("batchnorm-in-checkpoint", Severity.ERROR),
+    "EMA103": ("stateful-module-in-checkpoint", Severity.ERROR),
+    "EMA201": ("ema-update-keeps-graph", Severity.ERROR),
     "EMA301": ("ema-update-in-python-loop", Severity.INFO),
 }
 
