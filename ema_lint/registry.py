@@ -31,7 +31,17 @@ TOOL_CODES: tuple[ToolCode, ...] = (
     ToolCode("EMA005", "internal-error", Severity.ERROR, "The checker failed on this file (a bug in ema-lint)"),
 )
 
-SOURCE_RULES: tuple[type[Rule], ...] = ()
+from ema_lint.rules.ema_update_in_python_loop import EmaUpdateInPythonLoop
+from ema_lint.rules.ema_update_keeps_graph import EmaUpdateKeepsGraph
+from ema_lint.rules.ema_update_via_data import EmaUpdateViaData
+from ema_lint.rules.loss_accumulated_with_graph import LossAccumulatedWithGraph
+
+SOURCE_RULES: tuple[type[Rule], ...] = (
+    EmaUpdateKeepsGraph,
+    LossAccumulatedWithGraph,
+    EmaUpdateViaData,
+    EmaUpdateInPythonLoop,
+)
 
 _TOOL_BY_CODE = {tool.code: tool for tool in TOOL_CODES}
 _RULE_BY_CODE = {rule.code: rule for rule in SOURCE_RULES}
