@@ -24,11 +24,16 @@ from typing import Iterator, Sequence
 import libcst as cst
 import libcst.matchers as m
 
+from ema_lint.rule import Rule
+
 # Methods whose tensor arguments are the model's inputs during a training step.
 FORWARD_METHODS = frozenset({"forward", "__call__", "training_step", "compute_loss", "_forward"})
 GRAD_OFF_CONTEXTS = frozenset({"no_grad", "inference_mode"})
-CUT_METHODS = frozenset({"detach", "detach_", "item", "tolist", "numpy"})
-CUT_ATTRIBUTES = frozenset({"data", "grad"})
+# `numel()`, `.shape` and friends describe a tensor; they are plain numbers, never graph nodes.
+CUT_METHODS = frozenset(
+    {"detach", "detach_", "item", "tolist", "numpy", "numel", "size", "dim", "is_floating_point", "argmax", "argmin"}
+)
+CUT_ATTRIBUTES = frozenset({"data", "grad", "shape", "ndim", "dtype", "device"})
 SCALAR_CASTS = frozenset({"float", "int", "len", "bool", "round", "str"})
 # Element kinds of collections an EMA loop iterates over.
 PARAMETER_SOURCES = frozenset({"parameters", "named_parameters"})
@@ -43,7 +48,9 @@ def code_of(module: cst.Module, node: cst.CSTNode) -> str:
 
 
 def strip_parens(node: cst.BaseExpression) -> cst.BaseExpression:
-    return node.with_changes(lpar=(), rpar=()) if getattr(node, "lpar", None) else node
+    if isinstance(node, cst.Tuple) or not getattr(node, "lpar", None):
+        return node
+    return node.with_changes(lpar=(), rpar=())
 
 
 def is_atom(node: cst.BaseExpression) -> bool:
@@ -169,8 +176,15 @@ class Site:
     loops: tuple[Loop, ...]
     grad_off: bool
     order: int
-    # the compound statement's body this small statement is the only statement of
+    # the statement line when it is the whole body of the enclosing block
     only_statement_of: cst.CSTNode | None = None
+    # ids of the enclosing indented blocks, outermost first: two statements run in the same
+    # call in source order when one's blocks are a prefix of the other's
+    blocks: tuple[int, ...] = ()
+
+    def same_path(self, other: "Site") -> bool:
+        shorter = min(len(self.blocks), len(other.blocks))
+        return self.function is other.function and self.blocks[:shorter] == other.blocks[:shorter]
 
 
 @dataclass(eq=False)
@@ -196,7 +210,11 @@ class _Collector(cst.CSTVisitor):
         self._loops: list[list[Loop]] = [[]]
         self._grad_off: list[int] = [0]
         self._order = 0
+        # modules whose parameters are set `requires_grad_(False)`
+        self.frozen: list[cst.BaseExpression] = []
+        self._lambdas = 0
         self._single_body: list[cst.CSTNode | None] = [None]
+        self._blocks: list[int] = []
 
     @property
     def function(self) -> Function:
@@ -242,8 +260,12 @@ class _Collector(cst.CSTVisitor):
         self._grad_off.pop()
         self._single_body.pop()
 
-    def visit_Lambda(self, node: cst.Lambda) -> bool:
-        return False
+    # Calls inside a lambda run when the lambda is called, not where it is written.
+    def visit_Lambda(self, node: cst.Lambda) -> None:
+        self._lambdas += 1
+
+    def leave_Lambda(self, node: cst.Lambda) -> None:
+        self._lambdas -= 1
 
     def visit_With(self, node: cst.With) -> None:
         if any(is_grad_off_context(item.item) for item in node.items):
@@ -261,6 +283,12 @@ class _Collector(cst.CSTVisitor):
     def visit_For(self, node: cst.For) -> None:
         self._bind_target(node.target, node.iter, element_of=True)
         self._enter_loop(node)
+        iterable = strip_parens(node.iter)
+        if isinstance(iterable, cst.Call) and attribute_name(iterable.func) == "parameters":
+            if isinstance(iterable.func, cst.Attribute) and isinstance(node.body, cst.IndentedBlock):
+                for line in node.body.body:
+                    if _freezes(line):
+                        self.frozen.append(iterable.func.value)
 
     def leave_For(self, node: cst.For) -> None:
         self._loops[-1].pop()
@@ -274,9 +302,11 @@ class _Collector(cst.CSTVisitor):
     def visit_IndentedBlock(self, node: cst.IndentedBlock) -> None:
         single = node.body[0] if len(node.body) == 1 else None
         self._single_body.append(single)
+        self._blocks.append(id(node))
 
     def leave_IndentedBlock(self, node: cst.IndentedBlock) -> None:
         self._single_body.pop()
+        self._blocks.pop()
 
     def _bind_target(
         self,
@@ -319,7 +349,7 @@ class _Collector(cst.CSTVisitor):
             elif isinstance(statement, cst.AugAssign):
                 self._bind_target(statement.target, statement.value, element_of=False)
             elif isinstance(statement, cst.Return) and statement.value is not None:
-                self.function.returned_names.update(_names_in(statement.value))
+                self.function.returned_names.update(names_in(statement.value))
             self.sites.append(
                 Site(
                     statement,
@@ -328,6 +358,7 @@ class _Collector(cst.CSTVisitor):
                     self._grad_off[-1] > 0,
                     self._next(),
                     node if single else None,
+                    tuple(self._blocks),
                 )
             )
 
@@ -339,13 +370,17 @@ class _Collector(cst.CSTVisitor):
         return isinstance(body, cst.IndentedBlock) and any(s is line for s in body.body)
 
     def visit_Call(self, node: cst.Call) -> None:
+        if self._lambdas:
+            return
         name = attribute_name(node.func)
+        if name == "requires_grad_" and isinstance(node.func, cst.Attribute) and _is_false_arg(node.args):
+            self.frozen.append(node.func.value)
         if name == "backward":
             parts: list[cst.CSTNode] = [a.value for a in node.args]
             if isinstance(node.func, cst.Attribute):
                 parts.append(node.func.value)
             for part in parts:
-                self.function.backward_names.update(_names_in(part))
+                self.function.backward_names.update(names_in(part))
             for loop in self._loops[-1]:
                 loop.runs_backward = True
         func = node.func
@@ -357,21 +392,58 @@ class _Collector(cst.CSTVisitor):
             self.calls.append(Call(self.function, func.value, None, node.args, self._grad_off[-1] > 0))
 
 
-def _names_in(node: cst.CSTNode) -> set[str]:
-    return {n.value for n in m.findall(node, m.Name())}
+def _is_false_arg(args: Sequence[cst.Arg]) -> bool:
+    return len(args) == 1 and isinstance(args[0].value, cst.Name) and args[0].value.value == "False"
+
+
+def _freezes(line: cst.BaseStatement) -> bool:
+    """`p.requires_grad_(False)` or `p.requires_grad = False` as a loop-body line."""
+    if not isinstance(line, cst.SimpleStatementLine):
+        return False
+    for statement in line.body:
+        if isinstance(statement, cst.Expr) and isinstance(statement.value, cst.Call):
+            call = statement.value
+            if attribute_name(call.func) == "requires_grad_" and _is_false_arg(call.args):
+                return True
+        if isinstance(statement, cst.Assign) and isinstance(statement.value, cst.Name):
+            target = statement.targets[0].target
+            if attribute_name(target) == "requires_grad" and statement.value.value == "False":
+                return True
+    return False
+
+
+class _Gather(cst.CSTVisitor):
+    """Names and attribute chains under a node; a small walk, cheaper than `matchers.findall`."""
+
+    def __init__(self) -> None:
+        self.nodes: list[cst.Name | cst.Attribute] = []
+
+    def visit_Name(self, node: cst.Name) -> None:
+        self.nodes.append(node)
+
+    def visit_Attribute(self, node: cst.Attribute) -> None:
+        self.nodes.append(node)
+
+
+def names_and_attributes(node: cst.CSTNode) -> list[cst.Name | cst.Attribute]:
+    gather = _Gather()
+    node.visit(gather)
+    return gather.nodes
+
+
+def names_in(node: cst.CSTNode) -> set[str]:
+    return {n.value for n in names_and_attributes(node) if isinstance(n, cst.Name)}
 
 
 class FileFacts:
     """Everything the autograd rules read about one module."""
 
-    def __init__(self, module: cst.Module) -> None:
+    def __init__(self, module: cst.Module, collector: "_Collector") -> None:
         self.module = module
-        collector = _Collector()
-        module.visit(collector)
         self.functions = collector.functions
         self.sites = collector.sites
         self.loops = collector.loop_bodies
-        self.frozen = self._frozen_modules()
+        self.frozen = {code_of(module, node) for node in collector.frozen}
         self._code: dict[int, str] = {}
         self._propagate_grad_free(collector.calls)
         self._propagate_graph_params(collector.calls)
@@ -385,18 +457,6 @@ class FileFacts:
         if key not in self._code:
             self._code[key] = code_of(self.module, node)
         return self._code[key]
-
-    def _frozen_modules(self) -> set[str]:
-        """Modules whose parameters were set `requires_grad_(False)` somewhere in the file."""
-        frozen = set()
-        false = m.Arg(value=m.Name("False"))
-        for call in m.findall(self.module, m.Call(func=m.Attribute(attr=m.Name("requires_grad_")), args=[false])):
-            frozen.add(code_of(self.module, call.func.value))
-        for loop in m.findall(self.module, m.For(iter=m.Call(func=m.Attribute(attr=m.Name("parameters"))))):
-            body = code_of(self.module, loop.body)
-            if "requires_grad_(False)" in body or "requires_grad=False" in body:
-                frozen.add(code_of(self.module, loop.iter.func.value))
-        return frozen
 
     def _propagate_grad_free(self, calls: list[Call]) -> None:
         """A function runs with gradients off when it is decorated so, or when every call to it
@@ -548,19 +608,46 @@ class _ReadFinder(cst.CSTVisitor):
             self._inert -= 1
 
 
-class _LastModule:
-    """Facts of the most recent module. Every rule of a file runs in one traversal of that
-    file, so one entry is enough (libcst nodes do not support weak references)."""
+class _Traversal:
+    """The collector of the file being traversed. The engine runs every enabled rule in one
+    batched traversal; the first autograd rule to enter the module drives the collector and
+    the others read the facts it built, so the facts cost one set of callbacks per file."""
 
     module: cst.Module | None = None
+    driver: "AutogradRule | None" = None
+    collector: _Collector | None = None
     facts: "FileFacts | None" = None
 
 
-def facts_for(module: cst.Module) -> FileFacts:
-    """The module's facts, computed once however many of the autograd rules run on it."""
-    if _LastModule.module is not module:
-        _LastModule.module, _LastModule.facts = module, FileFacts(module)
-    return _LastModule.facts
+class AutogradRule(Rule):
+    """Base of the rules that read `FileFacts`; they judge the whole file in `check`."""
+
+    def visit_Module(self, node: cst.Module) -> None:
+        if _Traversal.module is not node or _Traversal.facts is not None:
+            _Traversal.module, _Traversal.driver = node, self
+            _Traversal.collector, _Traversal.facts = _Collector(), None
+
+    def leave_Module(self, original_node: cst.Module) -> None:
+        if _Traversal.facts is None:
+            _Traversal.facts = FileFacts(original_node, _Traversal.collector)
+        self.check(_Traversal.facts)
+
+    def check(self, facts: FileFacts) -> None:
+        raise NotImplementedError
+
+
+def _forward_to_collector(hook: str):
+    def forward(self: AutogradRule, node: cst.CSTNode) -> None:
+        if _Traversal.driver is self:
+            getattr(_Traversal.collector, hook)(node)
+
+    forward.__name__ = hook
+    return forward
+
+
+# The collector's hooks, exposed on every autograd rule so the batched traversal calls them.
+for _hook in [name for name in vars(_Collector) if name.startswith(("visit_", "leave_"))]:
+    setattr(AutogradRule, _hook, _forward_to_collector(_hook))
 
 
 @dataclass(eq=False)
@@ -610,7 +697,7 @@ class _Shapes:
         return self.facts.code(strip_parens(node)) == code
 
     def mentions(self, node: cst.CSTNode, code: str) -> bool:
-        return any(self.facts.code(n) == code for n in m.findall(node, m.Name() | m.Attribute()))
+        return any(self.facts.code(n) == code for n in names_and_attributes(node))
 
     def _coefficient_like(self, factor: cst.BaseExpression, decay: cst.BaseExpression | None) -> bool:
         factor = strip_parens(factor)

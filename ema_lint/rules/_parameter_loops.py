@@ -20,6 +20,7 @@ from ema_lint.rules._autograd import (
     FileFacts,
     Recurrence,
     collection_kind,
+    names_in,
     root_name,
     strip_parens,
 )
@@ -35,8 +36,8 @@ class ParameterLoop:
     state_name: str
 
 
-def _loop_names(target: cst.BaseExpression) -> list[str]:
-    return [n.value for n in m.findall(target, m.Name())]
+def _loop_names(target: cst.BaseExpression) -> set[str]:
+    return names_in(target)
 
 
 def _iterable_for(loop: cst.For, name: str) -> cst.BaseExpression:
@@ -129,7 +130,7 @@ def foreach_rewrite(facts: FileFacts, loop: ParameterLoop) -> list[str] | None:
     if not (m.matches(state, m.Name(loop.state_name)) and m.matches(sample, m.Name(sample_name))):
         return None
     coefficients = [c for c in (recurrence.decay, recurrence.weight) if c is not None]
-    if any(n.value in names for c in coefficients for n in m.findall(c, m.Name())):
+    if any(names_in(c) & set(names) for c in coefficients):
         return None
     lists = {
         name: _as_list(facts, argument.value, loop) for name, argument in zip(names, iterable.args)

@@ -3,14 +3,14 @@ from __future__ import annotations
 import libcst as cst
 
 from ema_lint.diagnostics import Severity
-from ema_lint.rule import Example, Rule
-from ema_lint.rules._autograd import facts_for, strip_parens, through_data
+from ema_lint.rule import Example
+from ema_lint.rules._autograd import AutogradRule, FileFacts, strip_parens, through_data
 from ema_lint.rules._parameter_loops import foreach_fix, parameter_loop
 
 IN_PLACE_FORMS = frozenset({"mul_add", "lerp_", "toward", "copy_affine", "copy_toward", "copy_lerp"})
 
 
-class EmaUpdateInPythonLoop(Rule):
+class EmaUpdateInPythonLoop(AutogradRule):
     """## What it does
     Finds a model / teacher / momentum-encoder EMA written as a Python loop over a module's
     tensors (`zip(ema.parameters(), model.parameters())`, `state_dict()` values, `buffers()`)
@@ -58,8 +58,7 @@ class EmaUpdateInPythonLoop(Rule):
     # of those spellings contains one of these words.
     triggers = ("parameters", "buffers", "state_dict")
 
-    def visit_Module(self, node: cst.Module) -> None:
-        facts = facts_for(node)
+    def check(self, facts: FileFacts) -> None:
         reported: set[int] = set()
         for recurrence in facts.recurrences:
             if recurrence.form not in IN_PLACE_FORMS or through_data(recurrence.state):

@@ -3,12 +3,12 @@ from __future__ import annotations
 import libcst as cst
 
 from ema_lint.diagnostics import Applicability, Fix, RequiredImport, Severity
-from ema_lint.rule import Example, Rule
+from ema_lint.rule import Example
 from ema_lint.rules._autograd import (
+    AutogradRule,
     FileFacts,
     Recurrence,
     detached,
-    facts_for,
     is_atom,
     root_name,
     strip_parens,
@@ -22,7 +22,7 @@ TRACE_NOTE = (
 )
 
 
-class EmaUpdateKeepsGraph(Rule):
+class EmaUpdateKeepsGraph(AutogradRule):
     """## What it does
     Finds state that lives across training steps (a `self.` attribute or buffer, a variable
     carried across iterations of a training loop, an EMA model's parameters) updated by an
@@ -75,8 +75,7 @@ class EmaUpdateKeepsGraph(Rule):
     # by one of those. Every finding's file therefore contains one of these words.
     triggers = ("forward", "backward", "parameters", "__call__", "training_step", "compute_loss")
 
-    def visit_Module(self, node: cst.Module) -> None:
-        facts = facts_for(node)
+    def check(self, facts: FileFacts) -> None:
         for recurrence in facts.recurrences:
             if self._keeps_graph(facts, recurrence):
                 self._report(facts, recurrence)
@@ -126,7 +125,8 @@ class EmaUpdateKeepsGraph(Rule):
         reads = self._differentiable_reads(facts, recurrence)
         if not reads:
             return Fix(title, Applicability.SAFE, (detach,)), ()
-        later_here = any(order > recurrence.site.order for order in reads)
+        site = recurrence.site
+        later_here = any(read.order > site.order and read.same_path(site) for read in reads if read is not None)
         if later_here and recurrence.form in ("affine", "lerp") and self._exact_weight(facts, recurrence):
             module = self.context.module
             state = module.code_for_node(strip_parens(recurrence.state))
@@ -166,8 +166,9 @@ class EmaUpdateKeepsGraph(Rule):
             and facts.code(strip_parens(weight.right)) == facts.code(strip_parens(recurrence.decay))
         )
 
-    def _differentiable_reads(self, facts: FileFacts, recurrence: Recurrence) -> list[int]:
-        """Orders of the statements that read the state where a gradient could flow.
+    def _differentiable_reads(self, facts: FileFacts, recurrence: Recurrence) -> list:
+        """The statements that read the state where a gradient could flow (None: a `return`
+        hands it to the caller).
 
         A `self.` attribute is looked up in every method of the module; a local in its function.
         Reads in the state's own update statements do not count.
@@ -185,9 +186,9 @@ class EmaUpdateKeepsGraph(Rule):
             if other.grad_off or other.function.grad_free or any(other.statement is o for o in own):
                 continue
             if any(differentiable for _, differentiable in facts.reads(other.statement, code, ())):
-                found.append(other.order if other.function is site.function else 0)
+                found.append(other)
         if isinstance(state, cst.Name) and state.value in site.function.returned_names:
-            found.append(0)
+            found.append(None)
         return found
 
     VALID = (

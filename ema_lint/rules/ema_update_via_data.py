@@ -3,12 +3,12 @@ from __future__ import annotations
 import libcst as cst
 
 from ema_lint.diagnostics import Severity
-from ema_lint.rule import Example, Rule
-from ema_lint.rules._autograd import facts_for, strip_parens, through_data
+from ema_lint.rule import Example
+from ema_lint.rules._autograd import AutogradRule, FileFacts, strip_parens, through_data
 from ema_lint.rules._parameter_loops import foreach_fix, parameter_loop
 
 
-class EmaUpdateViaData(Rule):
+class EmaUpdateViaData(AutogradRule):
     """## What it does
     Finds EMA updates written through `.data`: `p_ema.data = d * p_ema.data + (1 - d) * p.data`,
     `p_ema.data.mul_(d).add_(p.data, alpha=1 - d)`, `p_ema.data.lerp_(...)`, `p_ema.data.copy_(...)`.
@@ -52,8 +52,7 @@ class EmaUpdateViaData(Rule):
     # A finding's state expression ends in `.data`, so its file contains that text.
     triggers = (".data",)
 
-    def visit_Module(self, node: cst.Module) -> None:
-        facts = facts_for(node)
+    def check(self, facts: FileFacts) -> None:
         module = self.context.module
         for recurrence in facts.recurrences:
             if not through_data(recurrence.state):

@@ -3,19 +3,19 @@ from __future__ import annotations
 import libcst as cst
 
 from ema_lint.diagnostics import Applicability, Fix, Severity
-from ema_lint.rule import Example, Rule
+from ema_lint.rule import Example
 from ema_lint.rules._autograd import (
+    AutogradRule,
     Accumulation,
     FileFacts,
     accumulation,
     detached,
-    facts_for,
     root_name,
     strip_parens,
 )
 
 
-class LossAccumulatedWithGraph(Rule):
+class LossAccumulatedWithGraph(AutogradRule):
     """## What it does
     Finds a value with autograd history (the loss, or something computed from it) added to an
     accumulator (`total += loss`, `total = total + loss`, `losses.append(loss)`) inside a
@@ -65,8 +65,7 @@ class LossAccumulatedWithGraph(Rule):
     # `backward` in the loop body, so a file without the word cannot hold one.
     triggers = ("backward",)
 
-    def visit_Module(self, node: cst.Module) -> None:
-        facts = facts_for(node)
+    def check(self, facts: FileFacts) -> None:
         for site in facts.sites:
             found = accumulation(facts, site)
             if found is not None and self._keeps_graph(facts, found):
