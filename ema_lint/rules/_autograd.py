@@ -703,7 +703,12 @@ class _Shapes:
         factor = strip_parens(factor)
         if isinstance(factor, (cst.Integer, cst.Float)) or _is_one_minus(factor):
             return True
-        return decay is not None and self.mentions(factor, self.facts.code(strip_parens(decay)))
+        if decay is None:
+            return False
+        # `(1 - m) * state + m * x`: the sample's weight names the decay or is named by it
+        return self.mentions(factor, self.facts.code(strip_parens(decay))) or (
+            isinstance(factor, (cst.Name, cst.Attribute)) and self.mentions(decay, self.facts.code(factor))
+        )
 
     def split_term(self, term: cst.BaseExpression, decay: cst.BaseExpression | None):
         """(weight, sample) of `weight * sample` / `sample * weight`; (None, term) otherwise."""
@@ -748,6 +753,9 @@ class _Shapes:
     def value_recurrence(self, value: cst.BaseExpression, state: str):
         """(form, decay, weight, sample, new_term) when `value` is an EMA step of `state`."""
         value = strip_parens(value)
+        if isinstance(value, cst.IfExp):
+            # `x if avg is None else lerp(avg, x, w)`: the branch that is a step
+            return self.value_recurrence(value.body, state) or self.value_recurrence(value.orelse, state)
         if isinstance(value, cst.Call):
             name = attribute_name(value.func)
             args = [a.value for a in value.args]
@@ -779,7 +787,7 @@ class _Shapes:
     def statement_recurrence(self, site: Site) -> Recurrence | None:
         statement = site.statement
         if isinstance(statement, cst.Assign) and len(statement.targets) == 1 and isinstance(
-            strip_parens(statement.value), (cst.BinaryOperation, cst.Call)
+            strip_parens(statement.value), (cst.BinaryOperation, cst.Call, cst.IfExp)
         ):
             state = statement.targets[0].target
             found = self.value_recurrence(statement.value, self.facts.code(strip_parens(state)))

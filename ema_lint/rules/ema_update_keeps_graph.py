@@ -122,17 +122,34 @@ class EmaUpdateKeepsGraph(AutogradRule):
     def _fix(self, facts: FileFacts, recurrence: Recurrence) -> tuple[Fix, tuple[str, ...]]:
         detach = self.edit_replacing(recurrence.sample, detached(self.context.module, recurrence.sample))
         title = f"Detach `{self.context.module.code_for_node(strip_parens(recurrence.sample))}`"
+        if parameter_loop(facts, recurrence) is not None:
+            # an EMA model's tensors are read by its forward, which this file may not show
+            return Fix(title, Applicability.UNSAFE, (detach,)), (TRACE_NOTE,)
         reads = self._differentiable_reads(facts, recurrence)
         if not reads:
             return Fix(title, Applicability.SAFE, (detach,)), ()
         site = recurrence.site
-        later_here = any(read.order > site.order and read.same_path(site) for read in reads if read is not None)
-        if later_here and recurrence.form in ("affine", "lerp") and self._exact_weight(facts, recurrence):
+        later_here = any(
+            read.order > site.order and read.same_path(site) and not self._hands_back(facts, read, recurrence)
+            for read in reads
+            if read is not None
+        )
+        whole_value = isinstance(recurrence.statement, cst.Assign) and not isinstance(
+            strip_parens(recurrence.statement.value), cst.IfExp
+        )
+        if (
+            later_here
+            and whole_value
+            and recurrence.form in ("affine", "lerp")
+            and self._exact_weight(facts, recurrence)
+        ):
             module = self.context.module
             state = module.code_for_node(strip_parens(recurrence.state))
             if recurrence.decay is not None:
                 decay = module.code_for_node(strip_parens(recurrence.decay))
-            elif is_atom(strip_parens(recurrence.weight)):
+            elif is_atom(strip_parens(recurrence.weight)) or isinstance(
+                strip_parens(recurrence.weight), (cst.Integer, cst.Float)
+            ):
                 decay = f"1 - {module.code_for_node(strip_parens(recurrence.weight))}"
             else:
                 decay = f"1 - ({module.code_for_node(strip_parens(recurrence.weight))})"
@@ -148,6 +165,17 @@ class EmaUpdateKeepsGraph(AutogradRule):
                 (TRACE_NOTE,),
             )
         return Fix(title, Applicability.UNSAFE, (detach,)), (TRACE_NOTE,)
+
+    @staticmethod
+    def _hands_back(facts: FileFacts, read, recurrence: Recurrence) -> bool:
+        """`return avg` (alone or in a tuple) passes the average on without computing with it."""
+        statement = read.statement
+        if not isinstance(statement, cst.Return) or statement.value is None:
+            return False
+        value = strip_parens(statement.value)
+        parts = [e.value for e in value.elements] if isinstance(value, cst.Tuple) else [value]
+        code = facts.code(strip_parens(recurrence.state))
+        return any(facts.code(strip_parens(part)) == code for part in parts)
 
     @staticmethod
     def _exact_weight(facts: FileFacts, recurrence: Recurrence) -> bool:
