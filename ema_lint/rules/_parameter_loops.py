@@ -3,7 +3,11 @@
 Shared by EMA301 (the loop) and EMA203 (the same loop written through `.data`). The rewrite
 mirrors the loop body's arithmetic op for op (`a * d + b * w` becomes `_foreach_mul_` then
 `_foreach_add_` of `_foreach_mul`), so every element goes through the same roundings as in
-the loop: tests/test_autograd_rules.py checks bit-equality on real tensors.
+the loop. tests/test_autograd_rules.py checks this on real tensors, and found one exception
+(torch 2.13, CPU): an in-place `_foreach_mul_(tensors, python_float)` rounds the scalar to
+a bfloat16/float16 tensor's dtype before multiplying, where `t.mul_(python_float)` keeps it
+in float32, so the rewrites that start with `_foreach_mul_` are bit-exact only for float32
+and float64 tensors. `_foreach_lerp_` matches `lerp_` in every dtype tested.
 """
 
 from __future__ import annotations
@@ -100,7 +104,14 @@ def _as_list(facts: FileFacts, iterable: cst.BaseExpression, loop: ParameterLoop
     return None
 
 
-def foreach_rewrite(facts: FileFacts, loop: ParameterLoop) -> list[str] | None:
+@dataclass(frozen=True)
+class Rewrite:
+    lines: list[str]
+    # bit-identical to the loop in every floating dtype, not only float32/float64
+    exact_in_every_dtype: bool
+
+
+def foreach_rewrite(facts: FileFacts, loop: ParameterLoop) -> Rewrite | None:
     """The statements that replace the loop, or None when the body is not one exact EMA step.
 
     Only loops over `.parameters()` are rewritten: `state_dict()` and `buffers()` hold integer
@@ -145,16 +156,22 @@ def foreach_rewrite(facts: FileFacts, loop: ParameterLoop) -> list[str] | None:
     weight = code(recurrence.weight) if recurrence.weight is not None else None
     form = recurrence.form
     if form == "mul_add" and recurrence.alpha is not None:
-        return [f"torch._foreach_mul_({ema}, {decay})", f"torch._foreach_add_({ema}, {source}, alpha={weight})"]
+        return Rewrite(
+            [f"torch._foreach_mul_({ema}, {decay})", f"torch._foreach_add_({ema}, {source}, alpha={weight})"],
+            False,
+        )
     if form in ("mul_add", "affine", "copy_affine") and decay is not None:
         if weight is None:
-            return [f"torch._foreach_mul_({ema}, {decay})", f"torch._foreach_add_({ema}, {source})"]
-        return [
-            f"torch._foreach_mul_({ema}, {decay})",
-            f"torch._foreach_add_({ema}, torch._foreach_mul({source}, {weight}))",
-        ]
+            return Rewrite([f"torch._foreach_mul_({ema}, {decay})", f"torch._foreach_add_({ema}, {source})"], False)
+        return Rewrite(
+            [
+                f"torch._foreach_mul_({ema}, {decay})",
+                f"torch._foreach_add_({ema}, torch._foreach_mul({source}, {weight}))",
+            ],
+            False,
+        )
     if form == "lerp_" and weight is not None:
-        return [f"torch._foreach_lerp_({ema}, {source}, {weight})"]
+        return Rewrite([f"torch._foreach_lerp_({ema}, {source}, {weight})"], True)
     return None
 
 
@@ -171,16 +188,17 @@ def foreach_fix(rule, facts: FileFacts, loop: ParameterLoop, *, safe_when_wrappe
 
     Outside a grad-off context the replacement goes under `with torch.no_grad():`, which a
     `_foreach_*_` on parameters needs; that is safe only when the loop recorded no graph
-    (`safe_when_wrapped`, true for `.data` writes).
+    (`safe_when_wrapped`, true for `.data` writes). A rewrite that is exact only in float32
+    and float64 is unsafe, since the tensors' dtype is not known statically.
     """
-    lines = foreach_rewrite(facts, loop)
-    if lines is None:
+    rewrite = foreach_rewrite(facts, loop)
+    if rewrite is None:
         return None
     site = loop.recurrence.site
     wrap = not (site.grad_off or site.function.grad_free)
     column = rule.range_of(loop.node).start.column
-    text = replacement_text(lines, column, facts.module.default_indent, wrap)
-    safe = not wrap or safe_when_wrapped
+    text = replacement_text(rewrite.lines, column, facts.module.default_indent, wrap)
+    safe = rewrite.exact_in_every_dtype and (not wrap or safe_when_wrapped)
     return Fix(
         "Replace the loop with `torch._foreach_*` calls" + (" under `torch.no_grad()`" if wrap else ""),
         Applicability.SAFE if safe else Applicability.UNSAFE,
