@@ -74,6 +74,7 @@ def _run_steps(namespace: dict, name: str, dtype: torch.dtype, steps: int = 5):
         "ScaledAddEma": lambda: namespace["ScaledAddEma"](model, decay=0.9),
         "LerpEma": lambda: namespace["LerpEma"](model, decay=0.9),
         "CopyEma": lambda: namespace["CopyEma"](model, decay=0.9),
+        "MethodScaledEma": lambda: namespace["MethodScaledEma"](model, decay=0.9),
         "MoCo": lambda: namespace["MoCo"](model, ema_model, m=0.99),
         "BYOLTarget": lambda: namespace["BYOLTarget"](model, ema_model, tau=0.99),
     }.get(name, lambda: None)()
@@ -83,6 +84,8 @@ def _run_steps(namespace: dict, name: str, dtype: torch.dtype, steps: int = 5):
             namespace["ema_step"](ema_model, model, 0.97)
         elif name == "swa_update":
             namespace["swa_update"](ema_model, model, step)
+        elif name == "update_teacher":
+            namespace["update_teacher"](model, ema_model, 0.99, step)
         elif name == "MoCo":
             obj._momentum_update_key_encoder()
         elif name == "BYOLTarget":
@@ -96,8 +99,8 @@ def _run_steps(namespace: dict, name: str, dtype: torch.dtype, steps: int = 5):
 
 FOREACH_CASES = [
     ("EMA301/model_ema_variants", name)
-    for name in ("MulAddEma", "ScaledAddEma", "LerpEma", "CopyEma", "ema_step")
-] + [("EMA203/momentum_encoders", name) for name in ("MoCo", "BYOLTarget", "swa_update")]
+    for name in ("MulAddEma", "ScaledAddEma", "LerpEma", "CopyEma", "MethodScaledEma", "ema_step")
+] + [("EMA203/momentum_encoders", name) for name in ("MoCo", "BYOLTarget", "swa_update", "update_teacher")]
 
 
 # `_foreach_lerp_` rewrites match in every dtype; the `_foreach_mul_` ones only in float32/64

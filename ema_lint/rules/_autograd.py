@@ -181,6 +181,8 @@ class Site:
     # ids of the enclosing indented blocks, outermost first: two statements run in the same
     # call in source order when one's blocks are a prefix of the other's
     blocks: tuple[int, ...] = ()
+    # the small statement just before this one in the same block, if any
+    follows: "Site | None" = None
 
     def same_path(self, other: "Site") -> bool:
         shorter = min(len(self.blocks), len(other.blocks))
@@ -215,6 +217,7 @@ class _Collector(cst.CSTVisitor):
         self._lambdas = 0
         self._single_body: list[cst.CSTNode | None] = [None]
         self._blocks: list[int] = []
+        self._previous: dict[tuple, Site] = {}
 
     @property
     def function(self) -> Function:
@@ -267,7 +270,18 @@ class _Collector(cst.CSTVisitor):
     def leave_Lambda(self, node: cst.Lambda) -> None:
         self._lambdas -= 1
 
+    def _compound(self) -> None:
+        """A compound statement separates the small statements before and after it."""
+        self._previous.pop(self._block_key(), None)
+
+    def visit_If(self, node: cst.If) -> None:
+        self._compound()
+
+    def visit_Try(self, node: cst.Try) -> None:
+        self._compound()
+
     def visit_With(self, node: cst.With) -> None:
+        self._compound()
         if any(is_grad_off_context(item.item) for item in node.items):
             self._grad_off[-1] += 1
 
@@ -281,6 +295,7 @@ class _Collector(cst.CSTVisitor):
         self._loops[-1].append(loop)
 
     def visit_For(self, node: cst.For) -> None:
+        self._compound()
         self._bind_target(node.target, node.iter, element_of=True)
         self._enter_loop(node)
         iterable = strip_parens(node.iter)
@@ -294,6 +309,7 @@ class _Collector(cst.CSTVisitor):
         self._loops[-1].pop()
 
     def visit_While(self, node: cst.While) -> None:
+        self._compound()
         self._enter_loop(node)
 
     def leave_While(self, node: cst.While) -> None:
@@ -359,8 +375,13 @@ class _Collector(cst.CSTVisitor):
                     self._next(),
                     node if single else None,
                     tuple(self._blocks),
+                    self._previous.get(self._block_key(), None),
                 )
             )
+            self._previous[self._block_key()] = self.sites[-1]
+
+    def _block_key(self) -> tuple:
+        return (id(self.function), tuple(self._blocks))
 
     def _at_loop_top(self, line: cst.SimpleStatementLine) -> bool:
         loops = self._loops[-1]
@@ -671,9 +692,18 @@ class Recurrence:
 
 
 def _factors(node: cst.BaseExpression) -> tuple[cst.BaseExpression, cst.BaseExpression] | None:
+    """The two factors of `a * b` or `a.mul(b)`."""
     node = strip_parens(node)
     if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Multiply):
         return node.left, node.right
+    if (
+        isinstance(node, cst.Call)
+        and isinstance(node.func, cst.Attribute)
+        and node.func.attr.value == "mul"
+        and len(node.args) == 1
+        and node.args[0].keyword is None
+    ):
+        return node.func.value, node.args[0].value
     return None
 
 
@@ -685,6 +715,15 @@ def _is_one_minus(node: cst.BaseExpression) -> bool:
         and isinstance(node.left, (cst.Integer, cst.Float))
         and float(node.left.value) == 1.0
     )
+
+
+def _scaling(statement: cst.BaseSmallStatement) -> tuple[cst.BaseExpression, cst.BaseExpression] | None:
+    """(state, decay) for `state *= decay` or `state.mul_(decay)`."""
+    if isinstance(statement, cst.AugAssign) and isinstance(statement.operator, cst.MultiplyAssign):
+        return statement.target, statement.value
+    if m.matches(statement, m.Expr(value=m.Call(func=m.Attribute(attr=m.Name("mul_")), args=[m.Arg(keyword=None)]))):
+        return statement.value.func.value, statement.value.args[0].value
+    return None
 
 
 class _Shapes:
@@ -795,6 +834,15 @@ class _Shapes:
                 return Recurrence(site, state, found[3], found[4], found[0], found[1], found[2])
         elif isinstance(statement, cst.AugAssign):
             state = self.facts.code(strip_parens(statement.target))
+            scaled = _scaling(site.follows.statement) if site.follows is not None else None
+            if (
+                isinstance(statement.operator, cst.AddAssign)
+                and scaled is not None
+                and self.facts.code(strip_parens(scaled[0])) == state
+                and not self.mentions(statement.value, state)
+            ):
+                weight, sample = self.split_term(statement.value, scaled[1])
+                return Recurrence(site, statement.target, sample, statement.value, "mul_add", scaled[1], weight)
             if isinstance(statement.operator, cst.AddAssign):
                 found = self._difference_scaled(statement.value, None, state)
             elif isinstance(statement.operator, cst.SubtractAssign):
@@ -807,6 +855,22 @@ class _Shapes:
             return self._in_place(site, statement.value)
         return None
 
+    def _scaled_then_added(
+        self, site: Site, state: cst.BaseExpression, decay: cst.BaseExpression | None, add: cst.Call
+    ) -> Recurrence | None:
+        """`state.mul_(decay)` followed by `add_(term)`, `add_(term, alpha=w)` or the deprecated
+        `add_(w, term)`, chained or as two statements."""
+        positional = [a.value for a in add.args if a.keyword is None]
+        keywords = {a.keyword.value: a.value for a in add.args if a.keyword is not None}
+        alpha = positional[0] if len(positional) == 2 else keywords.get("alpha")
+        term = positional[-1]
+        if decay is None or self.mentions(term, self.facts.code(strip_parens(state))):
+            return None
+        if alpha is not None:
+            return Recurrence(site, state, term, term, "mul_add", decay, alpha, alpha)
+        weight, sample = self.split_term(term, decay)
+        return Recurrence(site, state, sample, term, "mul_add", decay, weight)
+
     def _in_place(self, site: Site, call: cst.Call) -> Recurrence | None:
         if not isinstance(call.func, cst.Attribute):
             return None
@@ -814,21 +878,16 @@ class _Shapes:
         receiver = call.func.value
         positional = [a.value for a in call.args if a.keyword is None]
         keywords = {a.keyword.value: a.value for a in call.args if a.keyword is not None}
-        if method == "add_" and len(positional) == 1 and m.matches(
+        if method == "add_" and len(positional) in (1, 2) and m.matches(
             receiver, m.Call(func=m.Attribute(attr=m.Name("mul_")))
         ):
-            state = receiver.func.value
             decay = receiver.args[0].value if len(receiver.args) == 1 else None
-            term = positional[0]
-            code = self.facts.code(strip_parens(state))
-            if decay is None or self.mentions(term, code):
-                return None
-            alpha = keywords.get("alpha")
-            if alpha is not None:
-                return Recurrence(site, state, term, call, "mul_add", decay, alpha, alpha)
-            weight, sample = self.split_term(term, decay)
-            return Recurrence(site, state, sample, term, "mul_add", decay, weight)
+            return self._scaled_then_added(site, receiver.func.value, decay, call)
         code = self.facts.code(strip_parens(receiver))
+        if method == "add_" and site.follows is not None:
+            scaled = _scaling(site.follows.statement)
+            if scaled is not None and self.facts.code(strip_parens(scaled[0])) == code:
+                return self._scaled_then_added(site, receiver, scaled[1], call)
         if method == "lerp_" and positional:
             weight = positional[1] if len(positional) > 1 else keywords.get("weight")
             if weight is not None and not self.mentions(positional[0], code):
