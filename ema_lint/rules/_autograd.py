@@ -47,6 +47,12 @@ def code_of(module: cst.Module, node: cst.CSTNode) -> str:
     return "".join(module.code_for_node(node).split())
 
 
+def one_line(module: cst.Module, node: cst.CSTNode) -> str:
+    """`node`'s code on one line, for messages: `zip(\n    a, b\n)` reads `zip(a, b)`."""
+    text = " ".join(module.code_for_node(node).split())
+    return text.replace("( ", "(").replace(" )", ")").replace("[ ", "[").replace(" ]", "]").replace(",)", ")")
+
+
 def strip_parens(node: cst.BaseExpression) -> cst.BaseExpression:
     if isinstance(node, cst.Tuple) or not getattr(node, "lpar", None):
         return node
@@ -396,7 +402,9 @@ class _Collector(cst.CSTVisitor):
         name = attribute_name(node.func)
         if name == "requires_grad_" and isinstance(node.func, cst.Attribute) and _is_false_arg(node.args):
             self.frozen.append(node.func.value)
-        if name == "backward":
+        # `self.backward(...)` is a method of the user's own class (hand-written backprop in
+        # numpy code), not autograd's
+        if name == "backward" and not m.matches(node.func, m.Attribute(value=m.Name("self"))):
             parts: list[cst.CSTNode] = [a.value for a in node.args]
             if isinstance(node.func, cst.Attribute):
                 parts.append(node.func.value)

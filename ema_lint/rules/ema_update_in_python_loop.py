@@ -4,7 +4,7 @@ import libcst as cst
 
 from ema_lint.diagnostics import Severity
 from ema_lint.rule import Example
-from ema_lint.rules._autograd import AutogradRule, FileFacts, strip_parens, through_data
+from ema_lint.rules._autograd import AutogradRule, FileFacts, one_line, strip_parens, through_data
 from ema_lint.rules._parameter_loops import foreach_fix, parameter_loop
 
 IN_PLACE_FORMS = frozenset({"mul_add", "lerp_", "toward", "copy_affine", "copy_toward", "copy_lerp"})
@@ -76,7 +76,7 @@ class EmaUpdateInPythonLoop(AutogradRule):
             self.report(
                 loop.node,
                 f"EMA update of `{loop.state_name}` runs as a Python loop over "
-                f"`{module.code_for_node(strip_parens(loop.node.iter))}`, one kernel per tensor "
+                f"`{one_line(module, strip_parens(loop.node.iter))}`, one kernel per tensor "
                 "instead of one `torch._foreach_*` call",
                 fix=foreach_fix(self, facts, loop, safe_when_wrapped=False),
             )

@@ -5,6 +5,7 @@ import libcst as cst
 from ema_lint.diagnostics import Applicability, Fix, RequiredImport, Severity
 from ema_lint.rule import Example
 from ema_lint.rules._autograd import (
+    one_line,
     AutogradRule,
     FileFacts,
     Recurrence,
@@ -113,15 +114,15 @@ class EmaUpdateKeepsGraph(AutogradRule):
 
     def _report(self, facts: FileFacts, recurrence: Recurrence) -> None:
         module = self.context.module
-        state = module.code_for_node(strip_parens(recurrence.state))
-        sample = module.code_for_node(strip_parens(recurrence.sample))
+        state = one_line(module, strip_parens(recurrence.state))
+        sample = one_line(module, strip_parens(recurrence.sample))
         message = f"`{state}` is updated from `{sample}` without cutting its graph, so it keeps autograd history across steps"
         fix, notes = self._fix(facts, recurrence)
         self.report(recurrence.statement, message, fix=fix, notes=notes)
 
     def _fix(self, facts: FileFacts, recurrence: Recurrence) -> tuple[Fix, tuple[str, ...]]:
         detach = self.edit_replacing(recurrence.sample, detached(self.context.module, recurrence.sample))
-        title = f"Detach `{self.context.module.code_for_node(strip_parens(recurrence.sample))}`"
+        title = f"Detach `{one_line(self.context.module, strip_parens(recurrence.sample))}`"
         if parameter_loop(facts, recurrence) is not None:
             # an EMA model's tensors are read by its forward, which this file may not show
             return Fix(title, Applicability.UNSAFE, (detach,)), (TRACE_NOTE,)

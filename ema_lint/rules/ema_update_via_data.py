@@ -4,7 +4,7 @@ import libcst as cst
 
 from ema_lint.diagnostics import Severity
 from ema_lint.rule import Example
-from ema_lint.rules._autograd import AutogradRule, FileFacts, strip_parens, through_data
+from ema_lint.rules._autograd import AutogradRule, FileFacts, one_line, strip_parens, through_data
 from ema_lint.rules._parameter_loops import foreach_fix, parameter_loop
 
 
@@ -59,7 +59,7 @@ class EmaUpdateViaData(AutogradRule):
                 continue
             loop = parameter_loop(facts, recurrence)
             fix = foreach_fix(self, facts, loop, safe_when_wrapped=True) if loop is not None else None
-            state = module.code_for_node(strip_parens(recurrence.state))
+            state = one_line(module, strip_parens(recurrence.state))
             self.report(
                 recurrence.statement,
                 f"EMA update writes `{state}`, which bypasses autograd's version checks; update under `torch.no_grad()` instead",

@@ -5,6 +5,7 @@ import libcst as cst
 from ema_lint.diagnostics import Applicability, Fix, Severity
 from ema_lint.rule import Example
 from ema_lint.rules._autograd import (
+    one_line,
     AutogradRule,
     Accumulation,
     FileFacts,
@@ -105,8 +106,8 @@ class LossAccumulatedWithGraph(AutogradRule):
 
     def _report(self, found: Accumulation) -> None:
         module = self.context.module
-        accumulator = module.code_for_node(strip_parens(found.accumulator))
-        value = module.code_for_node(strip_parens(found.value))
+        accumulator = one_line(module, strip_parens(found.accumulator))
+        value = one_line(module, strip_parens(found.value))
         escapes = root_name(found.accumulator) == "self" or (
             isinstance(strip_parens(found.accumulator), cst.Name)
             and strip_parens(found.accumulator).value in found.site.function.returned_names
