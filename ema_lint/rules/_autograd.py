@@ -472,6 +472,7 @@ class FileFacts:
         self.functions = collector.functions
         self.sites = collector.sites
         self.loops = collector.loop_bodies
+        self.calls = collector.calls
         self.frozen = {code_of(module, node) for node in collector.frozen}
         self._code: dict[int, str] = {}
         self._propagate_grad_free(collector.calls)
@@ -910,6 +911,41 @@ class _Shapes:
             found = self.value_recurrence(positional[0], code)
             if found is not None:
                 return Recurrence(site, receiver, found[3], found[4], "copy_" + found[0], found[1], found[2])
+            return self._copy_through_function(site, receiver, positional[0])
+        return None
+
+    def _copy_through_function(
+        self, site: Site, state: cst.BaseExpression, value: cst.BaseExpression
+    ) -> Recurrence | None:
+        """`state.copy_(step(state, sample))` where `step` is a parameter of the enclosing method
+        and some call of that method in the file passes a lambda that is an EMA step (timm's
+        `ModelEmaV2._update(model, update_fn=lambda e, m: d * e + (1 - d) * m)`)."""
+        function = site.function
+        value = strip_parens(value)
+        if not (isinstance(value, cst.Call) and isinstance(value.func, cst.Name)):
+            return None
+        step = value.func.value
+        params = [p for p in function.params if p not in ("self", "cls")]
+        arguments = [a.value for a in value.args if a.keyword is None]
+        state_code = self.facts.code(strip_parens(state))
+        positions = [i for i, a in enumerate(arguments) if self.facts.code(strip_parens(a)) == state_code]
+        if step not in params or len(arguments) != 2 or len(positions) != 1:
+            return None
+        state_index = positions[0]
+        for call in self.facts.calls:
+            if call.callee != function.name or call.class_name != function.class_name:
+                continue
+            for index, arg in enumerate(call.args):
+                bound = arg.keyword.value if arg.keyword is not None else (
+                    params[index] if index < len(params) and not arg.star else None
+                )
+                lambda_ = arg.value
+                if bound != step or not isinstance(lambda_, cst.Lambda):
+                    continue
+                names = [p.name.value for p in lambda_.params.params]
+                if len(names) == 2 and self.value_recurrence(lambda_.body, names[state_index]) is not None:
+                    sample = arguments[1 - state_index]
+                    return Recurrence(site, state, sample, value, "copy_through_function")
         return None
 
 

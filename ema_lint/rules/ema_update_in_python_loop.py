@@ -7,7 +7,9 @@ from ema_lint.rule import Example
 from ema_lint.rules._autograd import AutogradRule, FileFacts, one_line, strip_parens, through_data
 from ema_lint.rules._parameter_loops import foreach_fix, parameter_loop
 
-IN_PLACE_FORMS = frozenset({"mul_add", "lerp_", "toward", "copy_affine", "copy_toward", "copy_lerp"})
+IN_PLACE_FORMS = frozenset(
+    {"mul_add", "lerp_", "toward", "copy_affine", "copy_toward", "copy_lerp", "copy_through_function"}
+)
 
 
 class EmaUpdateInPythonLoop(AutogradRule):
