@@ -441,6 +441,18 @@ def _freezes(line: cst.BaseStatement) -> bool:
     return False
 
 
+# Calls that move or retype a tensor; they keep whatever history it had and add none of
+# their own parameters'.
+TRANSFER_METHODS = frozenset({"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "long", "int", "contiguous"})
+
+
+def _produces_graph(binding: Binding) -> bool:
+    value = strip_parens(binding.value)
+    if binding.element_of or not isinstance(value, cst.Call):
+        return False
+    return attribute_name(value.func) not in TRANSFER_METHODS | CUT_METHODS | SCALAR_CASTS
+
+
 class _Gather(cst.CSTVisitor):
     """Names and attribute chains under a node; a small walk, cheaper than `matchers.findall`."""
 
@@ -476,6 +488,7 @@ class FileFacts:
         self.frozen = {code_of(module, node) for node in collector.frozen}
         self._code: dict[int, str] = {}
         self._propagate_grad_free(collector.calls)
+        self._mark_backpropagated_outputs()
         self._propagate_graph_params(collector.calls)
 
     @functools.cached_property
@@ -533,6 +546,26 @@ class FileFacts:
                         changed = True
             if not changed:
                 return
+
+    def _mark_backpropagated_outputs(self) -> None:
+        """Names the backpropagated value is computed from, when bound to a call's result
+        (`out = model(x)`, then `loss = criterion(out, y)`; `loss.backward()`): such a call
+        recorded a graph, since a gradient flows through it. Names bound to loop elements
+        (`x, y` from a loader) or to device/dtype moves (`y = y.to(device)`) are not marked."""
+        for function in self.functions:
+            frontier, upstream = list(function.backward_names), set(function.backward_names)
+            while frontier:
+                name = frontier.pop()
+                for binding in function.bindings.get(name, ()):
+                    if binding.element_of:
+                        continue
+                    for used in names_in(binding.value) - upstream:
+                        upstream.add(used)
+                        frontier.append(used)
+            for name in upstream - function.backward_names:
+                bindings = function.bindings.get(name, ())
+                if bindings and all(_produces_graph(b) for b in bindings):
+                    function.backward_names.add(name)
 
     def may_carry_graph(self, node: cst.BaseExpression, function: Function, _seen: frozenset = frozenset()) -> bool:
         node = strip_parens(node)

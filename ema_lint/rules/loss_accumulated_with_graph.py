@@ -81,9 +81,7 @@ class LossAccumulatedWithGraph(AutogradRule):
         name = root_name(accumulator)
         if name is None or name in function.backward_names:
             return False
-        if not isinstance(accumulator, cst.Name) and not (
-            name == "self" and isinstance(accumulator, cst.Attribute)
-        ):
+        if not isinstance(accumulator, (cst.Name, cst.Attribute, cst.Subscript)) or accumulator.value == "self":
             return False
         if not facts.may_carry_graph(found.value, function):
             return False
@@ -91,12 +89,13 @@ class LossAccumulatedWithGraph(AutogradRule):
 
     @staticmethod
     def _carried_across(facts: FileFacts, found: Accumulation, loop) -> bool:
-        """The accumulator outlives one iteration of `loop`: it is not re-created at the top of
-        the loop body, and (for a local) it was bound before the loop."""
-        accumulator = strip_parens(found.accumulator)
-        if isinstance(accumulator, cst.Attribute):
+        """The accumulator outlives one iteration of `loop`: it is a `self.` attribute, or the
+        local it is (or is an item or attribute of, `stats["loss"]`) was bound before the loop
+        and is not re-created at the top of the loop body."""
+        name = root_name(found.accumulator)
+        if name == "self":
             return True
-        bindings = found.site.function.bindings.get(accumulator.value, ())
+        bindings = found.site.function.bindings.get(name, ())
         if any(
             b.statement is not None and b.statement is not found.site.statement and b.loops and b.loops[-1] is loop
             for b in bindings
@@ -108,10 +107,8 @@ class LossAccumulatedWithGraph(AutogradRule):
         module = self.context.module
         accumulator = one_line(module, strip_parens(found.accumulator))
         value = one_line(module, strip_parens(found.value))
-        escapes = root_name(found.accumulator) == "self" or (
-            isinstance(strip_parens(found.accumulator), cst.Name)
-            and strip_parens(found.accumulator).value in found.site.function.returned_names
-        )
+        root = root_name(found.accumulator)
+        escapes = root == "self" or root in found.site.function.returned_names
         fix = Fix(
             f"Accumulate `{value}.detach()`" if len(value) < 40 else "Detach the accumulated value",
             Applicability.UNSAFE if escapes else Applicability.SAFE,
