@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import libcst as cst
 import libcst.matchers as m
@@ -98,11 +98,6 @@ def root_name(node: cst.BaseExpression) -> str | None:
 def through_data(node: cst.BaseExpression) -> bool:
     node = strip_parens(node)
     return isinstance(node, cst.Attribute) and node.attr.value == "data"
-
-
-def without_data(node: cst.BaseExpression) -> cst.BaseExpression:
-    node = strip_parens(node)
-    return node.value if isinstance(node, cst.Attribute) and node.attr.value == "data" else node
 
 
 def is_grad_off_context(expression: cst.BaseExpression) -> bool:
@@ -211,7 +206,6 @@ class _Collector(cst.CSTVisitor):
         self.functions: list[Function] = []
         self.sites: list[Site] = []
         self.calls: list[Call] = []
-        self.loop_bodies: dict[int, Loop] = {}
         self._functions: list[Function] = [Function(None, None)]
         self.functions.append(self._functions[0])
         self._scopes: list[str | Function] = []
@@ -297,7 +291,6 @@ class _Collector(cst.CSTVisitor):
 
     def _enter_loop(self, node: cst.For | cst.While) -> None:
         loop = Loop(node)
-        self.loop_bodies[id(node)] = loop
         self._loops[-1].append(loop)
 
     def visit_For(self, node: cst.For) -> None:
@@ -483,7 +476,6 @@ class FileFacts:
         self.module = module
         self.functions = collector.functions
         self.sites = collector.sites
-        self.loops = collector.loop_bodies
         self.calls = collector.calls
         self.frozen = {code_of(module, node) for node in collector.frozen}
         self._code: dict[int, str] = {}
@@ -623,19 +615,18 @@ class FileFacts:
             return any(self.may_carry_graph(e.value, function, _seen) for e in node.elements)
         return False
 
-    def reads(self, scope: cst.CSTNode, target: str, skip: Sequence[cst.CSTNode]) -> Iterator[tuple[cst.CSTNode, bool]]:
-        """Every read of the expression `target` inside `scope` outside the `skip` statements,
-        each with whether it can enter a differentiable computation."""
-        finder = _ReadFinder(self, target, skip)
+    def reads(self, scope: cst.CSTNode, target: str) -> list[tuple[cst.CSTNode, bool]]:
+        """Every read of the expression `target` inside `scope`, each with whether it can
+        enter a differentiable computation."""
+        finder = _ReadFinder(self, target)
         scope.visit(finder)
-        return iter(finder.found)
+        return finder.found
 
 
 class _ReadFinder(cst.CSTVisitor):
-    def __init__(self, facts: FileFacts, target: str, skip: Sequence[cst.CSTNode]) -> None:
+    def __init__(self, facts: FileFacts, target: str) -> None:
         self.facts = facts
         self.target = target
-        self.skip = {id(s) for s in skip}
         self.found: list[tuple[cst.CSTNode, bool]] = []
         self._inert = 0
         self._entered: set[int] = set()
@@ -655,7 +646,7 @@ class _ReadFinder(cst.CSTVisitor):
         return False
 
     def on_visit(self, node: cst.CSTNode) -> bool:
-        if id(node) in self.skip or isinstance(node, cst.AssignTarget):
+        if isinstance(node, cst.AssignTarget):
             return False
         if self._inert_node(node):
             self._entered.add(id(node))

@@ -214,7 +214,7 @@ class EmaUpdateKeepsGraph(AutogradRule):
         for other in sites:
             if other.grad_off or other.function.grad_free or any(other.statement is o for o in own):
                 continue
-            if any(differentiable for _, differentiable in facts.reads(other.statement, code, ())):
+            if any(differentiable for _, differentiable in facts.reads(other.statement, code)):
                 found.append(other)
         if isinstance(state, cst.Name) and state.value in site.function.returned_names:
             found.append(None)

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import libcst as cst
-
 from ema_lint.diagnostics import Severity
 from ema_lint.rule import Example
 from ema_lint.rules._autograd import AutogradRule, FileFacts, one_line, strip_parens, through_data
