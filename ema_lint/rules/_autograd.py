@@ -11,8 +11,9 @@ docs/rules-autograd.md): a value derived, without a cut, from a parameter of a
 `forward`-like method, from a value that the same function backpropagates, from a
 method parameter that such a value is passed to, or from iterating `.parameters()`.
 Cuts: `.detach()`, `.item()`, `.tolist()`, `.numpy()`, `.data`, `.grad`, `float()`,
-`int()`, `len()`, literals, `.state_dict()` / `.buffers()` elements, and names that are
-not local (modules, globals, hyperparameters read from `self`).
+`int()`, `len()`, literals, `.state_dict()` / `.buffers()` elements, the output of a module
+set `requires_grad_(False)` in the file, and names that are not local (modules, globals,
+hyperparameters read from `self`).
 """
 
 from __future__ import annotations
@@ -356,6 +357,12 @@ class _Collector(cst.CSTVisitor):
         single = self._single_body[-1] is node and len(node.body) == 1
         for statement in node.body:
             if isinstance(statement, cst.Assign):
+                value = statement.value
+                if m.matches(value, m.Call(func=m.Attribute(attr=m.Name("requires_grad_")))) and _is_false_arg(
+                    value.args
+                ):
+                    # `self.teacher = teacher.requires_grad_(False)` freezes both names
+                    self.frozen.extend(t.target for t in statement.targets)
                 for target in statement.targets:
                     top_level = statement if self._at_loop_top(node) else None
                     self._bind_target(target.target, statement.value, element_of=False, statement=top_level)
@@ -591,10 +598,12 @@ class FileFacts:
             name = attribute_name(node.func)
             if isinstance(node.func, cst.Name) and name in SCALAR_CASTS:
                 return False
+            if self.code(node.func) in self.frozen:
+                return False  # a module set `requires_grad_(False)`: a frozen teacher's output
             if isinstance(node.func, cst.Attribute):
                 if name in CUT_METHODS:
                     return False
-                if name in TENSOR_COLLECTIONS and name in PARAMETER_SOURCES:
+                if name in PARAMETER_SOURCES:
                     return self.code(node.func.value) not in self.frozen
                 if self.may_carry_graph(node.func.value, function, _seen):
                     return True
