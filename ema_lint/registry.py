@@ -12,6 +12,10 @@ from typing import Iterable
 from ema_lint.diagnostics import Severity
 from ema_lint.rule import Rule
 from ema_lint.rules.batchnorm_in_checkpoint import BatchnormInCheckpoint
+from ema_lint.rules.ema_update_in_python_loop import EmaUpdateInPythonLoop
+from ema_lint.rules.ema_update_keeps_graph import EmaUpdateKeepsGraph
+from ema_lint.rules.ema_update_via_data import EmaUpdateViaData
+from ema_lint.rules.loss_accumulated_with_graph import LossAccumulatedWithGraph
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,10 @@ TOOL_CODES: tuple[ToolCode, ...] = (
 
 SOURCE_RULES: tuple[type[Rule], ...] = (
     BatchnormInCheckpoint,
+    EmaUpdateKeepsGraph,
+    LossAccumulatedWithGraph,
+    EmaUpdateViaData,
+    EmaUpdateInPythonLoop,
 )
 
 _TOOL_BY_CODE = {tool.code: tool for tool in TOOL_CODES}

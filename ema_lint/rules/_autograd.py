@@ -1,0 +1,1019 @@
+"""Shared facts for the autograd-history rules (EMA201, EMA202, EMA203, EMA301).
+
+One plain libcst walk per file, cached by module node, records every statement that could
+be an EMA update or an accumulation together with what the rules need to judge it: the
+enclosing function and class, the loops around it, whether gradient recording is off
+there, and per function the local bindings, the values that are backpropagated and the
+parameters that carry autograd history. Nothing is imported or executed.
+
+What "may carry autograd history" means here (precision over recall, documented in
+docs/rules-autograd.md): a value derived, without a cut, from a parameter of a
+`forward`-like method, from a value that the same function backpropagates, from a
+method parameter that such a value is passed to, or from iterating `.parameters()`.
+Cuts: `.detach()`, `.item()`, `.tolist()`, `.numpy()`, `.data`, `.grad`, `float()`,
+`int()`, `len()`, literals, `.state_dict()` / `.buffers()` elements, the output of a module
+set `requires_grad_(False)` in the file, and names that are not local (modules, globals,
+hyperparameters read from `self`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import libcst as cst
+import libcst.matchers as m
+
+from ema_lint.rule import Rule
+
+# Methods whose tensor arguments are the model's inputs during a training step.
+FORWARD_METHODS = frozenset({"forward", "__call__", "training_step", "compute_loss", "_forward"})
+GRAD_OFF_CONTEXTS = frozenset({"no_grad", "inference_mode"})
+# `numel()`, `.shape` and friends describe a tensor; they are plain numbers, never graph nodes.
+CUT_METHODS = frozenset(
+    {"detach", "detach_", "item", "tolist", "numpy", "numel", "size", "dim", "is_floating_point", "argmax", "argmin"}
+)
+CUT_ATTRIBUTES = frozenset({"data", "grad", "shape", "ndim", "dtype", "device"})
+SCALAR_CASTS = frozenset({"float", "int", "len", "bool", "round", "str"})
+# Element kinds of collections an EMA loop iterates over.
+PARAMETER_SOURCES = frozenset({"parameters", "named_parameters"})
+DETACHED_SOURCES = frozenset({"buffers", "named_buffers", "state_dict"})
+TENSOR_COLLECTIONS = PARAMETER_SOURCES | DETACHED_SOURCES
+# Reads of a value that never enter a differentiable computation.
+LOGGING_CALLS = frozenset({"print", "log", "info", "debug", "warning", "add_scalar", "format", "append"})
+
+
+def code_of(module: cst.Module, node: cst.CSTNode) -> str:
+    return "".join(module.code_for_node(node).split())
+
+
+def one_line(module: cst.Module, node: cst.CSTNode) -> str:
+    """`node`'s code on one line, for messages: `zip(\n    a, b\n)` reads `zip(a, b)`."""
+    text = " ".join(module.code_for_node(node).split())
+    return text.replace("( ", "(").replace(" )", ")").replace("[ ", "[").replace(" ]", "]").replace(",)", ")")
+
+
+def strip_parens(node: cst.BaseExpression) -> cst.BaseExpression:
+    if isinstance(node, cst.Tuple) or not getattr(node, "lpar", None):
+        return node
+    return node.with_changes(lpar=(), rpar=())
+
+
+def is_atom(node: cst.BaseExpression) -> bool:
+    """True when `node.detach()` needs no parentheses around `node`."""
+    return bool(getattr(node, "lpar", None)) or isinstance(
+        node, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)
+    )
+
+
+def detached(module: cst.Module, node: cst.BaseExpression) -> str:
+    text = module.code_for_node(node)
+    return f"{text}.detach()" if is_atom(node) else f"({text}).detach()"
+
+
+def attribute_name(func: cst.BaseExpression) -> str | None:
+    if isinstance(func, cst.Attribute):
+        return func.attr.value
+    if isinstance(func, cst.Name):
+        return func.value
+    return None
+
+
+def root_name(node: cst.BaseExpression) -> str | None:
+    """`self` for `self.a.b`, `x` for `x.data`, `x[0].y`, `x.f()`."""
+    while True:
+        node = strip_parens(node)
+        if isinstance(node, cst.Name):
+            return node.value
+        if isinstance(node, cst.Attribute):
+            node = node.value
+        elif isinstance(node, cst.Subscript):
+            node = node.value
+        elif isinstance(node, cst.Call):
+            node = node.func
+        else:
+            return None
+
+
+def through_data(node: cst.BaseExpression) -> bool:
+    node = strip_parens(node)
+    return isinstance(node, cst.Attribute) and node.attr.value == "data"
+
+
+def is_grad_off_context(expression: cst.BaseExpression) -> bool:
+    """`torch.no_grad()`, `no_grad()`, `torch.inference_mode()`, `torch.set_grad_enabled(False)`."""
+    if not isinstance(expression, cst.Call):
+        return False
+    name = attribute_name(expression.func)
+    if name in GRAD_OFF_CONTEXTS:
+        return True
+    if name == "set_grad_enabled" and expression.args:
+        value = expression.args[0].value
+        return isinstance(value, cst.Name) and value.value == "False"
+    return False
+
+
+def is_grad_off_decorator(decorator: cst.Decorator) -> bool:
+    expression = decorator.decorator
+    return is_grad_off_context(expression) or attribute_name(expression) in GRAD_OFF_CONTEXTS
+
+
+def collection_kind(iterable: cst.BaseExpression) -> str | None:
+    """`parameters` / `state_dict` / ... when `iterable` yields a module's tensors."""
+    iterable = strip_parens(iterable)
+    if isinstance(iterable, cst.Call):
+        name = attribute_name(iterable.func)
+        if name in TENSOR_COLLECTIONS:
+            return name
+        if name in ("values", "items") and isinstance(iterable.func, cst.Attribute):
+            return collection_kind(iterable.func.value)
+        if name in ("list", "tuple") and len(iterable.args) == 1:
+            return collection_kind(iterable.args[0].value)
+    return None
+
+
+@dataclass(eq=False)
+class Loop:
+    node: cst.For | cst.While
+    runs_backward: bool = False
+
+
+@dataclass(eq=False)
+class Binding:
+    """One way a local name gets a value: `name = value`, or the element of a loop's iterable."""
+
+    value: cst.BaseExpression
+    loops: tuple[Loop, ...]
+    order: int
+    element_of: bool = False
+    # the statement when the binding is a plain `name = value` at a loop body's top level
+    statement: cst.CSTNode | None = None
+
+
+@dataclass(eq=False)
+class Function:
+    node: cst.FunctionDef | None
+    class_name: str | None
+    params: tuple[str, ...] = ()
+    grad_off_decorated: bool = False
+    bindings: dict[str, list[Binding]] = field(default_factory=dict)
+    backward_names: set[str] = field(default_factory=set)
+    # parameters that receive values carrying autograd history
+    graph_params: set[str] = field(default_factory=set)
+    returned_names: set[str] = field(default_factory=set)
+    grad_free: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.node.name.value if self.node is not None else ""
+
+
+@dataclass(eq=False)
+class Site:
+    """A small statement with the context the rules judge it in."""
+
+    statement: cst.BaseSmallStatement
+    function: Function
+    loops: tuple[Loop, ...]
+    grad_off: bool
+    order: int
+    # the statement line when it is the whole body of the enclosing block
+    only_statement_of: cst.CSTNode | None = None
+    # ids of the enclosing indented blocks, outermost first: two statements run in the same
+    # call in source order when one's blocks are a prefix of the other's
+    blocks: tuple[int, ...] = ()
+    # the small statement just before this one in the same block, if any
+    follows: "Site | None" = None
+
+    def same_path(self, other: "Site") -> bool:
+        shorter = min(len(self.blocks), len(other.blocks))
+        return self.function is other.function and self.blocks[:shorter] == other.blocks[:shorter]
+
+
+@dataclass(eq=False)
+class Call:
+    """`self.method(...)` or `function(...)` inside the same file, for interprocedural facts."""
+
+    caller: Function
+    callee: str
+    class_name: str | None
+    args: Sequence[cst.Arg]
+    grad_off: bool
+
+
+class _Collector(cst.CSTVisitor):
+    def __init__(self) -> None:
+        self.functions: list[Function] = []
+        self.sites: list[Site] = []
+        self.calls: list[Call] = []
+        self._functions: list[Function] = [Function(None, None)]
+        self.functions.append(self._functions[0])
+        self._scopes: list[str | Function] = []
+        self._loops: list[list[Loop]] = [[]]
+        self._grad_off: list[int] = [0]
+        self._order = 0
+        # modules whose parameters are set `requires_grad_(False)`
+        self.frozen: list[cst.BaseExpression] = []
+        self._lambdas = 0
+        self._single_body: list[cst.CSTNode | None] = [None]
+        self._blocks: list[int] = []
+        self._previous: dict[tuple, Site] = {}
+
+    @property
+    def function(self) -> Function:
+        return self._functions[-1]
+
+    def _next(self) -> int:
+        self._order += 1
+        return self._order
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+        self._scopes.append(node.name.value)
+
+    def leave_ClassDef(self, node: cst.ClassDef) -> None:
+        self._scopes.pop()
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        params = node.params
+        names = tuple(
+            p.name.value
+            for p in (*params.posonly_params, *params.params, *params.kwonly_params)
+        )
+        # a method is a function whose innermost enclosing scope is a class body
+        class_name = self._scopes[-1] if self._scopes and isinstance(self._scopes[-1], str) else None
+        function = Function(
+            node,
+            class_name,
+            names,
+            any(is_grad_off_decorator(d) for d in node.decorators),
+        )
+        if node.name.value in FORWARD_METHODS:
+            function.graph_params.update(n for n in names if n not in ("self", "cls"))
+        self.functions.append(function)
+        self._functions.append(function)
+        self._scopes.append(function)
+        self._loops.append([])
+        self._grad_off.append(0)
+        self._single_body.append(None)
+
+    def leave_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self._functions.pop()
+        self._scopes.pop()
+        self._loops.pop()
+        self._grad_off.pop()
+        self._single_body.pop()
+
+    # Calls inside a lambda run when the lambda is called, not where it is written.
+    def visit_Lambda(self, node: cst.Lambda) -> None:
+        self._lambdas += 1
+
+    def leave_Lambda(self, node: cst.Lambda) -> None:
+        self._lambdas -= 1
+
+    def _compound(self) -> None:
+        """A compound statement separates the small statements before and after it."""
+        self._previous.pop(self._block_key(), None)
+
+    def visit_If(self, node: cst.If) -> None:
+        self._compound()
+
+    def visit_Try(self, node: cst.Try) -> None:
+        self._compound()
+
+    def visit_With(self, node: cst.With) -> None:
+        self._compound()
+        if any(is_grad_off_context(item.item) for item in node.items):
+            self._grad_off[-1] += 1
+
+    def leave_With(self, node: cst.With) -> None:
+        if any(is_grad_off_context(item.item) for item in node.items):
+            self._grad_off[-1] -= 1
+
+    def _enter_loop(self, node: cst.For | cst.While) -> None:
+        loop = Loop(node)
+        self._loops[-1].append(loop)
+
+    def visit_For(self, node: cst.For) -> None:
+        self._compound()
+        self._bind_target(node.target, node.iter, element_of=True)
+        self._enter_loop(node)
+        iterable = strip_parens(node.iter)
+        if isinstance(iterable, cst.Call) and attribute_name(iterable.func) == "parameters":
+            if isinstance(iterable.func, cst.Attribute) and isinstance(node.body, cst.IndentedBlock):
+                for line in node.body.body:
+                    if _freezes(line):
+                        self.frozen.append(iterable.func.value)
+
+    def leave_For(self, node: cst.For) -> None:
+        self._loops[-1].pop()
+
+    def visit_While(self, node: cst.While) -> None:
+        self._compound()
+        self._enter_loop(node)
+
+    def leave_While(self, node: cst.While) -> None:
+        self._loops[-1].pop()
+
+    def visit_IndentedBlock(self, node: cst.IndentedBlock) -> None:
+        single = node.body[0] if len(node.body) == 1 else None
+        self._single_body.append(single)
+        self._blocks.append(id(node))
+
+    def leave_IndentedBlock(self, node: cst.IndentedBlock) -> None:
+        self._single_body.pop()
+        self._blocks.pop()
+
+    def _bind_target(
+        self,
+        target: cst.BaseExpression,
+        value: cst.BaseExpression,
+        *,
+        element_of: bool,
+        statement: cst.CSTNode | None = None,
+    ) -> None:
+        target = strip_parens(target)
+        value = strip_parens(value)
+        if isinstance(target, cst.Name):
+            self.function.bindings.setdefault(target.value, []).append(
+                Binding(value, tuple(self._loops[-1]), self._next(), element_of, statement)
+            )
+        elif isinstance(target, (cst.Tuple, cst.List)):
+            elements = [e.value for e in target.elements]
+            paired = None
+            if element_of and m.matches(value, m.Call(func=m.Name("zip"))):
+                positional = [a.value for a in value.args if a.keyword is None]
+                if len(positional) == len(elements):
+                    paired = positional
+            elif isinstance(value, (cst.Tuple, cst.List)) and len(value.elements) == len(elements):
+                paired = [e.value for e in value.elements]
+                element_of = False
+            for index, element in enumerate(elements):
+                self._bind_target(
+                    element, paired[index] if paired else value, element_of=element_of
+                )
+
+    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> None:
+        single = self._single_body[-1] is node and len(node.body) == 1
+        for statement in node.body:
+            if isinstance(statement, cst.Assign):
+                value = statement.value
+                if m.matches(value, m.Call(func=m.Attribute(attr=m.Name("requires_grad_")))) and _is_false_arg(
+                    value.args
+                ):
+                    # `self.teacher = teacher.requires_grad_(False)` freezes both names
+                    self.frozen.extend(t.target for t in statement.targets)
+                for target in statement.targets:
+                    top_level = statement if self._at_loop_top(node) else None
+                    self._bind_target(target.target, statement.value, element_of=False, statement=top_level)
+            elif isinstance(statement, cst.AnnAssign) and statement.value is not None:
+                self._bind_target(statement.target, statement.value, element_of=False)
+            elif isinstance(statement, cst.AugAssign):
+                self._bind_target(statement.target, statement.value, element_of=False)
+            elif isinstance(statement, cst.Return) and statement.value is not None:
+                self.function.returned_names.update(names_in(statement.value))
+            self.sites.append(
+                Site(
+                    statement,
+                    self.function,
+                    tuple(self._loops[-1]),
+                    self._grad_off[-1] > 0,
+                    self._next(),
+                    node if single else None,
+                    tuple(self._blocks),
+                    self._previous.get(self._block_key(), None),
+                )
+            )
+            self._previous[self._block_key()] = self.sites[-1]
+
+    def _block_key(self) -> tuple:
+        return (id(self.function), tuple(self._blocks))
+
+    def _at_loop_top(self, line: cst.SimpleStatementLine) -> bool:
+        loops = self._loops[-1]
+        if not loops:
+            return False
+        body = loops[-1].node.body
+        return isinstance(body, cst.IndentedBlock) and any(s is line for s in body.body)
+
+    def visit_Call(self, node: cst.Call) -> None:
+        if self._lambdas:
+            return
+        name = attribute_name(node.func)
+        if name == "requires_grad_" and isinstance(node.func, cst.Attribute) and _is_false_arg(node.args):
+            self.frozen.append(node.func.value)
+        # `self.backward(...)` is a method of the user's own class (hand-written backprop in
+        # numpy code), not autograd's
+        if name == "backward" and not m.matches(node.func, m.Attribute(value=m.Name("self"))):
+            parts: list[cst.CSTNode] = [a.value for a in node.args]
+            if isinstance(node.func, cst.Attribute):
+                parts.append(node.func.value)
+            for part in parts:
+                self.function.backward_names.update(names_in(part))
+            for loop in self._loops[-1]:
+                loop.runs_backward = True
+        func = node.func
+        if isinstance(func, cst.Attribute) and m.matches(func.value, m.Name("self")):
+            self.calls.append(
+                Call(self.function, func.attr.value, self.function.class_name, node.args, self._grad_off[-1] > 0)
+            )
+        elif isinstance(func, cst.Name):
+            self.calls.append(Call(self.function, func.value, None, node.args, self._grad_off[-1] > 0))
+
+
+def _is_false_arg(args: Sequence[cst.Arg]) -> bool:
+    return len(args) == 1 and isinstance(args[0].value, cst.Name) and args[0].value.value == "False"
+
+
+def _freezes(line: cst.BaseStatement) -> bool:
+    """`p.requires_grad_(False)` or `p.requires_grad = False` as a loop-body line."""
+    if not isinstance(line, cst.SimpleStatementLine):
+        return False
+    for statement in line.body:
+        if isinstance(statement, cst.Expr) and isinstance(statement.value, cst.Call):
+            call = statement.value
+            if attribute_name(call.func) == "requires_grad_" and _is_false_arg(call.args):
+                return True
+        if isinstance(statement, cst.Assign) and isinstance(statement.value, cst.Name):
+            target = statement.targets[0].target
+            if attribute_name(target) == "requires_grad" and statement.value.value == "False":
+                return True
+    return False
+
+
+# Calls that move or retype a tensor; they keep whatever history it had and add none of
+# their own parameters'.
+TRANSFER_METHODS = frozenset({"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "long", "int", "contiguous"})
+
+
+def _produces_graph(binding: Binding) -> bool:
+    value = strip_parens(binding.value)
+    if binding.element_of or not isinstance(value, cst.Call):
+        return False
+    return attribute_name(value.func) not in TRANSFER_METHODS | CUT_METHODS | SCALAR_CASTS
+
+
+class _Gather(cst.CSTVisitor):
+    """Names and attribute chains under a node; a small walk, cheaper than `matchers.findall`."""
+
+    def __init__(self) -> None:
+        self.nodes: list[cst.Name | cst.Attribute] = []
+
+    def visit_Name(self, node: cst.Name) -> None:
+        self.nodes.append(node)
+
+    def visit_Attribute(self, node: cst.Attribute) -> None:
+        self.nodes.append(node)
+
+
+def names_and_attributes(node: cst.CSTNode) -> list[cst.Name | cst.Attribute]:
+    gather = _Gather()
+    node.visit(gather)
+    return gather.nodes
+
+
+def names_in(node: cst.CSTNode) -> set[str]:
+    return {n.value for n in names_and_attributes(node) if isinstance(n, cst.Name)}
+
+
+class FileFacts:
+    """Everything the autograd rules read about one module."""
+
+    def __init__(self, module: cst.Module, collector: "_Collector") -> None:
+        self.module = module
+        self.functions = collector.functions
+        self.sites = collector.sites
+        self.calls = collector.calls
+        self.frozen = {code_of(module, node) for node in collector.frozen}
+        self._code: dict[int, str] = {}
+        self._propagate_grad_free(collector.calls)
+        self._mark_backpropagated_outputs()
+        self._propagate_graph_params(collector.calls)
+
+    @functools.cached_property
+    def recurrences(self) -> "list[Recurrence]":
+        return find_recurrences(self)
+
+    def code(self, node: cst.CSTNode) -> str:
+        key = id(node)
+        if key not in self._code:
+            self._code[key] = code_of(self.module, node)
+        return self._code[key]
+
+    def _propagate_grad_free(self, calls: list[Call]) -> None:
+        """A function runs with gradients off when it is decorated so, or when every call to it
+        in this file (there is at least one) is under a grad-off context or in such a function."""
+        for function in self.functions:
+            function.grad_free = function.grad_off_decorated
+        by_key: dict[tuple[str | None, str], list[Function]] = {}
+        for function in self.functions:
+            if function.node is not None:
+                by_key.setdefault((function.class_name, function.name), []).append(function)
+        callers: dict[int, list[Call]] = {}
+        for call in calls:
+            for callee in by_key.get((call.class_name, call.callee), ()):
+                callers.setdefault(id(callee), []).append(call)
+        changed = True
+        while changed:
+            changed = False
+            for function in self.functions:
+                sites = callers.get(id(function))
+                if function.grad_free or not sites:
+                    continue
+                if all(call.grad_off or call.caller.grad_free for call in sites):
+                    function.grad_free = True
+                    changed = True
+
+    def _propagate_graph_params(self, calls: list[Call]) -> None:
+        by_key = {(f.class_name, f.name): f for f in self.functions if f.node is not None}
+        for _ in range(3):
+            changed = False
+            for call in calls:
+                callee = by_key.get((call.class_name, call.callee))
+                if callee is None or call.grad_off or call.caller.grad_free:
+                    continue
+                params = [p for p in callee.params if p not in ("self", "cls")]
+                for index, arg in enumerate(call.args):
+                    if arg.keyword is not None:
+                        name = arg.keyword.value
+                    elif arg.star or index >= len(params):
+                        continue
+                    else:
+                        name = params[index]
+                    if name not in callee.graph_params and self.may_carry_graph(arg.value, call.caller):
+                        callee.graph_params.add(name)
+                        changed = True
+            if not changed:
+                return
+
+    def _mark_backpropagated_outputs(self) -> None:
+        """Names the backpropagated value is computed from, when bound to a call's result
+        (`out = model(x)`, then `loss = criterion(out, y)`; `loss.backward()`): such a call
+        recorded a graph, since a gradient flows through it. Names bound to loop elements
+        (`x, y` from a loader) or to device/dtype moves (`y = y.to(device)`) are not marked."""
+        for function in self.functions:
+            frontier, upstream = list(function.backward_names), set(function.backward_names)
+            while frontier:
+                name = frontier.pop()
+                for binding in function.bindings.get(name, ()):
+                    if binding.element_of:
+                        continue
+                    for used in names_in(binding.value) - upstream:
+                        upstream.add(used)
+                        frontier.append(used)
+            for name in upstream - function.backward_names:
+                bindings = function.bindings.get(name, ())
+                if bindings and all(_produces_graph(b) for b in bindings):
+                    function.backward_names.add(name)
+
+    def may_carry_graph(self, node: cst.BaseExpression, function: Function, _seen: frozenset = frozenset()) -> bool:
+        node = strip_parens(node)
+        if isinstance(node, cst.Name):
+            name = node.value
+            if name in function.graph_params or name in function.backward_names:
+                return True
+            if name in _seen:
+                return False
+            seen = _seen | {name}
+            for binding in function.bindings.get(name, ()):
+                if binding.element_of:
+                    kind = collection_kind(binding.value)
+                    if kind in PARAMETER_SOURCES:
+                        owner = strip_parens(binding.value)
+                        while isinstance(owner, cst.Call) and attribute_name(owner.func) in ("list", "tuple"):
+                            owner = owner.args[0].value
+                        if self.code(owner.func.value) not in self.frozen:
+                            return True
+                        continue
+                    if kind in DETACHED_SOURCES:
+                        continue
+                if self.may_carry_graph(binding.value, function, seen):
+                    return True
+            return False
+        if isinstance(node, cst.Attribute):
+            if node.attr.value in CUT_ATTRIBUTES or root_name(node) == "self":
+                return False
+            return self.may_carry_graph(node.value, function, _seen)
+        if isinstance(node, cst.Call):
+            name = attribute_name(node.func)
+            if isinstance(node.func, cst.Name) and name in SCALAR_CASTS:
+                return False
+            if self.code(node.func) in self.frozen:
+                return False  # a module set `requires_grad_(False)`: a frozen teacher's output
+            if isinstance(node.func, cst.Attribute):
+                if name in CUT_METHODS:
+                    return False
+                if name in PARAMETER_SOURCES:
+                    return self.code(node.func.value) not in self.frozen
+                if self.may_carry_graph(node.func.value, function, _seen):
+                    return True
+            return any(self.may_carry_graph(a.value, function, _seen) for a in node.args)
+        if isinstance(node, cst.Subscript):
+            return self.may_carry_graph(node.value, function, _seen)
+        if isinstance(node, cst.BinaryOperation):
+            return self.may_carry_graph(node.left, function, _seen) or self.may_carry_graph(
+                node.right, function, _seen
+            )
+        if isinstance(node, cst.UnaryOperation):
+            return self.may_carry_graph(node.expression, function, _seen)
+        if isinstance(node, cst.IfExp):
+            return self.may_carry_graph(node.body, function, _seen) or self.may_carry_graph(
+                node.orelse, function, _seen
+            )
+        if isinstance(node, (cst.Tuple, cst.List)):
+            return any(self.may_carry_graph(e.value, function, _seen) for e in node.elements)
+        return False
+
+    def reads(self, scope: cst.CSTNode, target: str) -> list[tuple[cst.CSTNode, bool]]:
+        """Every read of the expression `target` inside `scope`, each with whether it can
+        enter a differentiable computation."""
+        finder = _ReadFinder(self, target)
+        scope.visit(finder)
+        return finder.found
+
+
+class _ReadFinder(cst.CSTVisitor):
+    def __init__(self, facts: FileFacts, target: str) -> None:
+        self.facts = facts
+        self.target = target
+        self.found: list[tuple[cst.CSTNode, bool]] = []
+        self._inert = 0
+        self._entered: set[int] = set()
+
+    def _inert_node(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, cst.With):
+            return any(is_grad_off_context(item.item) for item in node.items)
+        if isinstance(node, cst.FunctionDef):
+            return any(is_grad_off_decorator(d) for d in node.decorators)
+        if isinstance(node, (cst.FormattedString, cst.Comparison)):
+            return True
+        if isinstance(node, cst.Call):
+            name = attribute_name(node.func)
+            return name in SCALAR_CASTS or name in LOGGING_CALLS
+        if isinstance(node, cst.Attribute):
+            return node.attr.value in CUT_METHODS | CUT_ATTRIBUTES
+        return False
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, cst.AssignTarget):
+            return False
+        if self._inert_node(node):
+            self._entered.add(id(node))
+            self._inert += 1
+        if isinstance(node, (cst.Name, cst.Attribute)) and self.facts.code(node) == self.target:
+            self.found.append((node, self._inert == 0))
+            return False
+        return True
+
+    def on_leave(self, original_node: cst.CSTNode) -> None:
+        if id(original_node) in self._entered:
+            self._entered.discard(id(original_node))
+            self._inert -= 1
+
+
+class _Traversal:
+    """The collector of the file being traversed. The engine runs every enabled rule in one
+    batched traversal; the first autograd rule to enter the module drives the collector and
+    the others read the facts it built, so the facts cost one set of callbacks per file."""
+
+    module: cst.Module | None = None
+    driver: "AutogradRule | None" = None
+    collector: _Collector | None = None
+    facts: "FileFacts | None" = None
+
+
+class AutogradRule(Rule):
+    """Base of the rules that read `FileFacts`; they judge the whole file in `check`."""
+
+    def visit_Module(self, node: cst.Module) -> None:
+        if _Traversal.module is not node or _Traversal.facts is not None:
+            _Traversal.module, _Traversal.driver = node, self
+            _Traversal.collector, _Traversal.facts = _Collector(), None
+
+    def leave_Module(self, original_node: cst.Module) -> None:
+        if _Traversal.facts is None:
+            _Traversal.facts = FileFacts(original_node, _Traversal.collector)
+        self.check(_Traversal.facts)
+
+    def check(self, facts: FileFacts) -> None:
+        raise NotImplementedError
+
+
+def _forward_to_collector(hook: str):
+    def forward(self: AutogradRule, node: cst.CSTNode) -> None:
+        if _Traversal.driver is self:
+            getattr(_Traversal.collector, hook)(node)
+
+    forward.__name__ = hook
+    return forward
+
+
+# The collector's hooks, exposed on every autograd rule so the batched traversal calls them.
+for _hook in [name for name in vars(_Collector) if name.startswith(("visit_", "leave_"))]:
+    setattr(AutogradRule, _hook, _forward_to_collector(_hook))
+
+
+@dataclass(eq=False)
+class Recurrence:
+    """`state <- decay * state + weight * sample` in one of its spellings."""
+
+    site: Site
+    state: cst.BaseExpression
+    sample: cst.BaseExpression
+    # the whole part that is not the state; a cut anywhere in it is a cut of the update
+    new_term: cst.BaseExpression
+    form: str
+    decay: cst.BaseExpression | None = None
+    weight: cst.BaseExpression | None = None
+    # keyword `alpha=` of `add_`, which fixes the spelling of an exact rewrite
+    alpha: cst.BaseExpression | None = None
+
+    @property
+    def statement(self) -> cst.BaseSmallStatement:
+        return self.site.statement
+
+
+def _factors(node: cst.BaseExpression) -> tuple[cst.BaseExpression, cst.BaseExpression] | None:
+    """The two factors of `a * b` or `a.mul(b)`."""
+    node = strip_parens(node)
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Multiply):
+        return node.left, node.right
+    if (
+        isinstance(node, cst.Call)
+        and isinstance(node.func, cst.Attribute)
+        and node.func.attr.value == "mul"
+        and len(node.args) == 1
+        and node.args[0].keyword is None
+    ):
+        return node.func.value, node.args[0].value
+    return None
+
+
+def _is_one_minus(node: cst.BaseExpression) -> bool:
+    node = strip_parens(node)
+    return (
+        isinstance(node, cst.BinaryOperation)
+        and isinstance(node.operator, cst.Subtract)
+        and isinstance(node.left, (cst.Integer, cst.Float))
+        and float(node.left.value) == 1.0
+    )
+
+
+def _scaling(statement: cst.BaseSmallStatement) -> tuple[cst.BaseExpression, cst.BaseExpression] | None:
+    """(state, decay) for `state *= decay` or `state.mul_(decay)`."""
+    if isinstance(statement, cst.AugAssign) and isinstance(statement.operator, cst.MultiplyAssign):
+        return statement.target, statement.value
+    if m.matches(statement, m.Expr(value=m.Call(func=m.Attribute(attr=m.Name("mul_")), args=[m.Arg(keyword=None)]))):
+        return statement.value.func.value, statement.value.args[0].value
+    return None
+
+
+class _Shapes:
+    """Recognises the spellings of an EMA step, comparing sub-expressions by their code."""
+
+    def __init__(self, facts: FileFacts) -> None:
+        self.facts = facts
+
+    def same(self, node: cst.CSTNode, code: str) -> bool:
+        return self.facts.code(strip_parens(node)) == code
+
+    def mentions(self, node: cst.CSTNode, code: str) -> bool:
+        return any(self.facts.code(n) == code for n in names_and_attributes(node))
+
+    def _coefficient_like(self, factor: cst.BaseExpression, decay: cst.BaseExpression | None) -> bool:
+        factor = strip_parens(factor)
+        if isinstance(factor, (cst.Integer, cst.Float)) or _is_one_minus(factor):
+            return True
+        if decay is None:
+            return False
+        # `(1 - m) * state + m * x`: the sample's weight names the decay or is named by it
+        return self.mentions(factor, self.facts.code(strip_parens(decay))) or (
+            isinstance(factor, (cst.Name, cst.Attribute)) and self.mentions(decay, self.facts.code(factor))
+        )
+
+    def split_term(self, term: cst.BaseExpression, decay: cst.BaseExpression | None):
+        """(weight, sample) of `weight * sample` / `sample * weight`; (None, term) otherwise."""
+        factors = _factors(term)
+        if factors is not None:
+            left, right = factors
+            if self._coefficient_like(left, decay):
+                return left, right
+            if self._coefficient_like(right, decay):
+                return right, left
+        return None, term
+
+    def _scaled_state(self, node: cst.BaseExpression, state: str) -> cst.BaseExpression | None:
+        factors = _factors(node)
+        if factors is None:
+            return None
+        left, right = factors
+        if self.same(left, state) and not self.mentions(right, state):
+            return right
+        if self.same(right, state) and not self.mentions(left, state):
+            return left
+        return None
+
+    def _difference_scaled(self, node: cst.BaseExpression, first: str | None, second: str | None):
+        """(weight, other) for `weight * (a - b)` where `a` or `b` is given by code."""
+        factors = _factors(node)
+        if factors is None:
+            return None
+        for weight, difference in (factors, factors[::-1]):
+            difference = strip_parens(difference)
+            if not (
+                isinstance(difference, cst.BinaryOperation)
+                and isinstance(difference.operator, cst.Subtract)
+            ):
+                continue
+            if first is not None and self.same(difference.left, first):
+                return weight, difference.right
+            if second is not None and self.same(difference.right, second):
+                return weight, difference.left
+        return None
+
+    def value_recurrence(self, value: cst.BaseExpression, state: str):
+        """(form, decay, weight, sample, new_term) when `value` is an EMA step of `state`."""
+        value = strip_parens(value)
+        if isinstance(value, cst.IfExp):
+            # `x if avg is None else lerp(avg, x, w)`: the branch that is a step
+            return self.value_recurrence(value.body, state) or self.value_recurrence(value.orelse, state)
+        if isinstance(value, cst.Call):
+            name = attribute_name(value.func)
+            args = [a.value for a in value.args]
+            if name == "lerp" and isinstance(value.func, cst.Attribute):
+                receiver = value.func.value
+                if len(args) == 3 and attribute_name(receiver) == "torch" and self.same(args[0], state):
+                    return "lerp", None, args[2], args[1], args[1]
+                if len(args) == 2 and self.same(receiver, state):
+                    return "lerp", None, args[1], args[0], args[0]
+            return None
+        if not isinstance(value, cst.BinaryOperation):
+            return None
+        if isinstance(value.operator, cst.Add):
+            for scaled, term in ((value.left, value.right), (value.right, value.left)):
+                decay = self._scaled_state(scaled, state)
+                if decay is not None and not self.mentions(term, state):
+                    weight, sample = self.split_term(term, decay)
+                    return "affine", decay, weight, sample, term
+            if self.same(value.left, state):
+                found = self._difference_scaled(value.right, None, state)
+                if found is not None:
+                    return "toward", None, found[0], found[1], value.right
+        if isinstance(value.operator, cst.Subtract) and self.same(value.left, state):
+            found = self._difference_scaled(value.right, state, None)
+            if found is not None:
+                return "toward", None, found[0], found[1], value.right
+        return None
+
+    def statement_recurrence(self, site: Site) -> Recurrence | None:
+        statement = site.statement
+        if isinstance(statement, cst.Assign) and len(statement.targets) == 1 and isinstance(
+            strip_parens(statement.value), (cst.BinaryOperation, cst.Call, cst.IfExp)
+        ):
+            state = statement.targets[0].target
+            found = self.value_recurrence(statement.value, self.facts.code(strip_parens(state)))
+            if found is not None:
+                return Recurrence(site, state, found[3], found[4], found[0], found[1], found[2])
+        elif isinstance(statement, cst.AugAssign):
+            state = self.facts.code(strip_parens(statement.target))
+            scaled = _scaling(site.follows.statement) if site.follows is not None else None
+            if (
+                isinstance(statement.operator, cst.AddAssign)
+                and scaled is not None
+                and self.facts.code(strip_parens(scaled[0])) == state
+                and not self.mentions(statement.value, state)
+            ):
+                weight, sample = self.split_term(statement.value, scaled[1])
+                return Recurrence(site, statement.target, sample, statement.value, "mul_add", scaled[1], weight)
+            if isinstance(statement.operator, cst.AddAssign):
+                found = self._difference_scaled(statement.value, None, state)
+            elif isinstance(statement.operator, cst.SubtractAssign):
+                found = self._difference_scaled(statement.value, state, None)
+            else:
+                found = None
+            if found is not None:
+                return Recurrence(site, statement.target, found[1], statement.value, "toward", None, found[0])
+        elif isinstance(statement, cst.Expr) and isinstance(statement.value, cst.Call):
+            return self._in_place(site, statement.value)
+        return None
+
+    def _scaled_then_added(
+        self, site: Site, state: cst.BaseExpression, decay: cst.BaseExpression | None, add: cst.Call
+    ) -> Recurrence | None:
+        """`state.mul_(decay)` followed by `add_(term)`, `add_(term, alpha=w)` or the deprecated
+        `add_(w, term)`, chained or as two statements."""
+        positional = [a.value for a in add.args if a.keyword is None]
+        keywords = {a.keyword.value: a.value for a in add.args if a.keyword is not None}
+        alpha = positional[0] if len(positional) == 2 else keywords.get("alpha")
+        term = positional[-1]
+        if decay is None or self.mentions(term, self.facts.code(strip_parens(state))):
+            return None
+        if alpha is not None:
+            return Recurrence(site, state, term, term, "mul_add", decay, alpha, alpha)
+        weight, sample = self.split_term(term, decay)
+        return Recurrence(site, state, sample, term, "mul_add", decay, weight)
+
+    def _in_place(self, site: Site, call: cst.Call) -> Recurrence | None:
+        if not isinstance(call.func, cst.Attribute):
+            return None
+        method = call.func.attr.value
+        receiver = call.func.value
+        positional = [a.value for a in call.args if a.keyword is None]
+        keywords = {a.keyword.value: a.value for a in call.args if a.keyword is not None}
+        if method == "add_" and len(positional) in (1, 2) and m.matches(
+            receiver, m.Call(func=m.Attribute(attr=m.Name("mul_")))
+        ):
+            decay = receiver.args[0].value if len(receiver.args) == 1 else None
+            return self._scaled_then_added(site, receiver.func.value, decay, call)
+        code = self.facts.code(strip_parens(receiver))
+        if method == "add_" and site.follows is not None:
+            scaled = _scaling(site.follows.statement)
+            if scaled is not None and self.facts.code(strip_parens(scaled[0])) == code:
+                return self._scaled_then_added(site, receiver, scaled[1], call)
+        if method == "lerp_" and positional:
+            weight = positional[1] if len(positional) > 1 else keywords.get("weight")
+            if weight is not None and not self.mentions(positional[0], code):
+                return Recurrence(site, receiver, positional[0], positional[0], "lerp_", None, weight)
+        if method in ("add_", "sub_") and len(positional) == 1 and not keywords:
+            found = self._difference_scaled(
+                positional[0], code if method == "sub_" else None, code if method == "add_" else None
+            )
+            if found is not None:
+                return Recurrence(site, receiver, found[1], positional[0], "toward", None, found[0])
+        if method == "copy_" and len(positional) == 1:
+            found = self.value_recurrence(positional[0], code)
+            if found is not None:
+                return Recurrence(site, receiver, found[3], found[4], "copy_" + found[0], found[1], found[2])
+            return self._copy_through_function(site, receiver, positional[0])
+        return None
+
+    def _copy_through_function(
+        self, site: Site, state: cst.BaseExpression, value: cst.BaseExpression
+    ) -> Recurrence | None:
+        """`state.copy_(step(state, sample))` where `step` is a parameter of the enclosing method
+        and some call of that method in the file passes a lambda that is an EMA step (timm's
+        `ModelEmaV2._update(model, update_fn=lambda e, m: d * e + (1 - d) * m)`)."""
+        function = site.function
+        value = strip_parens(value)
+        if not (isinstance(value, cst.Call) and isinstance(value.func, cst.Name)):
+            return None
+        step = value.func.value
+        params = [p for p in function.params if p not in ("self", "cls")]
+        arguments = [a.value for a in value.args if a.keyword is None]
+        state_code = self.facts.code(strip_parens(state))
+        positions = [i for i, a in enumerate(arguments) if self.facts.code(strip_parens(a)) == state_code]
+        if step not in params or len(arguments) != 2 or len(positions) != 1:
+            return None
+        state_index = positions[0]
+        for call in self.facts.calls:
+            if call.callee != function.name or call.class_name != function.class_name:
+                continue
+            for index, arg in enumerate(call.args):
+                bound = arg.keyword.value if arg.keyword is not None else (
+                    params[index] if index < len(params) and not arg.star else None
+                )
+                lambda_ = arg.value
+                if bound != step or not isinstance(lambda_, cst.Lambda):
+                    continue
+                names = [p.name.value for p in lambda_.params.params]
+                if len(names) == 2 and self.value_recurrence(lambda_.body, names[state_index]) is not None:
+                    sample = arguments[1 - state_index]
+                    return Recurrence(site, state, sample, value, "copy_through_function")
+        return None
+
+
+@dataclass(eq=False)
+class Accumulation:
+    """`total += value`, `total = total + value`, `values.append(value)`, `total.add_(value)`."""
+
+    site: Site
+    accumulator: cst.BaseExpression
+    value: cst.BaseExpression
+
+
+def accumulation(facts: FileFacts, site: Site) -> Accumulation | None:
+    statement = site.statement
+    if isinstance(statement, cst.AugAssign) and isinstance(statement.operator, cst.AddAssign):
+        return Accumulation(site, statement.target, statement.value)
+    if (
+        isinstance(statement, cst.Assign)
+        and len(statement.targets) == 1
+        and m.matches(strip_parens(statement.value), m.BinaryOperation(operator=m.Add()))
+    ):
+        target = statement.targets[0].target
+        value = strip_parens(statement.value)
+        code = facts.code(strip_parens(target))
+        for own, other in ((value.left, value.right), (value.right, value.left)):
+            if facts.code(strip_parens(own)) == code:
+                return Accumulation(site, target, other)
+        return None
+    if isinstance(statement, cst.Expr) and m.matches(
+        statement.value, m.Call(func=m.Attribute(attr=m.Name("append") | m.Name("add_")), args=[m.Arg(keyword=None)])
+    ):
+        return Accumulation(site, statement.value.func.value, statement.value.args[0].value)
+    return None
+
+
+def find_recurrences(facts: FileFacts) -> list[Recurrence]:
+    shapes = _Shapes(facts)
+    return [r for r in map(shapes.statement_recurrence, facts.sites) if r is not None]

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import libcst as cst
+
+from ema_lint.diagnostics import Applicability, Fix, Severity
+from ema_lint.rule import Example
+from ema_lint.rules._autograd import (
+    one_line,
+    AutogradRule,
+    Accumulation,
+    FileFacts,
+    accumulation,
+    detached,
+    root_name,
+    strip_parens,
+)
+
+
+class LossAccumulatedWithGraph(AutogradRule):
+    """## What it does
+    Finds a value with autograd history (the loss, or something computed from it) added to an
+    accumulator (`total += loss`, `total = total + loss`, `losses.append(loss)`) inside a
+    training loop that backpropagates something else, when the accumulator itself is never
+    backpropagated.
+
+    ## Why is this bad?
+    Each addition links the accumulator to that step's graph, so every step's graph stays
+    reachable until the accumulator is dropped: memory grows with the number of steps, often
+    until the process runs out of memory at the end of a long epoch.
+
+    ## Example
+    ```python
+    running_loss = 0.0
+    for x, y in loader:
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+        running_loss += loss
+    ```
+
+    ## Use instead
+    ```python
+    running_loss = 0.0
+    for x, y in loader:
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.detach()
+    ```
+    `.detach()` keeps the value on its device; `.item()` would also cut the graph but waits for
+    the device on every step.
+
+    Gradient accumulation (`acc += loss` then `acc.backward()`) is correct and not reported.
+
+    ## Fix safety
+    Safe: the accumulator is never backpropagated, so no gradient changes. Unsafe when the
+    accumulator leaves the function (returned, or a `self.` attribute), where a caller might
+    backpropagate it.
+    """
+
+    code = "EMA202"
+    name = "loss-accumulated-with-graph"
+    severity = Severity.ERROR
+    summary = "A loss is accumulated across steps together with its autograd graph"
+    # A finding needs a training loop, which `_autograd` recognises only by a call named
+    # `backward` in the loop body, so a file without the word cannot hold one.
+    triggers = ("backward",)
+
+    def check(self, facts: FileFacts) -> None:
+        for site in facts.sites:
+            found = accumulation(facts, site)
+            if found is not None and self._keeps_graph(facts, found):
+                self._report(found)
+
+    def _keeps_graph(self, facts: FileFacts, found: Accumulation) -> bool:
+        site = found.site
+        function = site.function
+        if site.grad_off or function.grad_free:
+            return False
+        accumulator = strip_parens(found.accumulator)
+        name = root_name(accumulator)
+        if name is None or name in function.backward_names:
+            return False
+        if not isinstance(accumulator, (cst.Name, cst.Attribute, cst.Subscript)) or accumulator.value == "self":
+            return False
+        if not facts.may_carry_graph(found.value, function):
+            return False
+        return any(self._carried_across(facts, found, loop) for loop in site.loops if loop.runs_backward)
+
+    @staticmethod
+    def _carried_across(facts: FileFacts, found: Accumulation, loop) -> bool:
+        """The accumulator outlives one iteration of `loop`: it is a `self.` attribute, or the
+        local it is (or is an item or attribute of, `stats["loss"]`) was bound before the loop
+        and is not re-created at the top of the loop body."""
+        name = root_name(found.accumulator)
+        if name == "self":
+            return True
+        bindings = found.site.function.bindings.get(name, ())
+        if any(
+            b.statement is not None and b.statement is not found.site.statement and b.loops and b.loops[-1] is loop
+            for b in bindings
+        ):
+            return False
+        return any(loop not in b.loops for b in bindings)
+
+    def _report(self, found: Accumulation) -> None:
+        module = self.context.module
+        accumulator = one_line(module, strip_parens(found.accumulator))
+        value = one_line(module, strip_parens(found.value))
+        root = root_name(found.accumulator)
+        escapes = root == "self" or root in found.site.function.returned_names
+        fix = Fix(
+            f"Accumulate `{value}.detach()`" if len(value) < 40 else "Detach the accumulated value",
+            Applicability.UNSAFE if escapes else Applicability.SAFE,
+            (self.edit_replacing(found.value, detached(module, found.value)),),
+        )
+        self.report(
+            found.site.statement,
+            f"`{accumulator}` accumulates `{value}` with its autograd graph, so every step's graph stays in memory",
+            fix=fix,
+        )
+
+    VALID = (
+        Example(
+            """
+            running_loss = 0.0
+            for x, y in loader:
+                loss = criterion(model(x), y)
+                loss.backward()
+                optimizer.step()
+                running_loss += loss.item()
+            """
+        ),
+        Example(
+            """
+            for batch in loader:
+                accumulated = 0
+                for chunk in batch.split(4):
+                    accumulated += criterion(model(chunk), chunk)
+                accumulated.backward()
+                optimizer.step()
+            """
+        ),
+    )
+    INVALID = (
+        Example(
+            """
+            losses = []
+            for x, y in loader:
+                loss = criterion(model(x), y)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss)
+            """,
+            message="`losses` accumulates `loss` with its autograd graph, so every step's graph stays in memory",
+            fixed="""
+            losses = []
+            for x, y in loader:
+                loss = criterion(model(x), y)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.detach())
+            """,
+        ),
+    )
