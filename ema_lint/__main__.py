@@ -1,3 +1,3 @@
-from ema_lint.cli import main
+from ema_lint.cli import run
 
-main()
+run()

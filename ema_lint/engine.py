@@ -6,7 +6,9 @@ failure becomes a diagnostic in the returned `FileResult`.
 
 from __future__ import annotations
 
+import io
 import re
+import tokenize
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -62,10 +64,30 @@ def rules_triggered(source: bytes, rules: Sequence[type[Rule]]) -> list[type[Rul
     ]
 
 
-def parse(path: str, source: bytes) -> cst.Module | Diagnostic:
+def undecodable(path: str, source: bytes) -> Diagnostic | None:
+    """EMA004 when `source` is not text Python could read: NUL bytes, an unknown declared
+    encoding, or bytes invalid in the declared (PEP 263 / BOM) or default UTF-8 encoding."""
     if b"\x00" in source:
         line = source.count(b"\n", 0, source.index(b"\x00")) + 1
         return tool_diagnostic("EMA004", path, "file contains a NUL byte; not Python source", line)
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(source).readline)
+        source.decode(encoding)
+    except SyntaxError as error:
+        return tool_diagnostic("EMA004", path, f"cannot decode: {error.msg if hasattr(error, 'msg') else error}")
+    except UnicodeDecodeError as error:
+        line = source.count(b"\n", 0, error.start) + 1
+        column = error.start - (source.rfind(b"\n", 0, error.start) + 1) + 1
+        return tool_diagnostic(
+            "EMA004", path, f"cannot decode as {encoding}: {error.reason} (byte {source[error.start]:#04x})", line, column
+        )
+    return None
+
+
+def parse(path: str, source: bytes) -> cst.Module | Diagnostic:
+    problem = undecodable(path, source)
+    if problem is not None:
+        return problem
     try:
         return cst.parse_module(source)
     except cst.ParserSyntaxError as error:

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 
 from ema_lint import __version__
 from ema_lint.diagnostics import Diagnostic
-from ema_lint.engine import FileResult, check_source, tool_diagnostic
+from ema_lint.engine import FileResult, check_source, tool_diagnostic, undecodable
 from ema_lint.project import ModuleFacts, ProjectIndex, module_name_for, summarize
 from ema_lint.rule import Rule
 
@@ -80,6 +80,7 @@ def _load(file: SourceFile) -> _Loaded:
         loaded.problem = tool_diagnostic("EMA004", file.path, f"cannot read: {error.strerror or error}")
         return loaded
     loaded.digest = hashlib.blake2b(loaded.source, digest_size=16).hexdigest()
+    loaded.problem = undecodable(file.path, loaded.source)
     return loaded
 
 
@@ -92,8 +93,6 @@ def _summarize(loaded: _Loaded) -> _Loaded:
         loaded.syntax_error = tool_diagnostic(
             "EMA001", loaded.file.path, f"cannot parse: {error.msg}", error.lineno or 1, error.offset or 1
         )
-    except ValueError:
-        pass  # NUL bytes: the engine reports them with their line
     return loaded
 
 
@@ -164,7 +163,9 @@ def check_files(
     loaded = [_load(f) for f in files]
     if cache is not None:
         cache.fill_facts(loaded)
-    _map_in_place(loaded, lambda item: item.source is not None and not item.summarized, _summarize, jobs)
+    _map_in_place(
+        loaded, lambda item: item.problem is None and not item.summarized, _summarize, jobs
+    )
     if cache is not None:
         cache.store_facts(loaded)
     project = ProjectIndex.from_facts([item.facts for item in loaded if item.facts is not None])

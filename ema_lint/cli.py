@@ -1,0 +1,160 @@
+"""The `ema-lint` command line. Exit codes as ruff: 0 clean, 1 findings, 2 usage or internal error."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+import click
+
+from ema_lint import __version__
+from ema_lint.diagnostics import Diagnostic
+from ema_lint.engine import severity_at_least
+from ema_lint.registry import SOURCE_RULES, TOOL_CODES, is_known_selector
+from ema_lint.render import (
+    FORMATS,
+    render_concise,
+    render_github,
+    render_json,
+    render_sarif,
+    render_summary,
+    render_text,
+)
+from ema_lint.runner import check_files
+from ema_lint.workspace import Workspace
+
+# Below this many files a progress bar only flickers.
+PROGRESS_MIN_FILES = 200
+
+
+def _split_selectors(ctx, param, values: Sequence[str]) -> tuple[str, ...]:
+    selectors = tuple(s.strip() for value in values for s in value.split(",") if s.strip())
+    unknown = [s for s in selectors if not is_known_selector(s)]
+    if unknown:
+        raise click.BadParameter(f"unknown rule selector(s): {', '.join(unknown)}", ctx, param)
+    return selectors
+
+
+def selection_options(function):
+    """--select/--ignore/--extend-select/--config, shared by `check` and `fix`."""
+    for name, text in (
+        ("--config", "pyproject.toml to read [tool.ema-lint] from (default: the nearest one)."),
+        ("--extend-select", "Codes or prefixes to enable on top of the selection."),
+        ("--ignore", "Codes or prefixes to disable (comma-separated, repeatable)."),
+        ("--select", "Codes or prefixes to enable instead of the configured set (e.g. EMA1,EMA201)."),
+    ):
+        if name == "--config":
+            function = click.option(name, type=click.Path(exists=True, dir_okay=False), help=text)(function)
+        else:
+            function = click.option(name, multiple=True, callback=_split_selectors, help=text)(function)
+    return function
+
+
+def use_colour() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def _styler(colour: bool):
+    if colour:
+        return click.style
+    return lambda text, **_: text
+
+
+def _display_order(diagnostic: Diagnostic) -> tuple:
+    return (os.path.abspath(diagnostic.path), diagnostic.sort_key())
+
+
+def _read_lines(path: str) -> list[str] | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ema-lint")
+def main() -> None:
+    """Find and fix running-statistics and autograd-history hazards in PyTorch code."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@selection_options
+@click.option("--output-format", type=click.Choice(FORMATS), default="text", show_default=True)
+@click.option("--show-source", is_flag=True, help="Show a code frame under each finding.")
+@click.option("--statistics", is_flag=True, help="Count findings per code.")
+@click.option("--exit-zero", is_flag=True, help="Exit 0 even when there are findings.")
+@click.option("-q", "--quiet", is_flag=True, help="Print findings only, no summary.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help="Worker processes (default: CPU count).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the result cache.")
+def check(
+    paths, select, ignore, extend_select, config, output_format, show_source, statistics, exit_zero, quiet, jobs, no_cache
+) -> None:
+    """Check PATHS (default: the current folder) without importing or running them."""
+    workspace = Workspace.open(
+        paths, select=select, ignore=ignore, extend_select=extend_select, config_path=config
+    )
+    jobs = jobs or os.cpu_count() or 1
+    cache = None if no_cache else workspace.cache()
+    show_progress = (
+        sys.stderr.isatty() and not os.environ.get("CI") and not quiet and len(workspace.files) >= PROGRESS_MIN_FILES
+    )
+    if show_progress:
+        with click.progressbar(length=len(workspace.files), label="Checking", file=sys.stderr) as bar:
+            report = check_files(workspace.files, workspace.rules, jobs=jobs, cache=cache, progress=bar.update)
+    else:
+        report = check_files(workspace.files, workspace.rules, jobs=jobs, cache=cache)
+    diagnostics = sorted(workspace.keep([*workspace.problems, *report.diagnostics]), key=_display_order)
+
+    if output_format == "text":
+        style = _styler(use_colour())
+        click.echo(render_text(diagnostics, show_source=show_source, read_lines=_read_lines, style=style), nl=False)
+        if not quiet:
+            click.echo(render_summary(diagnostics, statistics=statistics), nl=False)
+    elif output_format == "concise":
+        click.echo(render_concise(diagnostics), nl=False)
+        if not quiet:
+            click.echo(render_summary(diagnostics, statistics=statistics), nl=False)
+    elif output_format == "json":
+        click.echo(render_json(diagnostics), nl=False)
+    elif output_format == "sarif":
+        click.echo(render_sarif(diagnostics, workspace.settings.root), nl=False)
+    else:
+        click.echo(render_github(diagnostics), nl=False)
+
+    failing = [d for d in diagnostics if severity_at_least(d, workspace.settings.fail_on)]
+    sys.exit(0 if exit_zero or not failing else 1)
+
+
+@main.command()
+@click.argument("code", required=False)
+@click.option("--all", "show_all", is_flag=True, help="List every code.")
+def rule(code: str | None, show_all: bool) -> None:
+    """Explain rule CODE (What it does / Why is this bad? / Example / Use instead / Fix safety)."""
+    from ema_lint.docs import rule_doc
+
+    if show_all or code is None:
+        for tool in TOOL_CODES:
+            click.echo(f"{tool.code}  {tool.name:<34} {tool.severity.value:<8} {tool.summary}")
+        for source_rule in SOURCE_RULES:
+            click.echo(
+                f"{source_rule.code}  {source_rule.name:<34} {source_rule.severity.value:<8} {source_rule.summary}"
+            )
+        return
+    try:
+        click.echo(rule_doc(code), nl=False)
+    except KeyError:
+        raise click.BadParameter(f"unknown code {code!r}; see `ema-lint rule --all`", param_hint="CODE")
+
+
+def run() -> None:
+    """Console entry: any unexpected exception is an internal error, exit 2, never a traceback-only crash."""
+    try:
+        main(standalone_mode=True)
+    except SystemExit:
+        raise
+    except Exception as error:  # last resort: report and exit 2 as documented
+        click.echo(f"ema-lint: internal error: {type(error).__name__}: {error}", err=True)
+        sys.exit(2)

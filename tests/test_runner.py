@@ -1,0 +1,99 @@
+"""Parallel checking, the content-hash cache, and crash isolation."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import libcst as cst
+
+from ema_lint.diagnostics import Severity
+from ema_lint.rule import Rule
+from ema_lint.runner import ResultCache, SourceFile, check_files
+
+
+class ReportsEveryCall(Rule):
+    """Test-only rule: one finding per call expression."""
+
+    code = "EMA001"
+    name = "test-every-call"
+    severity = Severity.ERROR
+    summary = "test rule"
+    triggers = ("(",)
+
+    def visit_Call(self, node: cst.Call) -> None:
+        self.report(node, "call")
+
+
+class KillsWorkerOnMarker(ReportsEveryCall):
+    """Test-only rule that crashes its process on a marked file, as a native parser bug would."""
+
+    def visit_Module(self, node: cst.Module) -> None:
+        if "CRASH_HERE" in node.code:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _tree(tmp_path: Path, count: int) -> list[SourceFile]:
+    files = []
+    for i in range(count):
+        path = tmp_path / f"m{i:03}.py"
+        path.write_text("f(1)\n" * (i % 3 + 1))
+        files.append(SourceFile(str(path), str(tmp_path)))
+    return files
+
+
+def _summary(report) -> list[tuple]:
+    return [(os.path.basename(d.path), d.start.line, d.code) for d in report.diagnostics]
+
+
+def test_parallel_equals_serial(tmp_path: Path) -> None:
+    files = _tree(tmp_path, 40)
+    serial = check_files(files, [ReportsEveryCall], jobs=1)
+    parallel = check_files(files, [ReportsEveryCall], jobs=2)
+    assert _summary(serial) == _summary(parallel)
+    assert len(serial.diagnostics) == sum(i % 3 + 1 for i in range(40))
+
+
+def test_a_crashing_worker_costs_one_file_a_diagnostic(tmp_path: Path) -> None:
+    files = _tree(tmp_path, 12)
+    Path(files[5].path).write_text("CRASH_HERE = g(1)\n")
+    report = check_files(files, [KillsWorkerOnMarker], jobs=2)
+    crashed = [d for d in report.diagnostics if d.path == files[5].path]
+    assert [(d.code, d.message) for d in crashed] == [
+        ("EMA005", "internal error: the checker process died (exit code -9)")
+    ]
+    others = [d for d in report.diagnostics if d.path != files[5].path]
+    assert len(others) == sum(i % 3 + 1 for i in range(12) if i != 5)
+
+
+def test_rule_exception_is_an_internal_error_diagnostic(tmp_path: Path) -> None:
+    class Raises(ReportsEveryCall):
+        def visit_Call(self, node: cst.Call) -> None:
+            raise RuntimeError("boom")
+
+    files = _tree(tmp_path, 1)
+    report = check_files(files, [Raises], jobs=1)
+    assert [(d.code, d.message) for d in report.diagnostics] == [("EMA005", "internal error: RuntimeError: boom")]
+
+
+def test_cache_serves_unchanged_files_and_rechecks_changed_ones(tmp_path: Path, monkeypatch) -> None:
+    files = _tree(tmp_path, 6)
+    cache_dir = str(tmp_path / "cache")
+    first = check_files(files, [ReportsEveryCall], cache=ResultCache(cache_dir, "k"))
+
+    import ema_lint.runner as runner
+
+    calls = []
+    original = runner.check_source
+    monkeypatch.setattr(runner, "check_source", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
+    second = check_files(files, [ReportsEveryCall], cache=ResultCache(cache_dir, "k"))
+    assert calls == [] and _summary(second) == _summary(first)
+
+    Path(files[2].path).write_text("f(1)\nf(2)\nf(3)\nf(4)\n")
+    third = check_files(files, [ReportsEveryCall], cache=ResultCache(cache_dir, "k"))
+    assert calls == [files[2].path]
+    assert len(third.diagnostics) == len(first.diagnostics) - 3 + 4
+
+    other_settings = check_files(files, [ReportsEveryCall], cache=ResultCache(cache_dir, "other"))
+    assert len(calls) == 1 + len(files) and _summary(other_settings) == _summary(third)
