@@ -13,7 +13,7 @@ import collections
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import libcst as cst
 
@@ -41,6 +41,8 @@ class FixedSource:
     applied: collections.Counter = field(default_factory=collections.Counter)
     # findings left in `fixed` (in `source` when `problem` is set)
     remaining: list[Diagnostic] = field(default_factory=list)
+    # findings in `source`, before any fix
+    found: list[Diagnostic] = field(default_factory=list)
     # why the source was left as it was, although fixes were available
     problem: str | None = None
 
@@ -152,21 +154,26 @@ def fix_source(
     unsafe: bool = False,
     project: ProjectIndex | None = None,
     module_name: str = "",
+    keep: Callable[[list[Diagnostic]], list[Diagnostic]] = list,
 ) -> FixedSource:
-    """Apply fixes to `source` until none is left to apply, at most MAX_ROUNDS rounds."""
+    """Apply fixes to `source` until none is left to apply, at most MAX_ROUNDS rounds.
+
+    `keep` filters each round's findings as the report would (per-file ignores): a finding
+    the user does not see is not fixed either.
+    """
     applied: collections.Counter = collections.Counter()
     current = source
     seen = {source}
     first_findings: list[Diagnostic] | None = None
     for _ in range(MAX_ROUNDS + 1):
-        findings = check_source(
-            path, current, rules, _with_own_facts(project, module_name, current), module_name
-        ).diagnostics
+        findings = keep(
+            check_source(path, current, rules, _with_own_facts(project, module_name, current), module_name).diagnostics
+        )
         if first_findings is None:
             first_findings = findings
         chosen = choose_fixes(findings, unsafe)
         if not chosen:
-            return FixedSource(path, source, current, applied, findings)
+            return FixedSource(path, source, current, applied, findings, first_findings)
         codes = sorted({d.code for d in chosen})
         try:
             fixed = apply_fixes(current, chosen)
@@ -188,7 +195,7 @@ def fix_source(
 
 
 def _failed(path: str, source: bytes, findings: list[Diagnostic], problem: str) -> FixedSource:
-    return FixedSource(path, source, source, collections.Counter(), findings, problem)
+    return FixedSource(path, source, source, collections.Counter(), findings, findings, problem)
 
 
 def _with_own_facts(project: ProjectIndex | None, module_name: str, source: bytes) -> ProjectIndex | None:
