@@ -45,7 +45,8 @@ def fix_command(paths, select, ignore, extend_select, config, write, unsafe_fixe
             if outcome.changed:
                 click.echo(unified_diff(os.path.relpath(outcome.path), outcome.source, outcome.fixed), nl=False)
     remaining = sorted(
-        workspace.keep([*workspace.problems, *(d for o in outcomes for d in o.remaining)]), key=_display_order
+        workspace.keep([*workspace.problems, *(d for o in outcomes for d in _left(o, write, unsafe_fixes))]),
+        key=_display_order,
     )
     click.echo(render_text(remaining, show_source=False, read_lines=_read_lines, style=style), nl=False)
     for outcome in outcomes:
@@ -61,6 +62,14 @@ def fix_command(paths, select, ignore, extend_select, config, write, unsafe_fixe
     failing = [d for d in remaining if severity_at_least(d, workspace.settings.fail_on)]
     pending = not write and any(outcome.changed for outcome in outcomes)
     sys.exit(1 if failing or pending else 0)
+
+
+def _left(outcome: FileFix, write: bool, unsafe: bool):
+    """Findings this run leaves. Without --write the file on disk is unchanged, so they are
+    shown where they are now: the findings of the original that no fix applies to."""
+    if write:
+        return outcome.remaining
+    return [d for d in outcome.found if not is_applicable(d, unsafe) or outcome.error or outcome.skipped]
 
 
 def summary(outcomes: list[FileFix], remaining, *, write: bool, unsafe: bool) -> str:
@@ -84,7 +93,8 @@ def summary(outcomes: list[FileFix], remaining, *, write: bool, unsafe: bool) ->
     )
     if reasons:
         detail = "; ".join(f"{count} {reason}" for reason, count in sorted(reasons.items(), key=lambda r: (-r[1], r[0])))
-        lines.append(f"{_count(len(remaining), 'finding')} remain: {detail}.")
+        verb = "remains" if len(remaining) == 1 else "remain"
+        lines.append(f"{_count(len(remaining), 'finding')} {verb}: {detail}.")
     errors = sum(1 for outcome in outcomes if outcome.error is not None)
     if errors:
         lines.append(f"{_count(errors, 'file')} could not be fixed; see the errors above.")
