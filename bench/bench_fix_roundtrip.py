@@ -143,7 +143,8 @@ def main() -> None:
                 f"fixes applied {result['applied'] or 'none'}; remaining {result['remaining'] or 'none'}; "
                 f"errors {len(result['errors'])}; second run: no change; "
                 f"{result['first_run_s']} s + {result['second_run_s']} s with {arguments.jobs} jobs; "
-                f"rules {','.join(result['rules']) or 'none'}"
+                f"rules {','.join(result['rules']) or 'none'}",
+                flush=True,
             )
             for path, error in result["errors"]:
                 print(f"  error: {path}: {error}")
