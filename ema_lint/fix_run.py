@@ -74,11 +74,14 @@ def fix_files(
         path = item.file.path
         problem = item.problem or item.syntax_error
         if problem is not None:
-            outcomes[path] = FileFix(path, remaining=keep([problem]))
+            found = keep([problem])
+            outcomes[path] = FileFix(path, remaining=found, found=found)
         elif path in unwritable:
             # checked so its findings show; no fix is computed for a file that will not be written
             found = keep(check_source(path, item.source, rules, project, item.file.module_name).diagnostics)
-            outcomes[path] = FileFix(path, item.source, item.source, remaining=found, skipped=unwritable[path])
+            outcomes[path] = FileFix(
+                path, item.source, item.source, remaining=found, found=found, skipped=unwritable[path]
+            )
         else:
             todo.append(item)
     for item, result in _fix_all(todo, rules, project, unsafe, keep, jobs):

@@ -130,11 +130,26 @@ def test_read_only_file_is_reported_as_skipped(project: Path) -> None:
     assert (project / "train.py").read_bytes().count(b"torch") == 0
 
 
-def test_syntax_error_is_a_finding_as_in_check(project: Path) -> None:
+@pytest.mark.parametrize("mode", [(), ("--write",)], ids=["diff", "write"])
+def test_syntax_error_is_a_finding_as_in_check(project: Path, mode: tuple[str, ...]) -> None:
     (project / "train.py").write_bytes(b"def f(:\n")
-    result = _run("--write")
+    result = _run(*mode)
     assert (result.exit_code, result.output) == (
         1,
         "train.py:1:7: EMA001 cannot parse: invalid syntax\nNo fixes to apply.\n"
         "1 finding remains: 1 the file could not be checked.\n",
+    )
+
+
+def test_read_only_file_in_diff_mode_shows_no_diff_and_keeps_its_findings(project: Path) -> None:
+    (project / "train.py").write_bytes(b"total += loss\n")
+    (project / "train.py").chmod(0o444)
+    result = _run()
+    assert (result.exit_code, result.output) == (
+        1,
+        "train.py:1:1: EMA902 [*] `loss` is accumulated with its graph\n"
+        "  help: Detach `loss`\n"
+        "skipped: train.py: read-only; not changed (make it writable to fix it)\n"
+        "No fixes to apply.\n"
+        "1 finding remains: 1 the file was skipped.\n",
     )

@@ -140,3 +140,16 @@ def test_diff_mode_writes_nothing(tmp_path: Path) -> None:
     [outcome] = _fix(tmp_path, ["fix_crlf.py"], write=False)
     assert outcome.fixed == _expected(original) and not outcome.written
     assert (tmp_path / "fix_crlf.py").read_bytes() == original
+
+
+def test_worker_processes_give_the_same_result_as_one_process(tmp_path: Path) -> None:
+    names = ["fix_crlf.py", "fix_latin1.py", "fix_bom.py", "fix_no_final_newline.py"]
+    for folder in ("serial", "parallel"):
+        (tmp_path / folder).mkdir()
+        _copy(names, tmp_path / folder)
+    serial = fix_files([SourceFile(str(tmp_path / "serial" / n), str(tmp_path / "serial")) for n in names], RULES)
+    parallel = fix_files(
+        [SourceFile(str(tmp_path / "parallel" / n), str(tmp_path / "parallel")) for n in names], RULES, jobs=2
+    )
+    assert [(o.fixed, dict(o.applied)) for o in parallel] == [(o.fixed, dict(o.applied)) for o in serial]
+    assert all(o.fixed == _expected(o.source) for o in parallel)
