@@ -177,7 +177,7 @@ def _fix_all(todo, rules, project, unsafe, keep, jobs):
             [i.file.module_name for i in todo],
             chunksize=8,
         )
-        yield from zip(todo, results)
+        yield from zip(todo, results, strict=True)
 
 
 def write_atomically(path: str, expected: bytes, data: bytes) -> str | None:

@@ -46,10 +46,6 @@ class FixedSource:
     # why the source was left as it was, although fixes were available
     problem: str | None = None
 
-    @property
-    def changed(self) -> bool:
-        return self.fixed != self.source
-
 
 def is_applicable(diagnostic: Diagnostic, unsafe: bool) -> bool:
     fix = diagnostic.fix

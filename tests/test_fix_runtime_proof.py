@@ -59,7 +59,7 @@ def test_fixed_checkpoint_call_matches_the_uncheckpointed_reference(tmp_path: Pa
     batches = [torch.randn(4, 4, 6, 6) for _ in range(STEPS)]
 
     expected_outputs = _train(reference, batches)
-    assert all(torch.equal(a, b) for a, b in zip(_train(candidate, batches), expected_outputs))
+    assert all(torch.equal(a, b) for a, b in zip(_train(candidate, batches), expected_outputs, strict=True))
     expected, actual = _state(reference), _state(candidate)
     assert expected.keys() == actual.keys()
     assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
