@@ -162,3 +162,7 @@ def run() -> None:
     except Exception as error:  # last resort: report and exit 2 as documented
         click.echo(f"ema-lint: internal error: {type(error).__name__}: {error}", err=True)
         sys.exit(2)
+
+
+# `fix` registers itself on `main`; imported last because it reuses the options above.
+import ema_lint.fix_cli  # noqa: E402,F401

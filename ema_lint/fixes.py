@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 from ema_lint.diagnostics import Edit, Location
+
+
+# Python's tokenizer, and so libcst's positions, end lines only here; `str.splitlines` also
+# breaks at form feeds, U+2028 and other separators, which would shift every later line.
+LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 class OverlappingEdits(ValueError):
     pass
 
 
-def _offset(line_starts: list[int], location: Location) -> int:
-    return line_starts[location.line - 1] + location.column - 1
+def line_starts(text: str) -> list[int]:
+    """Offset of the first character of every line, as libcst numbers lines (1-based index - 1)."""
+    return [0, *(match.end() for match in LINE_END.finditer(text))]
+
+
+def _offset(starts: list[int], location: Location) -> int:
+    return starts[location.line - 1] + location.column - 1
 
 
 def apply_edits(text: str, edits: Iterable[Edit]) -> str:
     """Apply non-overlapping edits to `text`; positions refer to `text` before any edit."""
-    line_starts = [0]
-    for line in text.splitlines(keepends=True):
-        line_starts.append(line_starts[-1] + len(line))
+    starts = line_starts(text)
     spans = sorted(
-        ((_offset(line_starts, e.start), _offset(line_starts, e.end), e.content) for e in edits),
+        ((_offset(starts, e.start), _offset(starts, e.end), e.content) for e in edits),
         key=lambda span: (span[0], span[1]),
     )
     for (_, previous_end, _), (start, _, _) in zip(spans, spans[1:]):

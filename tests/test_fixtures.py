@@ -3,6 +3,11 @@
 A case is `<case>.py` with `<case>.expected.txt` (`line:col CODE message` per finding), or a
 directory `<case>/` checked as one project, with `<case>/expected.txt`
 (`relative/path.py:line:col CODE message`). `pytest --update-fixtures` rewrites expectations.
+
+A single-file case whose safe fixes change it has `<case>.fixed.py`; one whose unsafe fixes
+change it further has `<case>.unsafe.fixed.py` (safe and unsafe applied). Every case is
+fixed both ways: the fixes must converge, the result must compile, and fixing it again
+must change nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from ema_lint.fixer import fix_source
+from ema_lint.project import ProjectIndex, summarize
 from ema_lint.registry import SOURCE_RULES, enabled_rules
 from ema_lint.runner import SourceFile, check_files
 
@@ -64,3 +71,42 @@ def test_every_rule_has_fixtures() -> None:
     codes_with_cases = {code for code, _ in _cases()}
     missing = [rule.code for rule in SOURCE_RULES if rule.code not in codes_with_cases]
     assert not missing, f"rules without fixtures: {missing}"
+
+
+FIX_EXPECTATIONS = ((".fixed.py", False), (".unsafe.fixed.py", True))
+
+
+def _fix_case(code: str, case: Path, source: bytes, unsafe: bool):
+    module_name = SourceFile(str(case), str(case.parent)).module_name
+    project = ProjectIndex.from_facts([summarize(module_name, source)])
+    return fix_source(
+        str(case), source, enabled_rules([code], []), unsafe=unsafe, project=project, module_name=module_name
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "case"),
+    [c for c in _cases() if c[1].is_file()],
+    ids=[f"{c}/{p.name}" for c, p in _cases() if p.is_file()],
+)
+def test_fixture_fixes_converge_compile_and_are_idempotent(code: str, case: Path, update_fixtures: bool) -> None:
+    source = case.read_bytes()
+    baseline = source
+    for suffix, unsafe in FIX_EXPECTATIONS:
+        result = _fix_case(code, case, source, unsafe)
+        assert result.problem is None, result.problem
+        compile(result.fixed, str(case), "exec", dont_inherit=True)
+        again = _fix_case(code, case, result.fixed, unsafe)
+        assert (again.fixed, dict(again.applied), again.problem) == (result.fixed, {}, None), "second fix is not a no-op"
+        expected_file = case.with_name(case.name.removesuffix(".py") + suffix)
+        if update_fixtures:
+            if result.fixed != baseline:
+                expected_file.write_bytes(result.fixed)
+            elif expected_file.exists():
+                expected_file.unlink()
+        if result.fixed == baseline:
+            assert not expected_file.exists(), f"{expected_file.name} is stale: fixes no longer change {case.name}"
+        else:
+            assert expected_file.exists(), f"missing {expected_file}; run pytest --update-fixtures"
+            assert result.fixed == expected_file.read_bytes()
+        baseline = result.fixed

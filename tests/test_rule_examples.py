@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ema_lint.diagnostics import Applicability
 from ema_lint.engine import check_source
-from ema_lint.fixes import apply_edits
+from ema_lint.fixer import fix_source
 from ema_lint.project import ProjectIndex, summarize
 from ema_lint.registry import SOURCE_RULES
 from ema_lint.rule import Example, Rule
@@ -38,13 +37,12 @@ def test_invalid_example_is_reported(rule: type[Rule], index: int, example: Exam
     if example.message is not None:
         assert diagnostics[0].message == example.message
     if example.fixed is not None:
-        edits = [
-            edit
-            for d in diagnostics
-            if d.fix and d.fix.applicability is not Applicability.DISPLAY_ONLY
-            for edit in d.fix.edits
-        ]
-        assert apply_edits(example.source, edits) == Example(example.fixed).source
+        # the whole fix as `ema-lint fix --unsafe-fixes` applies it: edits, imports, later rounds
+        source = example.source.encode()
+        project = ProjectIndex.from_facts([summarize("example", source)])
+        fixed = fix_source("example.py", source, [rule], unsafe=True, project=project, module_name="example")
+        assert fixed.problem is None, fixed.problem
+        assert fixed.fixed.decode() == Example(example.fixed).source
 
 
 def test_every_rule_documents_itself_with_examples() -> None:

@@ -125,6 +125,7 @@ class BatchnormInCheckpoint(Rule):
             fixed="""
             import torch.nn as nn
             from torch.utils.checkpoint import checkpoint
+            from ema_lint.runtime import running_stats_context_fn
 
             class Block(nn.Module):
                 def __init__(self):

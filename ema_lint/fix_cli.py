@@ -1,0 +1,105 @@
+"""`ema-lint fix`: show (default) or apply (`--write`) the fixes `check` offers.
+
+Exit codes: 0 nothing left to fix, 1 findings remain (in diff mode, fixes not yet written
+count), 2 a file could not be fixed or written. Files `check` cannot read or parse are
+findings (EMA001/EMA004) here as there, so they exit 1.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+
+import click
+
+from ema_lint.cli import _display_order, _read_lines, _styler, main, selection_options, use_colour
+from ema_lint.engine import severity_at_least
+from ema_lint.fix_run import FileFix, fix_files, unified_diff, why_not_fixed
+from ema_lint.fixer import is_applicable
+from ema_lint.render import render_text
+from ema_lint.workspace import Workspace
+
+
+@main.command("fix")
+@click.argument("paths", nargs=-1, type=click.Path())
+@selection_options
+@click.option("--write", is_flag=True, help="Apply the fixes. Without it, show a diff and write nothing.")
+@click.option("--unsafe-fixes", is_flag=True, help="Also apply fixes that may change numerics or gradient flow.")
+@click.option("-q", "--quiet", is_flag=True, help="Print diffs and findings only, no summary.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help="Worker processes (default: CPU count).")
+def fix_command(paths, select, ignore, extend_select, config, write, unsafe_fixes, quiet, jobs) -> None:
+    """Fix PATHS (default: the current folder): show a unified diff, or apply it with --write."""
+    workspace = Workspace.open(paths, select=select, ignore=ignore, extend_select=extend_select, config_path=config)
+    outcomes = fix_files(
+        workspace.files,
+        workspace.rules,
+        unsafe=unsafe_fixes,
+        write=write,
+        keep=workspace.keep,
+        jobs=jobs or os.cpu_count() or 1,
+    )
+    style = _styler(use_colour())
+    if not write:
+        for outcome in outcomes:
+            if outcome.changed:
+                click.echo(unified_diff(os.path.relpath(outcome.path), outcome.source, outcome.fixed), nl=False)
+    remaining = sorted(
+        workspace.keep([*workspace.problems, *(d for o in outcomes for d in _left(o, write, unsafe_fixes))]),
+        key=_display_order,
+    )
+    click.echo(render_text(remaining, show_source=False, read_lines=_read_lines, style=style), nl=False)
+    for outcome in outcomes:
+        if outcome.error is not None:
+            click.echo(f"{style('error', fg='red', bold=True)}: {os.path.relpath(outcome.path)}: {outcome.error}", err=True)
+        elif outcome.skipped is not None and any(is_applicable(d, unsafe_fixes) for d in outcome.remaining):
+            click.echo(f"{style('skipped', fg='yellow', bold=True)}: {os.path.relpath(outcome.path)}: {outcome.skipped}")
+    if not quiet:
+        click.echo(summary(outcomes, remaining, write=write, unsafe=unsafe_fixes), nl=False)
+
+    if any(outcome.error is not None for outcome in outcomes):
+        sys.exit(2)
+    failing = [d for d in remaining if severity_at_least(d, workspace.settings.fail_on)]
+    pending = not write and any(outcome.changed for outcome in outcomes)
+    sys.exit(1 if failing or pending else 0)
+
+
+def _left(outcome: FileFix, write: bool, unsafe: bool):
+    """Findings this run leaves. Without --write the file on disk is unchanged, so they are
+    shown where they are now: the findings of the original that no fix applies to."""
+    if write:
+        return outcome.remaining
+    return [d for d in outcome.found if not is_applicable(d, unsafe) or outcome.error or outcome.skipped]
+
+
+def summary(outcomes: list[FileFix], remaining, *, write: bool, unsafe: bool) -> str:
+    applied = collections.Counter()
+    for outcome in outcomes:
+        applied.update(outcome.applied)
+    files = sum(1 for outcome in outcomes if outcome.applied)
+    lines = []
+    if applied:
+        total = sum(applied.values())
+        per_code = ", ".join(f"{code}: {count}" for code, count in sorted(applied.items()))
+        verb = "Fixed" if write else "Would fix"
+        tail = "." if write else "; rerun with --write to apply."
+        lines.append(f"{verb} {_count(total, 'finding')} ({per_code}) in {_count(files, 'file')}{tail}")
+    else:
+        lines.append("No fixes to apply.")
+    by_path = {outcome.path: outcome for outcome in outcomes}
+    reasons = collections.Counter(
+        why_not_fixed(by_path[d.path], d, unsafe) if d.path in by_path else "the file could not be checked"
+        for d in remaining
+    )
+    if reasons:
+        detail = "; ".join(f"{count} {reason}" for reason, count in sorted(reasons.items(), key=lambda r: (-r[1], r[0])))
+        verb = "remains" if len(remaining) == 1 else "remain"
+        lines.append(f"{_count(len(remaining), 'finding')} {verb}: {detail}.")
+    errors = sum(1 for outcome in outcomes if outcome.error is not None)
+    if errors:
+        lines.append(f"{_count(errors, 'file')} could not be fixed; see the errors above.")
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"

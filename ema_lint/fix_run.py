@@ -1,0 +1,250 @@
+"""Fixing many files: which files may be written, the fix loop per file, atomic writes, diffs.
+
+Symbolic links are never written through. A link whose target is itself among the files
+being fixed is dropped (the target is fixed once, as itself); a link to anything else is
+checked but not fixed, because its target lies outside the given paths. A file reached
+twice (through a linked folder) is fixed once. Read-only files and files with several hard
+links are checked but not written: `os.replace` would change the permissions the user set
+or split the links. A file that changed on disk since it was read is not overwritten.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import difflib
+import multiprocessing
+import os
+import stat
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import libcst as cst
+
+from ema_lint.diagnostics import Applicability, Diagnostic
+from ema_lint.engine import check_source
+from ema_lint.fixer import FixedSource, fix_source
+from ema_lint.fixes import LINE_END
+from ema_lint.project import ProjectIndex
+from ema_lint.rule import Rule
+from ema_lint.runner import SourceFile, _load, _map_in_place, _summarize
+
+Keep = Callable[[Sequence[Diagnostic]], list[Diagnostic]]
+
+
+@dataclass
+class FileFix:
+    """One file's outcome. `error` means the run failed for this file (exit 2); `skipped`
+    means its findings were left on purpose, for the reason given (exit 1 if any remain)."""
+
+    path: str
+    source: bytes = b""
+    fixed: bytes = b""
+    applied: collections.Counter = field(default_factory=collections.Counter)
+    remaining: list[Diagnostic] = field(default_factory=list)
+    found: list[Diagnostic] = field(default_factory=list)
+    error: str | None = None
+    skipped: str | None = None
+    written: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return self.fixed != self.source
+
+
+def fix_files(
+    files: Sequence[SourceFile],
+    rules: Sequence[type[Rule]],
+    *,
+    unsafe: bool = False,
+    write: bool = False,
+    keep: Keep | None = None,
+    jobs: int = 1,
+) -> list[FileFix]:
+    """Fix `files`; with `write`, replace each changed file atomically. Never raises for bad input."""
+    targets, unwritable = _targets(files)
+    loaded = [_load(f) for f in targets]
+    _map_in_place(loaded, lambda item: item.problem is None and not item.summarized, _summarize, jobs)
+    project = ProjectIndex.from_facts([item.facts for item in loaded if item.facts is not None])
+    keep = keep or list
+    outcomes: dict[str, FileFix] = {}
+    todo = []
+    for item in loaded:
+        path = item.file.path
+        problem = item.problem or item.syntax_error
+        if problem is not None:
+            found = keep([problem])
+            outcomes[path] = FileFix(path, remaining=found, found=found)
+        elif path in unwritable:
+            # checked so its findings show; no fix is computed for a file that will not be written
+            found = keep(check_source(path, item.source, rules, project, item.file.module_name).diagnostics)
+            outcomes[path] = FileFix(
+                path, item.source, item.source, remaining=found, found=found, skipped=unwritable[path]
+            )
+        else:
+            todo.append(item)
+    for item, result in _fix_all(todo, rules, project, unsafe, keep, jobs):
+        outcomes[item.file.path] = _outcome(result)
+    ordered = [outcomes[f.path] for f in targets]
+    if write:
+        for outcome in ordered:
+            if outcome.changed and outcome.error is None:
+                outcome.error = write_atomically(outcome.path, outcome.source, outcome.fixed)
+                outcome.written = outcome.error is None
+                if not outcome.written:
+                    outcome.fixed, outcome.applied, outcome.remaining = outcome.source, collections.Counter(), outcome.found
+    return ordered
+
+
+def _outcome(result: FixedSource) -> FileFix:
+    return FileFix(
+        result.path, result.source, result.fixed, result.applied, result.remaining, result.found, result.problem
+    )
+
+
+def _targets(files: Sequence[SourceFile]) -> tuple[list[SourceFile], dict[str, str]]:
+    """The files to open, and for those that must not be written, why."""
+    regular_reals = {os.path.realpath(f.path) for f in files if not os.path.islink(f.path)}
+    targets: list[SourceFile] = []
+    unwritable: dict[str, str] = {}
+    seen: set[str] = set()
+    for file in files:
+        real = os.path.realpath(file.path)
+        if os.path.islink(file.path):
+            if real in regular_reals:
+                continue
+            targets.append(file)
+            unwritable[file.path] = (
+                f"symbolic link to {real}, which is not among the given paths; fix the target itself"
+            )
+            continue
+        if real in seen:
+            continue
+        seen.add(real)
+        targets.append(file)
+        reason = _why_not_writable(file.path)
+        if reason is not None:
+            unwritable[file.path] = reason
+    return targets, unwritable
+
+
+def _why_not_writable(path: str) -> str | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None  # reported when it is read
+    # root may write anything, so look at the mode bits the user set, not only access()
+    if not info.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(path, os.W_OK):
+        return "read-only; not changed (make it writable to fix it)"
+    if info.st_nlink > 1:
+        return f"has {info.st_nlink} hard links; replacing it would split them"
+    return None
+
+
+class _Worker:
+    rules: Sequence[type[Rule]] = ()
+    project: ProjectIndex = ProjectIndex()
+    unsafe = False
+    keep: Keep = list
+
+    @classmethod
+    def setup(cls, rules, project, unsafe, keep) -> None:
+        cls.rules, cls.project, cls.unsafe, cls.keep = rules, project, unsafe, keep
+
+    @classmethod
+    def fix(cls, path: str, source: bytes, module_name: str) -> FixedSource:
+        return fix_source(
+            path, source, cls.rules, unsafe=cls.unsafe, project=cls.project, module_name=module_name, keep=cls.keep
+        )
+
+
+def _fix_all(todo, rules, project, unsafe, keep, jobs):
+    if jobs <= 1 or len(todo) < 2 * jobs:
+        _Worker.setup(rules, project, unsafe, keep)
+        for item in todo:
+            yield item, _Worker.fix(item.file.path, item.source, item.file.module_name)
+        return
+    # fork: workers inherit the imported rules; the fixer starts no threads before forking
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_Worker.setup, initargs=(rules, project, unsafe, keep)
+    ) as pool:
+        results = pool.map(
+            _Worker.fix,
+            [i.file.path for i in todo],
+            [i.source for i in todo],
+            [i.file.module_name for i in todo],
+            chunksize=8,
+        )
+        yield from zip(todo, results, strict=True)
+
+
+def write_atomically(path: str, expected: bytes, data: bytes) -> str | None:
+    """Replace `path`'s bytes `expected` with `data` through a temporary file in the same
+    folder and `os.replace`, keeping mode and owner. Returns why it did not, or None."""
+    try:
+        info = os.stat(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".ema-lint", dir=folder)
+    except OSError as error:
+        return f"cannot write: {error.strerror or error}"
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, stat.S_IMODE(info.st_mode))
+        made = os.stat(temporary)
+        if (made.st_uid, made.st_gid) != (info.st_uid, info.st_gid):
+            os.chown(temporary, info.st_uid, info.st_gid)
+        # as late as possible, to leave the smallest window for another writer
+        with open(path, "rb") as current:
+            if current.read() != expected:
+                os.unlink(temporary)
+                return "changed on disk since it was read; not overwritten"
+        os.replace(temporary, path)
+    except OSError as error:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        return f"cannot write: {error.strerror or error}"
+    return None
+
+
+def unified_diff(path: str, before: bytes, after: bytes) -> str:
+    """A unified diff of the decoded text, showing a changed line ending or final newline."""
+    encoding = cst.parse_module(before).encoding
+    old, new = _lines(before.decode(encoding)), _lines(after.decode(encoding))
+    out = []
+    for line in difflib.unified_diff(old, new, f"{path}", f"{path}", lineterm=""):
+        if line.startswith(("---", "+++", "@@")):
+            out.append(line + "\n")
+            continue
+        body = LINE_END.sub("", line)
+        out.append(body + "\n")
+        if body == line:
+            out.append("\\ No newline at end of file\n")
+    return "".join(out)
+
+
+def _lines(text: str) -> list[str]:
+    starts = [0, *(m.end() for m in LINE_END.finditer(text))]
+    lines = [text[a:b] for a, b in zip(starts, starts[1:])]
+    if starts[-1] < len(text):
+        lines.append(text[starts[-1]:])
+    return lines
+
+
+def why_not_fixed(outcome: FileFix, diagnostic: Diagnostic, unsafe: bool) -> str:
+    """Why a finding is still there after `fix`."""
+    if diagnostic.code.startswith("EMA0"):
+        return "the file could not be checked"
+    if outcome.error is not None:
+        return "fixing the file failed"
+    if outcome.skipped is not None:
+        return "the file was skipped"
+    if diagnostic.fix is None:
+        return "no automatic fix"
+    if diagnostic.fix.applicability is Applicability.UNSAFE and not unsafe:
+        return "unsafe fix; rerun with --unsafe-fixes"
+    return "a person must choose; see help"

@@ -1,0 +1,70 @@
+"""Runtime proof of a fix: the EMA101 call site fixed by `ema-lint fix` gives running
+statistics, outputs and gradients equal (zero tolerance) to an un-checkpointed reference,
+where the unfixed source counts every batch twice."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from ema_lint.fixer import fix_source
+from ema_lint.project import ProjectIndex, summarize
+from ema_lint.registry import rule_for
+
+CASE = Path(__file__).resolve().parent.parent / "fixtures" / "EMA101" / "fix_proof_checkpointed_blocks.py"
+STEPS = 3
+
+
+def _load(source: bytes, folder: Path, name: str):
+    path = folder / f"{name}.py"
+    path.write_bytes(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _train(net: torch.nn.Module, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    outputs = []
+    for batch in batches:
+        net.zero_grad()
+        output = net(batch)
+        output.square().mean().backward()
+        outputs.append(output.detach())
+    return outputs
+
+
+def _state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    grads = {f"{name}.grad": p.grad for name, p in net.named_parameters()}
+    return {**net.state_dict(), **grads}
+
+
+def test_fixed_checkpoint_call_matches_the_uncheckpointed_reference(tmp_path: Path) -> None:
+    source = CASE.read_bytes()
+    project = ProjectIndex.from_facts([summarize(CASE.stem, source)])
+    fixed = fix_source(str(CASE), source, [rule_for("EMA101")], project=project, module_name=CASE.stem)
+    assert (dict(fixed.applied), fixed.problem) == ({"EMA101": 1}, None)
+    assert b"context_fn=running_stats_context_fn" in fixed.fixed
+
+    original = _load(source, tmp_path, "original_model")
+    repaired = _load(fixed.fixed, tmp_path, "fixed_model")
+    torch.manual_seed(0)
+    reference = original.Net(use_checkpoint=False)
+    broken = original.Net(use_checkpoint=True)
+    candidate = repaired.Net(use_checkpoint=True)
+    broken.load_state_dict(reference.state_dict())
+    candidate.load_state_dict(reference.state_dict())
+    batches = [torch.randn(4, 4, 6, 6) for _ in range(STEPS)]
+
+    expected_outputs = _train(reference, batches)
+    assert all(torch.equal(a, b) for a, b in zip(_train(candidate, batches), expected_outputs, strict=True))
+    expected, actual = _state(reference), _state(candidate)
+    assert expected.keys() == actual.keys()
+    assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
+    assert int(actual["blocks.0.bn.num_batches_tracked"]) == STEPS
+
+    _train(broken, batches)
+    assert int(broken.state_dict()["blocks.0.bn.num_batches_tracked"]) == 2 * STEPS
+    assert not torch.equal(broken.state_dict()["blocks.0.bn.running_var"], expected["blocks.0.bn.running_var"])
