@@ -82,11 +82,13 @@ class Diagnostic:
     module: str | None = None
     notes: tuple[str, ...] = field(default=())
 
+    def has_fix(self, applicability: Applicability) -> bool:
+        return self.fix is not None and self.fix.applicability is applicability and bool(self.fix.edits)
+
     @property
     def fixable(self) -> bool:
-        return self.fix is not None and self.fix.applicability is not Applicability.DISPLAY_ONLY and bool(
-            self.fix.edits
-        )
+        """`fix --write` applies it without `--unsafe-fixes`."""
+        return self.has_fix(Applicability.SAFE)
 
     def sort_key(self) -> tuple:
         return (self.path, self.start, self.code, self.message)

@@ -89,9 +89,12 @@ def render_summary(diagnostics: Sequence[Diagnostic], *, statistics: bool) -> st
     if diagnostics:
         plural = "s" if len(diagnostics) != 1 else ""
         out.append(f"Found {len(diagnostics)} finding{plural}.\n")
-        fixable_count = sum(d.fixable for d in diagnostics)
-        if fixable_count:
-            out.append(f"[*] {fixable_count} fixable with `ema-lint fix --write`.\n")
+        safe = sum(d.fixable for d in diagnostics)
+        unsafe = sum(d.has_fix(Applicability.UNSAFE) for d in diagnostics)
+        if safe:
+            out.append(f"[*] {safe} fixable with `ema-lint fix --write`.\n")
+        if unsafe:
+            out.append(f"{unsafe} more fixable with `ema-lint fix --write --unsafe-fixes`.\n")
     else:
         out.append("All checks passed!\n")
     return "".join(out)

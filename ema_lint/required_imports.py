@@ -153,7 +153,10 @@ def _insertion(module: cst.Module, positions, text: str, lines: list[str], newli
             prefix = newline if text and not text.endswith(("\n", "\r")) else ""
             return Edit(at, at, prefix + "".join(lines))
         first = module.body[0]
-        at = Location(positions[first].start.line - len(first.leading_lines), 1)
+        # a decorated definition's position starts at `def`/`class`; its decorators come first
+        decorators = getattr(first, "decorators", ())
+        start = positions[decorators[0] if decorators else first].start.line
+        at = Location(start - len(first.leading_lines), 1)
         return Edit(at, at, "".join(lines))
     if last_import_line >= len(line_starts(text)):
         # the import line is the last one and has no newline: end it before adding ours

@@ -101,6 +101,8 @@ class EmaUpdateInPythonLoop(AutogradRule):
     INVALID = (
         Example(
             """
+            import torch
+
             @torch.no_grad()
             def update(ema, model, decay):
                 for ema_p, p in zip(ema.parameters(), model.parameters()):
@@ -111,6 +113,8 @@ class EmaUpdateInPythonLoop(AutogradRule):
                 " one kernel per tensor instead of one `torch._foreach_*` call"
             ),
             fixed="""
+            import torch
+
             @torch.no_grad()
             def update(ema, model, decay):
                 torch._foreach_mul_(list(ema.parameters()), decay)

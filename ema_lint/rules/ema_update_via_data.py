@@ -84,6 +84,8 @@ class EmaUpdateViaData(AutogradRule):
     INVALID = (
         Example(
             """
+            import torch
+
             @torch.no_grad()
             def momentum_update(self):
                 for q, k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
@@ -91,6 +93,8 @@ class EmaUpdateViaData(AutogradRule):
             """,
             message="EMA update writes `k.data`, which bypasses autograd's version checks; update under `torch.no_grad()` instead",
             fixed="""
+            import torch
+
             @torch.no_grad()
             def momentum_update(self):
                 torch._foreach_mul_(list(self.encoder_k.parameters()), self.m)
