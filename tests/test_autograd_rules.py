@@ -1,96 +1,16 @@
-"""EMA201/EMA202/EMA203/EMA301: fixed sources of the fixtures, and bit-exactness of the
-`torch._foreach_*` rewrite against the loops it replaces, run on real tensors.
-
-`fixed_source` follows the documented contract of `Fix`: the safe fixes (and, when asked,
-the unsafe ones) are applied, overlapping edits wait for the next round, rounds repeat until
-nothing fixable is left, and each `RequiredImport` not yet present goes after the module's
-last top-level import.
-"""
+"""EMA203/EMA301: bit-exactness of the `torch._foreach_*` rewrite against the loops it
+replaces, run on real tensors from the fixtures and their fixed sources (which
+tests/test_fixtures.py produces and checks)."""
 
 from __future__ import annotations
 
 import inspect
 from pathlib import Path
 
-import libcst as cst
 import pytest
 import torch
 
-from ema_lint.diagnostics import Applicability, RequiredImport
-from ema_lint.engine import check_source
-from ema_lint.fixes import apply_edits
-from ema_lint.registry import enabled_rules
-
-
-def _import_line(required: RequiredImport) -> str:
-    if required.name is None:
-        return f"import {required.module}"
-    return f"from {required.module} import {required.name}"
-
-
-def _add_imports(source: str, imports: set[RequiredImport]) -> str:
-    module = cst.parse_module(source)
-    lines = source.splitlines(keepends=True)
-    present = {line.strip() for line in lines}
-    missing = sorted(_import_line(i) for i in imports if _import_line(i) not in present)
-    if not missing:
-        return source
-    line, last_import_end = len(module.header), 0
-    for statement in module.body:
-        line += module.code_for_node(statement).count("\n")
-        if isinstance(statement, cst.SimpleStatementLine) and isinstance(
-            statement.body[0], (cst.Import, cst.ImportFrom)
-        ):
-            last_import_end = line
-    return "".join(lines[:last_import_end] + [f"{line}\n" for line in missing] + lines[last_import_end:])
-
-
-def fixed_source(code: str, source: str, *, unsafe: bool, rounds: int = 10) -> str:
-    rules = enabled_rules([code], [])
-    allowed = {Applicability.SAFE, Applicability.UNSAFE} if unsafe else {Applicability.SAFE}
-    for _ in range(rounds):
-        diagnostics = check_source("case.py", source.encode(), rules).diagnostics
-        fixes = [d.fix for d in diagnostics if d.fixable and d.fix.applicability in allowed]
-        if not fixes:
-            return source
-        chosen, spans = [], []
-        for fix in fixes:
-            fix_spans = [(e.start, e.end) for e in fix.edits]
-            if any(s < other_end and other_start < e for s, e in fix_spans for other_start, other_end in spans):
-                continue  # overlapping: left for the next round, as ruff does
-            chosen.append(fix)
-            spans.extend(fix_spans)
-        source = apply_edits(source, [e for fix in chosen for e in fix.edits])
-        source = _add_imports(source, {i for fix in chosen for i in fix.imports})
-    raise AssertionError(f"fixes did not converge in {rounds} rounds")
-
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-CODES = ("EMA201", "EMA202", "EMA203", "EMA301")
-CASES = [
-    (code, case)
-    for code in CODES
-    for case in sorted((FIXTURES / code).glob("*.py"))
-    if not case.name.endswith((".fixed.py", ".model.py"))
-]
-
-
-@pytest.mark.parametrize(("code", "case"), CASES, ids=[f"{c}/{p.name}" for c, p in CASES])
-@pytest.mark.parametrize("unsafe", [False, True], ids=["safe", "unsafe"])
-def test_fixed_source(code: str, case: Path, unsafe: bool, update_fixtures: bool) -> None:
-    source = case.read_text()
-    actual = fixed_source(code, source, unsafe=unsafe)
-    expected_file = case.with_suffix(".unsafe.fixed.py" if unsafe else ".fixed.py")
-    if update_fixtures:
-        if actual != source:
-            expected_file.write_text(actual)
-        elif expected_file.exists():
-            expected_file.unlink()
-    if actual == source:
-        assert not expected_file.exists(), f"{expected_file.name} exists but no fix applies"
-        return
-    cst.parse_module(actual)
-    assert expected_file.exists(), f"missing {expected_file}; run pytest --update-fixtures"
-    assert actual == expected_file.read_text()
 
 
 def _load(path: Path) -> dict:
