@@ -2,8 +2,8 @@
 
 flake8 hands over one file at a time, so the project index holds that file alone:
 findings that need facts from sibling modules (a class with BatchNorm defined in another
-file) are found by `ema-lint check`, not here. Selection, `# noqa` and per-file ignores
-are flake8's own; `[tool.ema-lint]` is not read.
+file) are found by `ema-lint check`, not here. Selection, per-file ignores and `# noqa`
+(including `--disable-noqa`) are flake8's own; `[tool.ema-lint]` is not read.
 """
 
 from __future__ import annotations
@@ -66,6 +66,6 @@ def _check(path: str, source: bytes, module_name: str) -> FileResult:
     except (SyntaxError, ValueError):
         project = ProjectIndex()
     try:
-        return check_source(path, source, SOURCE_RULES, project, module_name)
+        return check_source(path, source, SOURCE_RULES, project, module_name, honour_noqa=False)
     except Exception as error:  # a rule bug must cost this file a finding, not flake8's whole run
         return FileResult(path, [tool_diagnostic("EMA005", path, f"internal error: {type(error).__name__}: {error}")])
