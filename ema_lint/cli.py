@@ -9,6 +9,7 @@ from typing import Sequence
 import click
 
 from ema_lint import __version__
+from ema_lint.check_model_cli import check_model_command
 from ema_lint.diagnostics import Diagnostic
 from ema_lint.engine import severity_at_least
 from ema_lint.registry import SOURCE_RULES, TOOL_CODES, is_known_selector
@@ -147,6 +148,9 @@ def rule(code: str | None, show_all: bool) -> None:
         click.echo(rule_doc(code), nl=False)
     except KeyError:
         raise click.BadParameter(f"unknown code {code!r}; see `ema-lint rule --all`", param_hint="CODE")
+
+
+main.add_command(check_model_command)
 
 
 def run() -> None:

@@ -47,7 +47,12 @@ def tool_diagnostic(code: str, path: str, message: str, line: int = 1, column: i
     )
 
 
-def rules_triggered(source: bytes, rules: Sequence[type[Rule]]) -> list[type[Rule]]:
+def rules_triggered(
+    source: bytes,
+    rules: Sequence[type[Rule]],
+    project: ProjectIndex | None = None,
+    module_name: str = "",
+) -> list[type[Rule]]:
     """The rules that could report on `source`.
 
     Trigger words are ASCII identifiers, and PEP 263 only admits ASCII-compatible
@@ -57,11 +62,8 @@ def rules_triggered(source: bytes, rules: Sequence[type[Rule]]) -> list[type[Rul
     """
     if not source.isascii():
         return list(rules)
-    return [
-        rule
-        for rule in rules
-        if not rule.triggers or any(word.encode() in source for word in rule.triggers)
-    ]
+    project = project or ProjectIndex()
+    return [rule for rule in rules if rule.could_report(source, project, module_name)]
 
 
 def undecodable(path: str, source: bytes) -> Diagnostic | None:
@@ -114,7 +116,7 @@ def check_source(
     if SKIP_FILE.search(source):
         result.skipped = True
         return result
-    triggered = rules_triggered(source, rules)
+    triggered = rules_triggered(source, rules, project, module_name)
     if not triggered:
         return result
     module = parse(path, source)

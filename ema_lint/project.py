@@ -5,12 +5,116 @@ hold a running-stat module; what a name imported from a sibling module is) read 
 from `FileContext.project`. Facts are extracted per file with the stdlib `ast` parser,
 which is several times faster than libcst and never imports the code; each file's facts
 are plain data, so they are computed in worker processes and cached by content hash.
+
+What a module attribute holds is found by a small flow-insensitive evaluation: every
+value a name may take anywhere in its function counts (assignments, `append`/`extend`,
+`for` targets, parameter defaults and annotations). Values are `Held` records: a class
+or factory a name may refer to (`REF`), a module built by calling one (`BUILT`), or the
+result of calling a project function or method (`RESULT`), resolved later by the index.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 from dataclasses import dataclass, field
+
+REF, BUILT, RESULT, SELF_RESULT = "ref", "built", "result", "self-result"
+
+# Containers whose constructor arguments are the modules they hold.
+CONTAINERS = frozenset(
+    {
+        "torch.nn.Sequential",
+        "torch.nn.ModuleList",
+        "torch.nn.ModuleDict",
+        "torch.nn.modules.container.Sequential",
+        "torch.nn.modules.container.ModuleList",
+        "torch.nn.modules.container.ModuleDict",
+        "list",
+        "tuple",
+        "dict",
+        "filter",
+        "reversed",
+        "collections.OrderedDict",
+        "typing.OrderedDict",
+    }
+)
+PARTIAL = frozenset({"functools.partial"})
+
+# Classes with running statistics in torch and in well-known libraries the checked tree may
+# only import. Anything else counts only when its definition is in the checked tree.
+_TORCH_RUNNING_STAT = frozenset(
+    {
+        "BatchNorm1d",
+        "BatchNorm2d",
+        "BatchNorm3d",
+        "SyncBatchNorm",
+        "LazyBatchNorm1d",
+        "LazyBatchNorm2d",
+        "LazyBatchNorm3d",
+        "_BatchNorm",
+        "_LazyNormBase",
+    }
+)
+_TORCH_INSTANCE_NORM = frozenset(
+    {"InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LazyInstanceNorm1d", "LazyInstanceNorm2d", "LazyInstanceNorm3d"}
+)
+_TORCH_NN_PREFIXES = ("torch.nn.", "torch.nn.modules.batchnorm.", "torch.nn.modules.instancenorm.")
+_LIBRARY_RUNNING_STAT = frozenset(
+    {
+        "timm.layers.BatchNormAct2d",
+        "timm.layers.norm_act.BatchNormAct2d",
+        "timm.layers.SyncBatchNormAct",
+        "timm.layers.norm_act.SyncBatchNormAct",
+        "timm.models.layers.BatchNormAct2d",
+    }
+)
+
+
+def builtin_running_stat_kind(qualified: str, tracks_running_stats: bool | None) -> str | None:
+    """The short class name when `qualified` names a library class with running statistics
+    (given the literal `track_running_stats` argument it was built with), else None."""
+    short = qualified.rpartition(".")[2]
+    if qualified in _LIBRARY_RUNNING_STAT:
+        return None if tracks_running_stats is False else short
+    if not any(qualified == prefix + short for prefix in _TORCH_NN_PREFIXES):
+        return None
+    if short in _TORCH_RUNNING_STAT:
+        return None if tracks_running_stats is False else short
+    if short in _TORCH_INSTANCE_NORM:
+        return short if tracks_running_stats is True else None
+    return None
+
+
+@dataclass(frozen=True, order=True)
+class Held:
+    """One value a name may hold. `target` is a qualified name (REF, BUILT, RESULT) or a
+    method name of the same class (SELF_RESULT); `tracks_running_stats` is the literal
+    `track_running_stats=` argument, when one was given."""
+
+    kind: str
+    target: str
+    tracks_running_stats: bool | None = None
+
+
+@dataclass(frozen=True)
+class ClassFacts:
+    name: str
+    qualified_name: str
+    bases: tuple[str, ...] = ()
+    # `self.<attr>` -> values assigned to it in any method; "" collects children added
+    # without a static name (`super().__init__(*layers)`, `self.add_module(*stage)`)
+    attributes: dict[str, tuple[Held, ...]] = field(default_factory=dict)
+    # method -> the `self.<name>` it reads (in nested functions and lambdas too)
+    method_reads: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # method -> values it may return
+    method_returns: dict[str, tuple[Held, ...]] = field(default_factory=dict)
+    # registered buffers written by `forward` or a method it calls through `self.`
+    updated_buffers: tuple[str, ...] = ()
+    # attributes put in eval mode with frozen parameters (`.eval()` and `.requires_grad_(False)`)
+    frozen_attributes: tuple[str, ...] = ()
+    # overrides `train()` to put submodules back in eval mode (mmdet's `norm_eval`)
+    keeps_submodules_in_eval: bool = False
 
 
 @dataclass(frozen=True)
@@ -22,23 +126,220 @@ class ModuleFacts:
     imports: dict[str, str] = field(default_factory=dict)
     # names of classes defined at module level
     classes: tuple[str, ...] = ()
+    class_facts: tuple[ClassFacts, ...] = ()
+    # module-level functions -> values they may return
+    function_returns: dict[str, tuple[Held, ...]] = field(default_factory=dict)
+    # module-level `name = <value>` bindings that are references (`ckpt = partial(checkpoint, ...)`)
+    aliases: dict[str, tuple[Held, ...]] = field(default_factory=dict)
+    # modules imported with `from module import *`
+    star_imports: tuple[str, ...] = ()
 
 
 @dataclass
 class ProjectIndex:
     modules: dict[str, ModuleFacts] = field(default_factory=dict)
+    _classes: dict[str, ClassFacts] = field(default_factory=dict, repr=False, compare=False)
+    _running_stat_paths: dict[str, tuple[str, ...] | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        for facts in self.modules.values():
+            for cls in facts.class_facts:
+                self._classes[cls.qualified_name] = cls
+
+    def __getstate__(self):
+        # memo tables are rebuilt on demand; the cache key pickles `modules` only
+        return {"modules": self.modules}
+
+    def __setstate__(self, state) -> None:
+        self.modules = state["modules"]
+        self._classes, self._running_stat_paths = {}, {}
+        self.__post_init__()
 
     @classmethod
     def from_facts(cls, facts: list[ModuleFacts]) -> "ProjectIndex":
         return cls({f.module_name: f for f in facts})
 
+    # -- names ---------------------------------------------------------------------------
 
-def summarize(module_name: str, source: bytes) -> ModuleFacts:
-    """Facts for one file. Raises SyntaxError (or ValueError for NUL bytes) when it does not parse."""
+    def resolve(self, qualified: str) -> str:
+        """Follow re-exports through checked modules: `pkg.checkpoint` -> `torch.utils.checkpoint.checkpoint`."""
+        seen = set()
+        while qualified not in seen:
+            seen.add(qualified)
+            module, _, name = qualified.rpartition(".")
+            facts = self.modules.get(module)
+            if facts is None or not name:
+                break
+            if name in facts.imports:
+                qualified = facts.imports[name]
+                continue
+            aliases = facts.aliases.get(name, ())
+            if len(aliases) == 1 and aliases[0].kind == REF:
+                qualified = aliases[0].target
+                continue
+            if name not in facts.classes and name not in facts.function_returns:
+                star = [m for m in facts.star_imports if self._defines(m, name)]
+                if star:
+                    qualified = f"{star[0]}.{name}"
+                    continue
+            break
+        return qualified
+
+    def _defines(self, module: str, name: str) -> bool:
+        facts = self.modules.get(module)
+        return facts is not None and (
+            name in facts.imports or name in facts.classes or name in facts.function_returns or name in facts.aliases
+        )
+
+    def qualify(self, module_name: str, dotted: str) -> str:
+        """The qualified name a dotted expression `a.b.c` written in `module_name` refers to."""
+        head, _, rest = dotted.partition(".")
+        facts = self.modules.get(module_name)
+        if facts is not None and head in facts.imports:
+            base = facts.imports[head]
+        elif facts is not None and (
+            head in facts.classes or head in facts.function_returns or head in facts.aliases
+        ):
+            base = f"{module_name}.{head}"
+        else:
+            base = head
+        return self.resolve(f"{base}.{rest}" if rest else base)
+
+    def class_facts(self, qualified: str) -> ClassFacts | None:
+        return self._classes.get(self.resolve(qualified))
+
+    def mro(self, qualified: str) -> list[ClassFacts]:
+        """The class and its project-defined ancestors, nearest first."""
+        order, pending, seen = [], [self.resolve(qualified)], set()
+        while pending:
+            name = pending.pop(0)
+            if name in seen:
+                continue
+            seen.add(name)
+            facts = self._classes.get(name)
+            if facts is not None:
+                order.append(facts)
+                pending.extend(self.resolve(b) for b in facts.bases)
+        return order
+
+    def module_aliases(self, qualified: str) -> tuple[Held, ...]:
+        module, _, name = self.resolve(qualified).rpartition(".")
+        facts = self.modules.get(module)
+        return facts.aliases.get(name, ()) if facts else ()
+
+    # -- running statistics --------------------------------------------------------------
+
+    def running_stat_path(self, qualified: str, tracks_running_stats: bool | None = None) -> tuple[str, ...] | None:
+        """Why a module built from `qualified` updates running statistics in forward:
+        a path of steps ending at the module that does (`("Bottleneck.bn1",)`), `()` when
+        the class itself does, or None when it provably does not or is unknown."""
+        qualified = self.resolve(qualified)
+        kind = builtin_running_stat_kind(qualified, tracks_running_stats)
+        if kind is not None:
+            return ()
+        if tracks_running_stats is False:
+            return None
+        if qualified in self._running_stat_paths:
+            return self._running_stat_paths[qualified]
+        self._running_stat_paths[qualified] = None  # cycle guard
+        path = self._compute_running_stat_path(qualified)
+        self._running_stat_paths[qualified] = path
+        return path
+
+    def _compute_running_stat_path(self, qualified: str) -> tuple[str, ...] | None:
+        chain = self.mro(qualified)
+        if not chain:
+            return None
+        for facts in chain:
+            for base in facts.bases:
+                resolved = self.resolve(base)
+                if resolved not in self._classes and builtin_running_stat_kind(resolved, None):
+                    return ()
+            if facts.updated_buffers:
+                return ()
+        if any(facts.keeps_submodules_in_eval for facts in chain):
+            return None
+        owner = chain[0].name
+        for facts in chain:
+            for attribute in sorted(facts.attributes):
+                if attribute in facts.frozen_attributes:
+                    continue
+                inner = self.values_path(qualified, facts.attributes[attribute])
+                if inner is not None:
+                    step = f"{owner}.{attribute}" if attribute else owner
+                    return (step, *inner) if attribute else inner
+        return None
+
+    def values_path(self, owner_class: str | None, values, depth: int = 0) -> tuple[str, ...] | None:
+        """The running-stat path of the first value among `values` that has one."""
+        if depth > 12:
+            return None
+        for held in sorted(values):
+            if held.kind == BUILT:
+                path = self.running_stat_path(held.target, held.tracks_running_stats)
+                if path is not None:
+                    return path
+            elif held.kind == RESULT:
+                returns = self._function_returns(held.target)
+                path = self.values_path(None, returns, depth + 1)
+                if path is not None:
+                    return path
+            elif held.kind == SELF_RESULT and owner_class is not None:
+                for facts in self.mro(owner_class):
+                    if held.target in facts.method_returns:
+                        path = self.values_path(owner_class, facts.method_returns[held.target], depth + 1)
+                        if path is not None:
+                            return path
+                        break
+        return None
+
+    def _function_returns(self, qualified: str) -> tuple[Held, ...]:
+        module, _, name = self.resolve(qualified).rpartition(".")
+        facts = self.modules.get(module)
+        return facts.function_returns.get(name, ()) if facts else ()
+
+    def member_path(self, class_name: str, member: str, seen: frozenset = frozenset()) -> tuple[str, ...] | None:
+        """Why running `self.<member>` of an instance of `class_name` (a submodule call or a
+        method call) updates running statistics, as a path of steps, or None."""
+        if (class_name, member) in seen:
+            return None
+        seen = seen | {(class_name, member)}
+        chain = self.mro(class_name)
+        if not chain or any(f.keeps_submodules_in_eval for f in chain):
+            return None
+        owner = chain[0].name
+        for facts in chain:
+            if member in facts.method_reads:
+                for read in facts.method_reads[member]:
+                    inner = self.member_path(class_name, read, seen)
+                    if inner is not None:
+                        return (f"{owner}.{member}", *inner)
+                return None
+        for facts in chain:
+            if member in facts.attributes:
+                if member in facts.frozen_attributes:
+                    return None
+                inner = self.values_path(class_name, facts.attributes[member])
+                if inner is None:
+                    return None
+                return (f"{owner}.{member}", *inner)
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# Phase 1: per-file extraction
+# ---------------------------------------------------------------------------------------
+
+
+def summarize(module_name: str, source: bytes, is_package: bool = False) -> ModuleFacts:
+    """Facts for one file (`is_package`: it is a package's `__init__.py`, the base of its
+    relative imports). Raises SyntaxError (or ValueError for NUL bytes) when it does not parse."""
     tree = ast.parse(source)
     imports: dict[str, str] = {}
-    classes: list[str] = []
-    package = module_name.rpartition(".")[0]
+    star_imports: list[str] = []
+    package = module_name if is_package else module_name.rpartition(".")[0]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -50,12 +351,430 @@ def summarize(module_name: str, source: bytes) -> ModuleFacts:
         elif isinstance(node, ast.ImportFrom):
             base = _absolute_module(package, node.module, node.level)
             for alias in node.names:
-                if alias.name != "*":
+                if alias.name == "*":
+                    star_imports.append(base)
+                else:
                     imports[alias.asname or alias.name] = f"{base}.{alias.name}" if base else alias.name
+    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+    functions = [
+        node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
+    scope = ModuleScope(module_name, imports, set(classes), {f.name for f in functions})
+    function_returns = {f.name: LocalValues(scope, f).returns() for f in functions}
+    aliases: dict[str, tuple[Held, ...]] = {}
+    module_env = LocalValues(scope, None)
     for node in tree.body:
-        if isinstance(node, ast.ClassDef):
-            classes.append(node.name)
-    return ModuleFacts(module_name, imports, tuple(classes))
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            refs = module_env.references(node.value)
+            if refs:
+                aliases[node.targets[0].id] = tuple(sorted(refs))
+    class_facts = tuple(
+        _summarize_class(scope, node) for node in tree.body if isinstance(node, ast.ClassDef)
+    )
+    return ModuleFacts(
+        module_name,
+        imports,
+        tuple(classes),
+        class_facts,
+        function_returns,
+        aliases,
+        tuple(star_imports),
+    )
+
+
+@dataclass
+class ModuleScope:
+    module_name: str
+    imports: dict[str, str]
+    classes: set[str]
+    functions: set[str]
+
+    def qualify(self, dotted: str) -> str:
+        head, _, rest = dotted.partition(".")
+        if head in self.imports:
+            base = self.imports[head]
+        elif head in self.classes or head in self.functions:
+            base = f"{self.module_name}.{head}"
+        else:
+            base = head
+        return f"{base}.{rest}" if rest else base
+
+
+def dotted_name(node: ast.AST) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+def _literal_bool(call: ast.Call, keyword: str) -> bool | None:
+    for kw in call.keywords:
+        if kw.arg == keyword and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, bool):
+            return kw.value.value
+    return None
+
+
+def _self_name(function: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
+    args = function.args.posonlyargs + function.args.args
+    return args[0].arg if args else None
+
+
+class LocalValues:
+    """Flow-insensitive values of the local names of one function (or of module level)."""
+
+    def __init__(self, scope: ModuleScope, function, self_name: str | None = None, attributes=None) -> None:
+        self.scope = scope
+        self.function = function
+        self.self_name = self_name
+        self.attributes = attributes  # the class's attribute table, filled by _summarize_class
+        self.bindings: dict[str, list[tuple[str, ast.AST]]] = {}
+        self.definitions: dict[str, list[ast.AST]] = {}  # nested `def`s and lambdas bound to names
+        self._evaluating: set[str] = set()
+        self._memo: dict[str, frozenset[Held]] = {}
+        if function is not None:
+            self._collect(function)
+
+    def _bind(self, name: str, how: str, node: ast.AST) -> None:
+        self.bindings.setdefault(name, []).append((how, node))
+
+    def _collect(self, function) -> None:
+        if isinstance(function, ast.Module):
+            arguments = ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[])
+        else:
+            arguments = function.args
+        positional = arguments.posonlyargs + arguments.args
+        defaults = [None] * (len(positional) - len(arguments.defaults)) + list(arguments.defaults)
+        for arg, default in [*zip(positional, defaults), *zip(arguments.kwonlyargs, arguments.kw_defaults)]:
+            if default is not None:
+                self._bind(arg.arg, "value", default)
+            if arg.annotation is not None:
+                self._bind(arg.arg, "annotation", arg.annotation)
+        for node in _walk_own_body(function):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                self.definitions.setdefault(node.name, []).append(node)
+            elif isinstance(node, ast.Assign):
+                for target in node.targets:
+                    self._bind_target(target, node.value)
+                    if isinstance(target, ast.Name) and isinstance(node.value, ast.Lambda):
+                        self.definitions.setdefault(target.id, []).append(node.value)
+            elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and node.value is not None:
+                self._bind_target(node.target, node.value)
+            elif isinstance(node, (ast.For, ast.AsyncFor)):
+                self._bind_target(node.target, node.iter, element=True)
+            elif isinstance(node, ast.NamedExpr):
+                self._bind_target(node.target, node.value)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                owner = node.func.value
+                if isinstance(owner, ast.Name) and node.func.attr in ("append", "extend", "insert", "add_module"):
+                    for arg in node.args:
+                        self._bind(owner.id, "value", arg)
+
+    def _bind_target(self, target: ast.AST, value: ast.AST, element: bool = False) -> None:
+        if isinstance(target, ast.Name):
+            self._bind(target.id, "value", value)
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            # `for i, block in enumerate(blocks)` and `a, b = f()`: each name may take
+            # anything the value holds; precise unpacking is not worth its cost here
+            for item in target.elts:
+                self._bind_target(item.value if isinstance(item, ast.Starred) else item, value, element)
+        elif isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
+            self._bind(target.value.id, "value", value)
+
+    def local(self, name: str) -> frozenset[Held]:
+        if name in self._memo:
+            return self._memo[name]
+        if name in self._evaluating:
+            return frozenset()
+        self._evaluating.add(name)
+        values: set[Held] = set()
+        for how, node in self.bindings.get(name, ()):
+            values |= self.annotation(node) if how == "annotation" else self.values(node)
+        self._evaluating.discard(name)
+        self._memo[name] = frozenset(values)
+        return self._memo[name]
+
+    def annotation(self, node: ast.AST) -> frozenset[Held]:
+        """Classes named in a parameter annotation (`Type[Bottleneck]`, `Union[A, B]`)."""
+        values = set()
+        pending = [node]
+        while pending:
+            sub = pending.pop()
+            if not isinstance(sub, (ast.Name, ast.Attribute)):
+                pending.extend(ast.iter_child_nodes(sub))
+            else:
+                dotted = dotted_name(sub)
+                if dotted and dotted.partition(".")[0] not in ("typing", "Type", "Union", "Optional", "Callable"):
+                    qualified = self.scope.qualify(dotted)
+                    if qualified.startswith(self.scope.module_name + ".") or "." in qualified:
+                        values.add(Held(REF, qualified))
+        return frozenset(values)
+
+    def references(self, node: ast.AST) -> frozenset[Held]:
+        """The classes or factories an expression may name (not call)."""
+        if isinstance(node, ast.Name) and self.function is not None and node.id in self.bindings:
+            return frozenset(h for h in self.local(node.id) if h.kind == REF)
+        dotted = dotted_name(node)
+        if dotted is not None:
+            if self.self_name and dotted.startswith(self.self_name + ".") and self.attributes is not None:
+                attribute = dotted.split(".")[1]
+                return frozenset(h for h in self.attributes.get(attribute, ()) if h.kind == REF)
+            return frozenset({Held(REF, self.scope.qualify(dotted))})
+        if isinstance(node, ast.BoolOp):
+            return frozenset().union(*(self.references(v) for v in node.values))
+        if isinstance(node, ast.IfExp):
+            return self.references(node.body) | self.references(node.orelse)
+        if isinstance(node, ast.Call) and self._callee_is(node, PARTIAL) and node.args:
+            tracks = _literal_bool(node, "track_running_stats")
+            return frozenset(
+                Held(REF, h.target, tracks if tracks is not None else h.tracks_running_stats)
+                for h in self.references(node.args[0])
+            )
+        return frozenset()
+
+    def _callee_is(self, call: ast.Call, names: frozenset[str]) -> bool:
+        dotted = dotted_name(call.func)
+        return dotted is not None and self.scope.qualify(dotted) in names
+
+    def values(self, node: ast.AST) -> frozenset[Held]:
+        """What an expression may evaluate to: references, built modules, call results."""
+        if isinstance(node, ast.Call):
+            return self._call_values(node)
+        if isinstance(node, ast.Name):
+            if self.function is not None and node.id in self.bindings:
+                return self.local(node.id)
+            return self.references(node)
+        if isinstance(node, ast.Attribute):
+            attribute = _self_attribute(node, self.self_name)
+            if attribute is not None and self.attributes is not None:
+                return self.attributes.get(attribute)
+            return self.references(node)
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+            return frozenset().union(*(self.values(e) for e in node.elts))
+        if isinstance(node, ast.Dict):
+            return frozenset().union(*(self.values(v) for v in node.values))
+        if isinstance(node, ast.Starred):
+            return self.values(node.value)
+        if isinstance(node, (ast.ListComp, ast.GeneratorExp, ast.SetComp)):
+            return self.values(node.elt)
+        if isinstance(node, ast.DictComp):
+            return self.values(node.value)
+        if isinstance(node, ast.BoolOp):
+            return frozenset().union(*(self.values(v) for v in node.values))
+        if isinstance(node, ast.IfExp):
+            return self.values(node.body) | self.values(node.orelse)
+        if isinstance(node, ast.Subscript):
+            return self.values(node.value)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            return self.values(node.left) | self.values(node.right)
+        return frozenset()
+
+    def _call_values(self, call: ast.Call) -> frozenset[Held]:
+        func = call.func
+        if self._callee_is(call, PARTIAL):
+            return self.references(call)
+        if (
+            self.self_name
+            and isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id == self.self_name
+        ):
+            attribute_refs = self.references(func)
+            built = {Held(BUILT, h.target, h.tracks_running_stats) for h in attribute_refs}
+            return frozenset(built | {Held(SELF_RESULT, func.attr)})
+        refs = self.references(func)
+        tracks = _literal_bool(call, "track_running_stats")
+        values: set[Held] = set()
+        for ref in refs:
+            if ref.target in CONTAINERS:
+                for arg in [*call.args, *(kw.value for kw in call.keywords)]:
+                    values |= self.values(arg)
+                continue
+            if "." not in ref.target:
+                continue  # a builtin (`float`, `int`): never a module
+            given = tracks if tracks is not None else ref.tracks_running_stats
+            values.add(Held(BUILT, ref.target, given))
+            if not ref.target.startswith("torch."):
+                values.add(Held(RESULT, ref.target))
+        if isinstance(func, ast.Attribute) and func.attr in ("children", "modules", "values", "items"):
+            values |= self.values(func.value)
+        return frozenset(values)
+
+    def returns(self) -> tuple[Held, ...]:
+        values: set[Held] = set()
+        for node in _walk_own_body(self.function):
+            if isinstance(node, ast.Return) and node.value is not None:
+                values |= self.values(node.value)
+        return tuple(sorted(values))
+
+
+def _walk_own_body(function):
+    """Nodes of a function body, not descending into nested classes (their own scope)."""
+    pending = list(function.body)
+    while pending:
+        node = pending.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, ast.ClassDef):
+                pending.append(child)
+
+
+_UPDATING_METHODS = frozenset(
+    {"add_", "mul_", "sub_", "div_", "lerp_", "copy_", "fill_", "zero_", "addcmul_", "addcdiv_", "clamp_", "update"}
+)
+_FUNCTIONAL_BATCH_NORM = frozenset({"torch.nn.functional.batch_norm", "torch.batch_norm", "torch.nn.functional.instance_norm"})
+
+
+def _summarize_class(scope: ModuleScope, node: ast.ClassDef) -> ClassFacts:
+    bases = tuple(scope.qualify(d) for d in (dotted_name(b) for b in node.bases) if d)
+    methods = [m for m in node.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    raw: dict[str, list[tuple[ast.AST, LocalValues]]] = {}
+    attributes = _AttributeTable(raw)
+    evaluators = []
+    buffers: set[str] = set()
+    eval_calls: set[str] = set()
+    frozen_grads: set[str] = set()
+    method_reads: dict[str, tuple[str, ...]] = {}
+    written: dict[str, set[str]] = {}
+    keeps_eval = False
+    for method in methods:
+        self_name = _self_name(method)
+        evaluator = LocalValues(scope, method, self_name, attributes)
+        evaluators.append(evaluator)
+        reads: set[str] = set()
+        writes: set[str] = set()
+        for sub in ast.walk(method):
+            if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == self_name:
+                if isinstance(sub.ctx, ast.Load):
+                    reads.add(sub.attr)
+                else:
+                    writes.add(sub.attr)
+            if isinstance(sub, ast.Assign):
+                for target in sub.targets:
+                    owner = _self_attribute(target, self_name)
+                    if owner:
+                        raw.setdefault(owner, []).append((sub.value, evaluator))
+            elif isinstance(sub, ast.AugAssign):
+                owner = _self_attribute(sub.target, self_name)
+                if owner:
+                    writes.add(owner)
+            elif isinstance(sub, ast.Call):
+                _class_call_facts(sub, self_name, evaluator, raw, buffers, eval_calls, frozen_grads, writes, scope)
+                if method.name == "train" and isinstance(sub.func, ast.Attribute) and sub.func.attr == "eval":
+                    keeps_eval = True
+        method_reads[method.name] = tuple(sorted(reads - {method.name}))
+        written[method.name] = writes
+    method_returns = {m.name: e.returns() for m, e in zip(methods, evaluators)}
+    return ClassFacts(
+        name=node.name,
+        qualified_name=f"{scope.module_name}.{node.name}",
+        bases=bases,
+        attributes={name: tuple(sorted(attributes.get(name))) for name in raw if attributes.get(name)},
+        method_reads=method_reads,
+        method_returns=method_returns,
+        updated_buffers=tuple(sorted(_forward_updates(buffers, method_reads, written))),
+        frozen_attributes=tuple(sorted(eval_calls & frozen_grads)),
+        keeps_submodules_in_eval=keeps_eval,
+    )
+
+
+class _AttributeTable:
+    """Values of `self.<attr>`, evaluated on first use: one attribute may be built from
+    another (`self._norm_layer = norm_layer` ... `self._norm_layer(planes)`)."""
+
+    def __init__(self, raw: dict[str, list]) -> None:
+        self.raw = raw
+        self.memo: dict[str, frozenset[Held]] = {}
+
+    def get(self, name: str, default=()) -> frozenset[Held]:
+        if name in self.memo:
+            return self.memo[name]
+        if name not in self.raw:
+            return frozenset(default)
+        self.memo[name] = frozenset()  # cycle guard
+        values: set[Held] = set()
+        for value, evaluator in self.raw[name]:
+            values |= evaluator.values(value)
+        self.memo[name] = frozenset(values)
+        return self.memo[name]
+
+
+def _self_attribute(target: ast.AST, self_name: str | None) -> str | None:
+    """`self.x` or `self.x[...]` -> "x"."""
+    while isinstance(target, ast.Subscript):
+        target = target.value
+    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == self_name:
+        return target.attr
+    return None
+
+
+def _class_call_facts(call, self_name, evaluator, raw, buffers, eval_calls, frozen_grads, writes, scope) -> None:
+    func = call.func
+    if not isinstance(func, ast.Attribute):
+        if isinstance(func, ast.Name) and func.id == "setattr" and len(call.args) == 3:
+            if isinstance(call.args[0], ast.Name) and call.args[0].id == self_name:
+                raw.setdefault(_literal_name(call.args[1]), []).append((call.args[2], evaluator))
+        return
+    owner = func.value
+    is_self = isinstance(owner, ast.Name) and owner.id == self_name
+    if is_self and func.attr in ("add_module", "register_module"):
+        if len(call.args) == 2:
+            raw.setdefault(_literal_name(call.args[0]), []).append((call.args[1], evaluator))
+        elif call.args:
+            raw.setdefault("", []).append((call.args[0], evaluator))
+    elif is_self and func.attr == "register_buffer" and call.args:
+        name = _literal_name(call.args[0])
+        if name:
+            buffers.add(name)
+    elif (
+        isinstance(owner, ast.Call)
+        and isinstance(owner.func, ast.Name)
+        and owner.func.id == "super"
+        and func.attr == "__init__"
+    ):
+        for arg in call.args:
+            raw.setdefault("", []).append((arg, evaluator))
+    attribute = _self_attribute(owner, self_name)
+    if attribute is not None:
+        if func.attr in ("append", "extend", "insert", "add_module", "update"):
+            for arg in call.args[-1:]:
+                raw.setdefault(attribute, []).append((arg, evaluator))
+        if func.attr in _UPDATING_METHODS:
+            writes.add(attribute)
+        if func.attr == "eval":
+            eval_calls.add(attribute)
+        if func.attr == "requires_grad_" and call.args and isinstance(call.args[0], ast.Constant) and call.args[0].value is False:
+            frozen_grads.add(attribute)
+    dotted = dotted_name(func)
+    if dotted and scope.qualify(dotted) in _FUNCTIONAL_BATCH_NORM:
+        training = next((kw.value for kw in call.keywords if kw.arg in ("training", "use_input_stats")), None)
+        if not (isinstance(training, ast.Constant) and training.value is False):
+            for arg in call.args[1:3]:
+                name = _self_attribute(arg, self_name)
+                if name:
+                    writes.add(name)
+
+
+def _literal_name(node: ast.AST) -> str:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    return ""
+
+
+def _forward_updates(buffers: set[str], method_reads: dict[str, tuple[str, ...]], written: dict[str, set[str]]) -> set[str]:
+    if "forward" not in method_reads:
+        return set()
+    reached, pending = set(), ["forward"]
+    while pending:
+        method = pending.pop()
+        if method in reached:
+            continue
+        reached.add(method)
+        pending.extend(r for r in method_reads.get(method, ()) if r in method_reads)
+    return buffers & set().union(*(written.get(m, set()) for m in reached))
 
 
 def _absolute_module(package: str, module: str | None, level: int) -> str:
@@ -71,8 +790,6 @@ def _absolute_module(package: str, module: str | None, level: int) -> str:
 
 def module_name_for(path: str, root: str) -> str:
     """Dotted module name of `path` relative to `root` (`pkg/sub/mod.py` -> `pkg.sub.mod`)."""
-    import os
-
     relative = os.path.relpath(path, root)
     parts = relative.replace(os.sep, "/").split("/")
     parts[-1] = parts[-1].removesuffix(".py")

@@ -11,6 +11,7 @@ from typing import Iterable
 
 from ema_lint.diagnostics import Severity
 from ema_lint.rule import Rule
+from ema_lint.rules.batchnorm_in_checkpoint import BatchnormInCheckpoint
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,9 @@ TOOL_CODES: tuple[ToolCode, ...] = (
     ToolCode("EMA005", "internal-error", Severity.ERROR, "The checker failed on this file (a bug in ema-lint)"),
 )
 
-SOURCE_RULES: tuple[type[Rule], ...] = ()
+SOURCE_RULES: tuple[type[Rule], ...] = (
+    BatchnormInCheckpoint,
+)
 
 _TOOL_BY_CODE = {tool.code: tool for tool in TOOL_CODES}
 _RULE_BY_CODE = {rule.code: rule for rule in SOURCE_RULES}

@@ -88,7 +88,11 @@ def _summarize(loaded: _Loaded) -> _Loaded:
     if loaded.source is None:
         return loaded
     try:
-        loaded.facts = summarize(loaded.file.module_name, loaded.source)
+        loaded.facts = summarize(
+            loaded.file.module_name,
+            loaded.source,
+            is_package=os.path.basename(loaded.file.path) == "__init__.py",
+        )
     except SyntaxError as error:
         loaded.syntax_error = tool_diagnostic(
             "EMA001", loaded.file.path, f"cannot parse: {error.msg}", error.lineno or 1, error.offset or 1

@@ -1,0 +1,135 @@
+"""Model analysis for CI: `check_model`, `transform`, `audit`.
+
+These import torch and look at a live model; `ema-lint check` never imports this module.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ema_lint.diagnostics import Diagnostic, Location
+from ema_lint.passes import (
+    ANALYSES,
+    DetachHistoryPass,
+    RunningStatsOncePerStepPass,
+    Trace,
+    trace,
+)
+from ema_lint.passes import audit as _audit
+from ema_lint.passes.findings import GRAPH_CODES, class_location
+from ema_lint.runtime import convert_running_stats
+from ema_lint.runtime.running_stats import is_converted, is_running_stat_module
+
+
+@dataclass
+class TransformResult:
+    """`model` is the transformed model; `diagnostics` what was found before transforming;
+    `modified` whether `model` differs in behaviour from the input."""
+
+    model: torch.nn.Module
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    modified: bool = False
+
+
+def check_model(model: torch.nn.Module) -> list[Diagnostic]:
+    """Diagnostics for `model`'s hazards, found by tracing; `model` is not changed."""
+    traced = _trace_or_reason(model)
+    if isinstance(traced, str):
+        return [_not_traceable(model, traced)]
+    return _analyse(traced)
+
+
+def transform(
+    model: torch.nn.Module,
+    example_inputs: tuple[Any, ...] | None = None,
+    inplace: bool = False,
+) -> TransformResult:
+    """Return a model whose running statistics update once per step under checkpointing and
+    whose buffer updates keep no autograd history, with the diagnostics that led there.
+
+    The caller's `model` is deep-copied first unless `inplace=True`. The result keeps the
+    model's own `forward` (so its checkpointing) whenever checkpoint regions exist; only a
+    model without regions that needs a graph rewrite (EMA201) comes back as a GraphModule.
+
+    When torch.fx cannot trace the model, every running-stat module is converted (the runtime
+    detects recomputation itself, so this needs no graph) and EMA003 says why; with
+    `example_inputs`, two real steps on a copy then find the hazards the graph would have.
+    """
+    target = model if inplace else copy.deepcopy(model)
+    traced = _trace_or_reason(target)
+    if isinstance(traced, str):
+        return _fall_back(target, traced, example_inputs)
+    diagnostics = _analyse(traced)
+    once = RunningStatsOncePerStepPass(traced.regions)(traced.graph_module)
+    modified = once.modified
+    result_model: torch.nn.Module = target
+    if any(d.code == "EMA201" for d in diagnostics) and not traced.regions:
+        detached = DetachHistoryPass()(traced.graph_module)
+        if detached.modified:
+            result_model, modified = detached.graph_module, True
+    return TransformResult(result_model, diagnostics, modified)
+
+
+def audit(model: torch.nn.Module, step_fn: Callable[[torch.nn.Module], Any], steps: int = 2) -> list[Diagnostic]:
+    """Ground truth: run `step_fn(model)` (forward and backward) `steps` times and report the
+    hazards the steps showed. `model` is trained by these steps; pass a copy to keep it."""
+    return _audit(model, step_fn, steps)
+
+
+def default_step(example_inputs: tuple[Any, ...]) -> Callable[[torch.nn.Module], None]:
+    """A training step for the audit: forward `example_inputs`, backward the sum of the outputs."""
+
+    def step(model: torch.nn.Module) -> None:
+        inputs = tuple(
+            x.detach().requires_grad_(x.is_floating_point()) if isinstance(x, torch.Tensor) else x
+            for x in example_inputs
+        )
+        outputs = model(*inputs)
+        flat = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        sum(o.float().sum() for o in flat if isinstance(o, torch.Tensor)).backward()
+
+    return step
+
+
+def _trace_or_reason(model: torch.nn.Module) -> Trace | str:
+    try:
+        return trace(model)
+    except Exception as error:  # any failure of user code under tracing means "not traceable"
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+
+
+def _analyse(traced: Trace) -> list[Diagnostic]:
+    return [diagnostic for analysis in ANALYSES for diagnostic in analysis(traced)]
+
+
+def _not_traceable(model: torch.nn.Module, reason: str) -> Diagnostic:
+    name, severity = GRAPH_CODES["EMA003"]
+    path, line = class_location(type(model))
+    return Diagnostic(
+        code="EMA003",
+        name=name,
+        message=f"model could not be traced: {reason}",
+        path=path,
+        start=Location(line, 1),
+        end=Location(line, 1),
+        severity=severity,
+        module="",
+    )
+
+
+def _fall_back(target: torch.nn.Module, reason: str, example_inputs: tuple[Any, ...] | None) -> TransformResult:
+    diagnostics = [_not_traceable(target, reason)]
+    if example_inputs is not None:
+        diagnostics += _audit(copy.deepcopy(target), default_step(example_inputs))
+    before = {id(m) for m in target.modules() if _has_running_stats(m)}
+    convert_running_stats(target)
+    return TransformResult(target, diagnostics, modified=bool(before))
+
+
+def _has_running_stats(module: torch.nn.Module) -> bool:
+    return is_running_stat_module(module) and not is_converted(module)

@@ -1,0 +1,399 @@
+"""A checkpoint-aware torch.fx tracer.
+
+Stock `symbolic_trace` inlines every `torch.utils.checkpoint` call and forgets the region,
+runs in-place buffer updates once at trace time, writes proxies onto the live model on
+`self.x = ...`, drops `torch.no_grad()` and fails on `tensor.requires_grad` in control flow.
+`EmaTracer` fixes each of those for the duration of one trace and restores every patch
+afterwards, even when tracing fails:
+
+- every checkpoint entry point (the `torch.utils.checkpoint` attributes, aliases bound by
+  `from torch.utils.checkpoint import checkpoint` anywhere, `functools.partial(checkpoint, ...)`
+  stored on modules) is replaced by an interceptor that records a `CheckpointRegion` and runs
+  the function inline, so every node created inside carries the region ids in
+  `node.meta[REGIONS_META]` (outermost first);
+- running-stat modules are leaves, so each one is a single `call_module` node;
+- buffers are proxied, so in-place updates on them are nodes;
+- assignments to attributes of the traced modules become `setattr` nodes instead of
+  writes to the live model;
+- grad mode is stamped on every node (`GRAD_ENABLED_META`) and switches are recorded as
+  `torch._C._set_grad_enabled` nodes, so the traced module keeps `torch.no_grad()` blocks;
+- `proxy.requires_grad` is a concrete bool: whether the value depends on a parameter (or a
+  grad-requiring input) through differentiable ops with grad mode on, which is what the
+  eager model would see during a training step.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.fx
+import torch.utils.checkpoint
+from torch.fx.node import Argument, Node, Target
+
+# One definition of "running-stat module" for the runtime and the analyses.
+from ema_lint.runtime.running_stats import is_running_stat_module
+
+REGIONS_META = "ema_lint.checkpoint_regions"
+GRAD_ENABLED_META = "ema_lint.grad_enabled"
+CARRIES_GRAD_META = "ema_lint.carries_grad"
+MODULE_META = "ema_lint.module"
+
+# Ops whose outputs never carry autograd history, whatever their inputs.
+_NON_DIFFERENTIABLE_METHODS = frozenset(
+    {
+        "detach", "detach_", "size", "dim", "numel", "argmax", "argmin", "eq", "ne", "lt", "le",
+        "gt", "ge", "sign", "long", "int", "bool", "nonzero", "isnan", "isfinite", "item",
+    }
+)
+_NON_DIFFERENTIABLE_FUNCTIONS = frozenset(
+    {
+        torch.Tensor.detach, torch.detach, torch.argmax, torch.argmin, torch.eq, torch.ne,
+        torch.lt, torch.le, torch.gt, torch.ge, torch.sign, torch.isnan, torch.isfinite,
+        torch.numel, torch.zeros_like, torch.ones_like, torch.empty_like, getattr, len,
+        torch.is_grad_enabled,
+    }
+)
+
+
+@dataclass(frozen=True)
+class CheckpointRegion:
+    """One call of a checkpoint entry point seen while tracing.
+
+    `entry` is the entry point's qualified name; `use_reentrant` is as passed (None when the
+    caller left torch's default); `options` holds the other keyword arguments by name, with
+    callables given by qualified name so the record stays plain data; `module` is the
+    qualified name of the module whose forward made the call ("" for the root).
+    """
+
+    id: int
+    entry: str
+    function: str
+    use_reentrant: bool | None
+    options: dict[str, Any]
+    parent: int | None
+    module: str
+    context_fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class Trace:
+    """`root` is the traced model itself: the graph module's intermediate submodules are
+    bare `Module`s, so names resolve against `root` to reach the user's classes."""
+
+    root: torch.nn.Module
+    graph_module: torch.fx.GraphModule
+    regions: dict[int, CheckpointRegion]
+
+    @property
+    def graph(self) -> torch.fx.Graph:
+        return self.graph_module.graph
+
+
+class TracingProxy(torch.fx.Proxy):
+    """A proxy whose `requires_grad` is a concrete bool, so `if x.requires_grad:` traces."""
+
+    @property
+    def requires_grad(self) -> bool:  # type: ignore[override]
+        return bool(self.node.meta.get(CARRIES_GRAD_META, False))
+
+
+def _qualified_name(value: Any) -> str:
+    if isinstance(value, functools.partial):
+        return f"functools.partial({_qualified_name(value.func)})"
+    module = getattr(value, "__module__", None)
+    name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
+    if name is None and not isinstance(value, type):  # a callable object: name its class
+        name = type(value).__qualname__
+    if module and name:
+        return f"{module}.{name}"
+    return repr(value)
+
+
+class EmaTracer(torch.fx.Tracer):
+    def __init__(self, inputs_require_grad: bool = False) -> None:
+        super().__init__(autowrap_modules=(math,))
+        self.proxy_buffer_attributes = True
+        self.inputs_require_grad = inputs_require_grad
+        self.regions: dict[int, CheckpointRegion] = {}
+        self._region_stack: list[int] = []
+        self._graph_grad_enabled = True
+        self._saved_grad_mode: Node | None = None
+        self._assigned: dict[tuple[int, str], Any] = {}
+        self._traced_module_ids: set[int] = set()
+
+    # ---- leaves, proxies, nodes ----------------------------------------------------------
+
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        return is_running_stat_module(m) or super().is_leaf_module(m, module_qualified_name)
+
+    def proxy(self, node: Node) -> torch.fx.Proxy:
+        return TracingProxy(node, self)
+
+    def create_node(
+        self,
+        kind: str,
+        target: Target,
+        args: tuple[Argument, ...],
+        kwargs: dict[str, Argument],
+        name: str | None = None,
+        type_expr: Any | None = None,
+    ) -> Node:
+        grad_enabled = torch.is_grad_enabled()
+        if kind not in ("placeholder", "get_attr") and grad_enabled != self._graph_grad_enabled:
+            self._record_grad_mode_switch(grad_enabled)
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        node.meta[REGIONS_META] = tuple(self._region_stack)
+        node.meta[GRAD_ENABLED_META] = grad_enabled
+        node.meta[MODULE_META] = self._current_module_path()
+        node.meta[CARRIES_GRAD_META] = self._carries_grad(node, grad_enabled)
+        return node
+
+    def _current_module_path(self) -> str:
+        if not self.module_stack:
+            return ""
+        return next(reversed(self.module_stack.values()))[0]
+
+    def _record_grad_mode_switch(self, enabled: bool) -> None:
+        """Keep `with torch.no_grad():` in the graph: save the caller's mode on the way in,
+        restore it on the way out, so the traced module behaves under any ambient mode."""
+        self._graph_grad_enabled = enabled
+        create = super().create_node
+        if not enabled:
+            self._saved_grad_mode = create("call_function", torch.is_grad_enabled, (), {})
+            switch = create("call_function", torch._C._set_grad_enabled, (False,), {})
+        else:
+            restore_to: Argument = self._saved_grad_mode if self._saved_grad_mode is not None else True
+            switch = create("call_function", torch._C._set_grad_enabled, (restore_to,), {})
+        for node in (switch, self._saved_grad_mode):
+            if node is not None and REGIONS_META not in node.meta:
+                node.meta[REGIONS_META] = tuple(self._region_stack)
+                node.meta[GRAD_ENABLED_META] = False
+                node.meta[MODULE_META] = self._current_module_path()
+                node.meta[CARRIES_GRAD_META] = False
+
+    def _carries_grad(self, node: Node, grad_enabled: bool) -> bool:
+        if node.op == "placeholder":
+            return self.inputs_require_grad
+        if node.op == "get_attr":
+            value = _resolve_attribute(self.root, str(node.target))
+            return isinstance(value, torch.Tensor) and value.requires_grad
+        if node.op == "output":
+            return any(_inputs_carry_grad(node))
+        if not grad_enabled:
+            return False
+        if node.op == "call_method" and node.target in _NON_DIFFERENTIABLE_METHODS:
+            return False
+        if node.op == "call_function" and node.target in _NON_DIFFERENTIABLE_FUNCTIONS:
+            return False
+        if node.op == "call_module":
+            module = self.root.get_submodule(str(node.target))
+            if any(p.requires_grad for p in module.parameters()):
+                return True
+        carries = any(_inputs_carry_grad(node))
+        if carries and writes_in_place(node):
+            destination = node.args[0]
+            if isinstance(destination, Node):
+                destination.meta[CARRIES_GRAD_META] = True
+        return carries
+
+    # ---- the trace -----------------------------------------------------------------------
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> torch.fx.Graph:
+        if isinstance(root, torch.nn.Module):
+            self._traced_module_ids = {id(m) for m in root.modules()}
+            scope_roots = list(root.modules())
+        else:
+            scope_roots = []
+        with _Patches() as patches, torch.enable_grad():
+            self._install_checkpoint_interceptors(patches, scope_roots)
+            patches.set_attribute(torch.nn.Module, "__setattr__", self._module_setattr(torch.nn.Module.__setattr__))
+            graph = super().trace(root, concrete_args)
+        return graph
+
+    def _module_setattr(self, original: Callable[..., None]) -> Callable[..., None]:
+        tracer = self
+
+        def intercepted_setattr(module: torch.nn.Module, name: str, value: Any) -> None:
+            if id(module) not in tracer._traced_module_ids or not _is_traceable_value(value):
+                return original(module, name, value)
+            current = _resolve_attribute(module, name)
+            if isinstance(current, torch.Tensor) and not isinstance(current, torch.nn.Parameter):
+                destination = tracer._assigned.get(id(current))
+                if destination is None:
+                    destination = tracer.create_proxy("get_attr", tracer._attribute_path(module, name), (), {})
+                stored = tracer.create_proxy("call_function", store, (destination, value), {})
+                tracer._assigned[id(current)] = stored
+                return None
+            if module is tracer.root:
+                raise torch.fx.proxy.TraceError(
+                    f"forward assigns `{name}` on the root module, which a graph cannot express"
+                )
+            owner = tracer.create_proxy("get_attr", tracer.path_of_module(module), (), {})
+            tracer.create_proxy("call_function", setattr, (owner, name, value), {})
+            return None
+
+        return intercepted_setattr
+
+    def _attribute_path(self, module: torch.nn.Module, name: str) -> str:
+        owner = self.path_of_module(module)
+        return f"{owner}.{name}" if owner else name
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        # A buffer assigned earlier in this forward reads back as the assigned value.
+        assigned = self._assigned.get(id(attr_val)) if isinstance(attr_val, torch.Tensor) else None
+        if assigned is not None:
+            return assigned
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    # ---- checkpoint interception ---------------------------------------------------------
+
+    def _install_checkpoint_interceptors(self, patches: "_Patches", modules: list[torch.nn.Module]) -> None:
+        originals: dict[int, Callable[..., Any]] = {
+            id(torch.utils.checkpoint.checkpoint): self._intercept_checkpoint(torch.utils.checkpoint.checkpoint),
+            id(torch.utils.checkpoint.checkpoint_sequential): self._intercept_sequential(
+                torch.utils.checkpoint.checkpoint_sequential
+            ),
+        }
+        for namespace, keys in _checkpoint_aliases(originals):
+            for key in keys:
+                patches.set_item(namespace, key, originals[id(namespace[key])])
+        for module in modules:
+            for key, value in list(vars(module).items()):
+                if isinstance(value, functools.partial) and id(value.func) in originals:
+                    rebound = functools.partial(originals[id(value.func)], *value.args, **value.keywords)
+                    patches.set_item(vars(module), key, rebound)
+
+    def _intercept_checkpoint(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        tracer = self
+
+        def checkpoint(function: Callable[..., Any], *args: Any, use_reentrant: bool | None = None, **options: Any) -> Any:
+            with tracer._region(_qualified_name(original), function, use_reentrant, options):
+                return function(*args)
+
+        return checkpoint
+
+    def _intercept_sequential(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        # torch's checkpoint_sequential calls the (intercepted) module-level `checkpoint`
+        # for every segment but the last, which runs plainly; running the original gives
+        # exactly those regions.
+        return original
+
+    def _region(self, entry: str, function: Callable[..., Any], use_reentrant: bool | None, options: dict[str, Any]) -> "_RegionScope":
+        region = CheckpointRegion(
+            id=len(self.regions),
+            entry=entry,
+            function=_qualified_name(function),
+            use_reentrant=use_reentrant,
+            options={k: (_qualified_name(v) if callable(v) else v) for k, v in options.items()},
+            parent=self._region_stack[-1] if self._region_stack else None,
+            module=self._current_module_path(),
+            context_fn=options.get("context_fn"),
+        )
+        self.regions[region.id] = region
+        return _RegionScope(self._region_stack, region.id)
+
+
+class _RegionScope:
+    def __init__(self, stack: list[int], region_id: int) -> None:
+        self.stack, self.region_id = stack, region_id
+
+    def __enter__(self) -> None:
+        self.stack.append(self.region_id)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.pop()
+
+
+class _Patches:
+    """Set attributes and dict items for the duration of a `with` block; always restores."""
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], None]] = []
+
+    def __enter__(self) -> "_Patches":
+        return self
+
+    def set_item(self, namespace: dict[str, Any], key: str, value: Any) -> None:
+        previous = namespace[key]
+        namespace[key] = value
+        self._undo.append(lambda: namespace.__setitem__(key, previous))
+
+    def set_attribute(self, owner: Any, name: str, value: Any) -> None:
+        previous = owner.__dict__[name]
+        setattr(owner, name, value)
+        self._undo.append(lambda: setattr(owner, name, previous))
+
+    def __exit__(self, *exc: object) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
+# module name -> (namespace id, namespace size, keys bound to a checkpoint entry point).
+# Scanning every imported module's namespace costs ~0.1 s with timm loaded; a namespace
+# whose identity and size are unchanged is not rescanned, only its known keys rechecked.
+_alias_cache: dict[str, tuple[int, int, tuple[str, ...]]] = {}
+
+
+def _checkpoint_aliases(originals: dict[int, Any]) -> Iterator[tuple[dict[str, Any], tuple[str, ...]]]:
+    for module_name, module in list(sys.modules.items()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        cached = _alias_cache.get(module_name)
+        if cached is not None and cached[:2] == (id(namespace), len(namespace)):
+            keys = tuple(k for k in cached[2] if id(namespace.get(k)) in originals)
+        else:
+            keys = tuple(k for k, v in list(namespace.items()) if id(v) in originals)
+            _alias_cache[module_name] = (id(namespace), len(namespace), keys)
+        if keys:
+            yield namespace, keys
+
+
+def _inputs_carry_grad(node: Node) -> Iterator[bool]:
+    for argument in node.all_input_nodes:
+        yield bool(argument.meta.get(CARRIES_GRAD_META, False))
+
+
+def writes_in_place(node: Node) -> bool:
+    """An in-place tensor method (`mul_`) or an attribute store: both write their first argument."""
+    if node.op == "call_method":
+        return str(node.target).endswith("_") and node.target != "requires_grad_"
+    return node.op == "call_function" and node.target is store
+
+
+def _resolve_attribute(root: torch.nn.Module, target: str) -> Any:
+    """`root.<target>` read from the module dicts: while tracing, `getattr` on a module is
+    patched to create proxies."""
+    value: Any = root
+    for part in target.split(".") if target else ():
+        for table in ("_parameters", "_buffers", "_modules"):
+            members = vars(value).get(table, {})
+            if part in members:
+                value = members[part]
+                break
+        else:
+            value = vars(value).get(part)
+    return value
+
+
+def _is_traceable_value(value: Any) -> bool:
+    return isinstance(value, (torch.fx.Proxy, torch.Tensor, int, float, bool))
+
+
+def store(destination: torch.Tensor, value: Any) -> torch.Tensor:
+    """`module.name = value` for an existing tensor attribute, as a graph op: the traced module
+    writes into the attribute's tensor, so readers of the attribute see the new value."""
+    return destination.copy_(value)
+
+
+def trace(model: torch.nn.Module, inputs_require_grad: bool = False) -> Trace:
+    """Trace `model` with `EmaTracer`; raises whatever torch.fx raises when it cannot."""
+    tracer = EmaTracer(inputs_require_grad=inputs_require_grad)
+    graph = tracer.trace(model)
+    name = type(model).__name__
+    return Trace(model, torch.fx.GraphModule(tracer.root, graph, name), tracer.regions)

@@ -1,0 +1,214 @@
+"""The tracer's interceptions, the analyses and rewrites on small models, the fallback."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+import torch.utils.checkpoint
+from torch import nn
+from torch.utils.checkpoint import checkpoint, checkpoint_sequential
+
+import ema_lint
+from ema_lint.passes import REGIONS_META, DetachHistoryPass, trace
+from ema_lint.testing import assert_no_running_stat_hazards
+
+
+class AliasedCheckpoint(nn.Module):
+    """Uses the module-level alias bound by `from torch.utils.checkpoint import checkpoint`."""
+
+    def __init__(self):
+        super().__init__()
+        self.inside = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        self.outside = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return self.outside(checkpoint(self.inside, x, use_reentrant=False))
+
+
+class PartialCheckpoint(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        self.checkpoint_fn = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=True)
+
+    def forward(self, x):
+        return self.checkpoint_fn(self.block, x)
+
+
+class Sequential(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 4), nn.BatchNorm1d(4))
+
+    def forward(self, x):
+        return checkpoint_sequential(self.body, 2, x, use_reentrant=False)
+
+
+class Nested(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return checkpoint(lambda t: checkpoint(self.inner, t + 1, use_reentrant=False), x, use_reentrant=False)
+
+
+class Ema(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.register_buffer("average", torch.zeros(4))
+
+    def forward(self, x):
+        y = self.linear(x)
+        self.average.mul_(0.9).add_(y.mean(0), alpha=0.1)
+        return y + self.average
+
+
+class AssignedEma(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.register_buffer("average", torch.zeros(4))
+
+    def forward(self, x):
+        y = self.linear(x)
+        with torch.no_grad():
+            self.average = 0.9 * self.average + 0.1 * y.mean(0)
+        return y * self.average
+
+
+class Holder(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow
+            x = x * 2
+        return checkpoint(self.norm, x, use_reentrant=False)
+
+
+def regions_of(model):
+    traced = trace(model)
+    return traced, {n.target: n.meta[REGIONS_META] for n in traced.graph.nodes if n.op == "call_module"}
+
+
+def test_module_level_alias_is_intercepted_and_restored():
+    traced, regions = regions_of(AliasedCheckpoint())
+    assert regions == {"inside.0": (0,), "inside.1": (0,), "outside": ()}
+    region = traced.regions[0]
+    assert (region.entry, region.use_reentrant, region.parent) == ("torch.utils.checkpoint.checkpoint", False, None)
+    assert checkpoint is torch.utils.checkpoint.checkpoint
+    assert globals()["checkpoint"] is torch.utils.checkpoint.checkpoint
+
+
+def test_partial_stored_on_a_module_is_intercepted_and_restored():
+    model = PartialCheckpoint()
+    original = model.checkpoint_fn
+    traced, regions = regions_of(model)
+    assert regions == {"block.0": (0,), "block.1": (0,)}
+    assert traced.regions[0].use_reentrant is True
+    assert model.checkpoint_fn is original
+
+
+def test_checkpoint_sequential_regions_leave_the_last_segment_out():
+    _, regions = regions_of(Sequential())
+    assert regions == {"body.0": (0,), "body.1": (0,), "body.2": (), "body.3": ()}
+    assert [d.module for d in ema_lint.check_model(Sequential())] == ["body.1"]
+
+
+def test_nested_regions_keep_their_nesting():
+    traced, regions = regions_of(Nested())
+    assert regions == {"inner": (0, 1)}
+    assert traced.regions[1].parent == 0
+
+
+def test_patches_are_restored_when_tracing_fails():
+    setattr_before = nn.Module.__setattr__
+    with pytest.raises(Exception):
+        trace(Untraceable())
+    assert checkpoint is torch.utils.checkpoint.checkpoint
+    assert nn.Module.__setattr__ is setattr_before
+
+
+def test_tracing_leaves_the_live_model_untouched():
+    model = Holder(AssignedEma())
+    state = copy.deepcopy(model.state_dict())
+    trace(model)
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert isinstance(model.inner.average, torch.Tensor) and not isinstance(model.inner.average, torch.fx.Proxy)
+
+
+def test_traced_module_keeps_no_grad_and_assignment_semantics():
+    model = Holder(AssignedEma())
+    traced = trace(copy.deepcopy(model)).graph_module
+    x = torch.randn(3, 4)
+    assert torch.equal(traced(x), model(x))
+    assert torch.equal(traced.inner.average, model.inner.average)
+    assert traced.inner.average.grad_fn is None
+
+
+def test_ema_with_history_found_detached_exactly_and_matches_the_audit():
+    model = Holder(Ema())
+    [found] = ema_lint.check_model(model)
+    assert (found.code, found.module, found.message) == (
+        "EMA201",
+        "inner",
+        "`average` of `inner` is updated from a value that carries autograd history",
+    )
+    truth = ema_lint.audit(copy.deepcopy(model), lambda m: m(torch.randn(3, 4)).sum().backward(), steps=2)
+    assert [(d.code, d.module, d.message) for d in truth] == [
+        ("EMA201", "inner", "`average` of `inner` holds autograd history after a step")
+    ]
+    result = ema_lint.transform(model)
+    assert result.modified and isinstance(result.model, torch.fx.GraphModule)
+    reference = copy.deepcopy(model)
+    for _ in range(2):
+        x = torch.randn(3, 4)
+        expected = reference(x)
+        reference.inner.average = reference.inner.average.detach()
+        out = result.model(x)
+        assert torch.equal(out, expected)
+        assert result.model.inner.average.grad_fn is None
+        assert torch.equal(result.model.inner.average, reference.inner.average)
+        out.sum().backward()  # the second step's backward fails if history is kept
+
+
+def test_detach_pass_reports_unmodified_when_nothing_keeps_history():
+    graph_module = trace(Holder(AssignedEma())).graph_module
+    assert DetachHistoryPass()(graph_module).modified is False
+
+
+def test_untraceable_model_falls_back_and_keeps_the_finding():
+    model = Untraceable().train()
+    [reason] = ema_lint.check_model(model)
+    assert (reason.code, reason.severity.value) == ("EMA003", "info")
+    assert reason.message.startswith("model could not be traced: TraceError: ")
+    x = (torch.randn(3, 4),)
+    result = ema_lint.transform(model, example_inputs=x)
+    assert [(d.code, d.module) for d in result.diagnostics] == [("EMA003", ""), ("EMA101", "norm")]
+    assert result.modified
+    default = ema_lint.model.default_step(x)
+    default(result.model)
+    assert int(result.model.norm.num_batches_tracked) == 1
+
+
+def test_assert_no_running_stat_hazards_fails_then_passes_after_transform():
+    with pytest.raises(AssertionError, match="EMA101 inside.1"):
+        assert_no_running_stat_hazards(AliasedCheckpoint().train(), (torch.randn(3, 4),))
+    fixed = ema_lint.transform(AliasedCheckpoint().train()).model
+    assert_no_running_stat_hazards(fixed, (torch.randn(3, 4),))

@@ -1,0 +1,105 @@
+"""The project index: class facts from stdlib `ast` and the running-stat closure across modules."""
+
+from __future__ import annotations
+
+import pickle
+from textwrap import dedent
+
+from ema_lint.project import BUILT, Held, ProjectIndex, summarize
+
+
+def _index(**modules: str) -> ProjectIndex:
+    return ProjectIndex.from_facts(
+        [summarize(name.replace("__", "."), dedent(code).encode()) for name, code in modules.items()]
+    )
+
+
+BLOCKS = """
+    import torch.nn as nn
+    from functools import partial
+
+    class Bottleneck(nn.Module):
+        def __init__(self, dim, norm_layer=partial(nn.BatchNorm2d, eps=1e-3)):
+            super().__init__()
+            self.conv = nn.Conv2d(dim, dim, 1)
+            self.bn1 = norm_layer(dim)
+
+    class Untracked(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.bn = nn.BatchNorm2d(dim, track_running_stats=False)
+"""
+
+MODEL = """
+    import torch.nn as nn
+    from pkg.blocks import Bottleneck, Untracked
+
+    class Stage(nn.Sequential):
+        def __init__(self, depth):
+            super().__init__(*[Bottleneck(8) for _ in range(depth)])
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            stages = []
+            for depth in (1, 2):
+                stages.append(Stage(depth))
+            self.stages = nn.ModuleList(stages)
+            self.plain = Untracked(8)
+"""
+
+
+def test_attribute_values_resolve_parameter_defaults_and_partial() -> None:
+    facts = summarize("pkg.blocks", dedent(BLOCKS).encode())
+    bottleneck = facts.class_facts[0]
+    assert bottleneck.attributes["bn1"] == (Held(BUILT, "torch.nn.BatchNorm2d"),)
+    assert facts.class_facts[1].attributes["bn"] == (Held(BUILT, "torch.nn.BatchNorm2d", False),)
+
+
+def test_running_stat_closure_across_modules() -> None:
+    index = _index(pkg__blocks=BLOCKS, pkg__model=MODEL)
+    assert index.running_stat_path("pkg.model.Net") == ("Net.stages", "Bottleneck.bn1")
+    assert index.member_path("pkg.model.Net", "stages") == ("Net.stages", "Bottleneck.bn1")
+    assert index.member_path("pkg.model.Net", "plain") is None
+    assert index.running_stat_path("pkg.blocks.Untracked") is None
+
+
+def test_reexports_resolve_and_index_pickles() -> None:
+    # `pkg/__init__.py` is summarized as package `pkg` by the runner; here by name
+    index = ProjectIndex.from_facts(
+        [
+            summarize("pkg", b"from .utils import ckpt\n", is_package=True),
+            summarize("pkg.utils", b"from torch.utils.checkpoint import checkpoint as ckpt\n"),
+        ]
+    )
+    assert index.resolve("pkg.ckpt") == "torch.utils.checkpoint.checkpoint"
+    assert pickle.loads(pickle.dumps(index)).resolve("pkg.ckpt") == "torch.utils.checkpoint.checkpoint"
+
+
+def test_buffer_update_in_forward_and_frozen_parts() -> None:
+    facts = summarize(
+        "m",
+        dedent(
+            """
+            import torch, torch.nn as nn
+
+            class Tracker(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.register_buffer("avg", torch.zeros(3))
+                    self.backbone = nn.Sequential(nn.BatchNorm1d(3))
+                    self.backbone.eval()
+                    self.backbone.requires_grad_(False)
+
+                def forward(self, x):
+                    self._update(x)
+                    return self.backbone(x)
+
+                def _update(self, x):
+                    self.avg.lerp_(x.mean(0), 0.1)
+            """
+        ).encode(),
+    )
+    tracker = facts.class_facts[0]
+    assert tracker.updated_buffers == ("avg",)
+    assert tracker.frozen_attributes == ("backbone",)
