@@ -107,7 +107,11 @@ def check_source(
     rules: Sequence[type[Rule]],
     project: ProjectIndex | None = None,
     module_name: str = "",
+    *,
+    honour_noqa: bool = True,
 ) -> FileResult:
+    """`honour_noqa=False` keeps findings a `# noqa` comment covers, for hosts such as
+    flake8 that apply their own `# noqa` (and `--disable-noqa`)."""
     result = FileResult(path)
     if SKIP_FILE.search(source):
         result.skipped = True
@@ -125,7 +129,9 @@ def check_source(
     MetadataWrapper(module, unsafe_skip_copy=True).visit_batched(visitors)
     lines = module.code.splitlines()
     for visitor in visitors:
-        result.diagnostics.extend(d for d in visitor.diagnostics if not is_suppressed(d, lines))
+        result.diagnostics.extend(
+            d for d in visitor.diagnostics if not (honour_noqa and is_suppressed(d, lines))
+        )
     result.diagnostics.sort(key=Diagnostic.sort_key)
     return result
 
