@@ -12,6 +12,7 @@ from typing import Iterable
 from ema_lint.diagnostics import Severity
 from ema_lint.rule import Rule
 from ema_lint.rules.batchnorm_in_checkpoint import BatchnormInCheckpoint
+from ema_lint.rules.momentum_correction_workaround import MomentumCorrectionWorkaround
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ TOOL_CODES: tuple[ToolCode, ...] = (
 
 SOURCE_RULES: tuple[type[Rule], ...] = (
     BatchnormInCheckpoint,
+    MomentumCorrectionWorkaround,
 )
 
 _TOOL_BY_CODE = {tool.code: tool for tool in TOOL_CODES}
