@@ -19,7 +19,7 @@ import ast
 import os
 from dataclasses import dataclass, field
 
-REF, BUILT, RESULT, SELF_RESULT = "ref", "built", "result", "self-result"
+REF, BUILT, RESULT, SELF_RESULT, PASSED = "ref", "built", "result", "self-result", "passed"
 
 # Containers whose constructor arguments are the modules they hold.
 CONTAINERS = frozenset(
@@ -32,6 +32,10 @@ CONTAINERS = frozenset(
         "torch.nn.modules.container.ModuleDict",
         "list",
         "tuple",
+        "enumerate",
+        "zip",
+        "iter",
+        "sorted",
         "dict",
         "filter",
         "reversed",
@@ -90,11 +94,15 @@ def builtin_running_stat_kind(qualified: str, tracks_running_stats: bool | None)
 class Held:
     """One value a name may hold. `target` is a qualified name (REF, BUILT, RESULT) or a
     method name of the same class (SELF_RESULT); `tracks_running_stats` is the literal
-    `track_running_stats=` argument, when one was given."""
+    `track_running_stats=` argument, when one was given. PASSED: modules (`inner`) given
+    as `argument` (a position "0", "1", ... or a keyword) to the constructor `target`; they
+    are held when that class stores the parameter (`Residual(ConvBN(...))`)."""
 
     kind: str
     target: str
     tracks_running_stats: bool | None = None
+    argument: str = ""
+    inner: tuple["Held", ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,10 @@ class ClassFacts:
     frozen_attributes: tuple[str, ...] = ()
     # overrides `train()` to put submodules back in eval mode (mmdet's `norm_eval`)
     keeps_submodules_in_eval: bool = False
+    # every name the class binds statically: methods, class-level names, `self.<name> = ...`
+    named_members: tuple[str, ...] = ()
+    # `__init__` parameters (by name and by position, "0" after `self`) stored in attributes
+    stored_parameters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -286,6 +298,10 @@ class ProjectIndex:
                 path = self.values_path(None, returns, depth + 1)
                 if path is not None:
                     return path
+            elif held.kind == PASSED and held.argument in self._stored_parameters(held.target):
+                path = self.values_path(None, held.inner, depth + 1)
+                if path is not None:
+                    return path
             elif held.kind == SELF_RESULT and owner_class is not None:
                 for facts in self.mro(owner_class):
                     if held.target in facts.method_returns:
@@ -294,6 +310,12 @@ class ProjectIndex:
                             return path
                         break
         return None
+
+    def _stored_parameters(self, qualified: str) -> tuple[str, ...]:
+        for facts in self.mro(qualified):
+            if facts.stored_parameters or "__init__" in facts.method_reads:
+                return facts.stored_parameters
+        return ()
 
     def _function_returns(self, qualified: str) -> tuple[Held, ...]:
         module, _, name = self.resolve(qualified).rpartition(".")
@@ -325,6 +347,13 @@ class ProjectIndex:
                 if inner is None:
                     return None
                 return (f"{owner}.{member}", *inner)
+        # never assigned by name: one of the children added under a computed name
+        # (`self.add_module(*stage)`, `setattr(self, name, ...)`)
+        for facts in chain:
+            if "" in facts.attributes and all(member not in f.named_members for f in chain):
+                inner = self.values_path(class_name, facts.attributes[""])
+                if inner is not None:
+                    return (f"{owner}.{member}", *inner)
         return None
 
 
@@ -599,9 +628,21 @@ class LocalValues:
             values.add(Held(BUILT, ref.target, given))
             if not ref.target.startswith("torch."):
                 values.add(Held(RESULT, ref.target))
+                values |= self._passed_modules(ref.target, call)
         if isinstance(func, ast.Attribute) and func.attr in ("children", "modules", "values", "items"):
             values |= self.values(func.value)
         return frozenset(values)
+
+    def _passed_modules(self, target: str, call: ast.Call) -> set[Held]:
+        passed = set()
+        arguments = [(str(i), a) for i, a in enumerate(call.args) if not isinstance(a, ast.Starred)]
+        arguments += [(kw.arg, kw.value) for kw in call.keywords if kw.arg]
+        for argument, node in arguments:
+            if isinstance(node, (ast.Call, ast.Name, ast.Attribute, ast.List, ast.Tuple)):
+                inner = tuple(sorted(h for h in self.values(node) if h.kind in (BUILT, RESULT, PASSED)))
+                if inner:
+                    passed.add(Held(PASSED, target, argument=argument, inner=inner))
+        return passed
 
     def returns(self) -> tuple[Held, ...]:
         values: set[Held] = set()
@@ -678,7 +719,39 @@ def _summarize_class(scope: ModuleScope, node: ast.ClassDef) -> ClassFacts:
         updated_buffers=tuple(sorted(_forward_updates(buffers, method_reads, written))),
         frozen_attributes=tuple(sorted(eval_calls & frozen_grads)),
         keeps_submodules_in_eval=keeps_eval,
+        named_members=tuple(sorted(set(raw) | set().union(*written.values()) | _class_level_names(node))),
+        stored_parameters=_stored_parameters(methods, raw),
     )
+
+
+def _stored_parameters(methods, raw) -> tuple[str, ...]:
+    init = next((m for m in methods if m.name == "__init__"), None)
+    if init is None:
+        return ()
+    parameters = [a.arg for a in init.args.posonlyargs + init.args.args][1:]
+    keyword_only = [a.arg for a in init.args.kwonlyargs]
+    used = {
+        sub.id
+        for entries in raw.values()
+        for value, evaluator in entries
+        if evaluator.function is init
+        for sub in ast.walk(value)
+        if isinstance(sub, ast.Name)
+    }
+    stored = [name for name in parameters + keyword_only if name in used]
+    stored += [str(i) for i, name in enumerate(parameters) if name in used]
+    return tuple(stored)
+
+
+def _class_level_names(node: ast.ClassDef) -> set[str]:
+    names = set()
+    for statement in node.body:
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(statement.name)
+        elif isinstance(statement, (ast.Assign, ast.AnnAssign)):
+            targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
 
 
 class _AttributeTable:

@@ -139,7 +139,33 @@ class FunctionRegions:
             return self._first(call.args, depth, seen)
         if isinstance(func, ast.Attribute) and func.attr in _ITERATION_METHODS:
             return self.path(func.value, depth + 1, seen)
+        if dotted == "getattr" and len(call.args) >= 2 and self._is_self(call.args[0]):
+            for member in sorted(self._strings(call.args[1], frozenset())):
+                path = self.project.member_path(self.class_name, member)
+                if path is not None:
+                    return path
+            return None
         return self.project.values_path(self.class_name, self.values.values(call))
+
+    def _is_self(self, node: ast.AST) -> bool:
+        return isinstance(node, ast.Name) and node.id == self.self_name and self.class_name is not None
+
+    def _strings(self, node: ast.AST, seen: frozenset) -> set[str]:
+        """The string constants an expression may evaluate to (`getattr(self, n)` for `n` in
+        a literal tuple of names, sliced or not)."""
+        if isinstance(node, ast.Name):
+            if node.id in seen:
+                return set()
+            return set().union(
+                *(self._strings(value, seen | {node.id}) for how, value in self.values.bindings.get(node.id, ()) if how == "value")
+            )
+        if isinstance(node, ast.Constant):
+            return {node.value} if isinstance(node.value, str) else set()
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return set().union(*(self._strings(e, seen) for e in node.elts))
+        if isinstance(node, ast.Subscript):
+            return self._strings(node.value, seen)
+        return set()
 
     def _body_path(self, definition, depth: int, seen) -> tuple[str, ...] | None:
         """What calling a local function or lambda runs: the `self.<member>`s and local
