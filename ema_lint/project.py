@@ -44,6 +44,22 @@ CONTAINERS = frozenset(
     }
 )
 PARTIAL = frozenset({"functools.partial"})
+# timm's norm-layer factories map a norm class (or its name) to the class they build, with
+# the same running statistics: BatchNorm2d -> BatchNormAct2d, GroupNorm -> GroupNormAct.
+NORM_LAYER_FACTORIES = frozenset(
+    {
+        "timm.layers.create_norm_act.get_norm_act_layer",
+        "timm.layers.create_norm.get_norm_layer",
+        # the public re-exports, matched before the index can follow them
+        "timm.layers.get_norm_act_layer",
+        "timm.layers.get_norm_layer",
+    }
+)
+# names timm's factories accept for a BatchNorm (`norm_layer='batchnorm'`)
+_BATCH_NORM_NAMES = {
+    "batchnorm": "timm.layers.norm_act.BatchNormAct2d",
+    "batchnorm2d": "timm.layers.norm_act.BatchNormAct2d",
+}
 
 # Classes with running statistics in torch and in well-known libraries the checked tree may
 # only import. Anything else counts only when its definition is in the checked tree.
@@ -556,6 +572,11 @@ class LocalValues:
             return frozenset().union(*(self.references(v) for v in node.values))
         if isinstance(node, ast.IfExp):
             return self.references(node.body) | self.references(node.orelse)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            named = _BATCH_NORM_NAMES.get(node.value.replace("_", "").lower().split("-")[0])
+            return frozenset({Held(REF, named)}) if named else frozenset()
+        if isinstance(node, ast.Call) and self._callee_is(node, NORM_LAYER_FACTORIES) and node.args:
+            return frozenset(h for h in self.values(node.args[0]) if h.kind == REF)
         if isinstance(node, ast.Call) and self._callee_is(node, PARTIAL) and node.args:
             tracks = _literal_bool(node, "track_running_stats")
             return frozenset(
@@ -575,6 +596,8 @@ class LocalValues:
         if isinstance(node, ast.Name):
             if self.function is not None and node.id in self.bindings:
                 return self.local(node.id)
+            return self.references(node)
+        if isinstance(node, ast.Constant):
             return self.references(node)
         if isinstance(node, ast.Attribute):
             attribute = _self_attribute(node, self.self_name)
@@ -603,7 +626,7 @@ class LocalValues:
 
     def _call_values(self, call: ast.Call) -> frozenset[Held]:
         func = call.func
-        if self._callee_is(call, PARTIAL):
+        if self._callee_is(call, PARTIAL) or self._callee_is(call, NORM_LAYER_FACTORIES):
             return self.references(call)
         if (
             self.self_name
