@@ -16,6 +16,7 @@ result of calling a project function or method (`RESULT`), resolved later by the
 from __future__ import annotations
 
 import ast
+import builtins
 import os
 from dataclasses import dataclass, field
 
@@ -404,7 +405,7 @@ def summarize(module_name: str, source: bytes, is_package: bool = False) -> Modu
     functions = [
         node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
     ]
-    scope = ModuleScope(module_name, imports, set(classes), {f.name for f in functions})
+    scope = ModuleScope(module_name, imports, set(classes), {f.name for f in functions}, bool(star_imports))
     function_returns = {f.name: LocalValues(scope, f).returns() for f in functions}
     aliases: dict[str, tuple[Held, ...]] = {}
     module_env = LocalValues(scope, None)
@@ -433,12 +434,17 @@ class ModuleScope:
     imports: dict[str, str]
     classes: set[str]
     functions: set[str]
+    # a module with `from x import *` may get any unknown name from there: such names are
+    # qualified in this module, and `ProjectIndex.resolve` follows the star import
+    has_star_imports: bool = False
 
     def qualify(self, dotted: str) -> str:
         head, _, rest = dotted.partition(".")
         if head in self.imports:
             base = self.imports[head]
         elif head in self.classes or head in self.functions:
+            base = f"{self.module_name}.{head}"
+        elif self.has_star_imports and not hasattr(builtins, head):
             base = f"{self.module_name}.{head}"
         else:
             base = head

@@ -57,7 +57,11 @@ class CheckpointSiteRule(Rule):
             context.project = ProjectIndex.from_facts([*context.project.modules.values(), facts])
         self.project = context.project
         self.scope = ModuleScope(
-            context.module_name, facts.imports, set(facts.classes), set(facts.function_returns)
+            context.module_name,
+            facts.imports,
+            set(facts.classes),
+            set(facts.function_returns),
+            bool(facts.star_imports),
         )
         self.classes: list[str] = []
         self.functions: list[cst.FunctionDef] = []
