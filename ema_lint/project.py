@@ -760,16 +760,35 @@ def _stored_parameters(methods, raw) -> tuple[str, ...]:
     parameters = [a.arg for a in init.args.posonlyargs + init.args.args][1:]
     keyword_only = [a.arg for a in init.args.kwonlyargs]
     used = {
-        sub.id
+        name
         for entries in raw.values()
         for value, evaluator in entries
         if evaluator.function is init
-        for sub in ast.walk(value)
-        if isinstance(sub, ast.Name)
+        for name in _names_held(value)
     }
     stored = [name for name in parameters + keyword_only if name in used]
     stored += [str(i) for i, name in enumerate(parameters) if name in used]
     return tuple(stored)
+
+
+def _names_held(node: ast.AST) -> set[str]:
+    """Names whose object an expression may hold as is: `fn`, `[fn, other]`,
+    `nn.Sequential(fn)`, `fn if a else b`; not `fn.out_channels` or `fn(x)`."""
+    if isinstance(node, ast.Name):
+        return {node.id}
+    if isinstance(node, ast.Call):
+        parts = [*node.args, *(kw.value for kw in node.keywords)]
+    elif isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        parts = node.elts
+    elif isinstance(node, ast.Starred):
+        parts = [node.value]
+    elif isinstance(node, ast.IfExp):
+        parts = [node.body, node.orelse]
+    elif isinstance(node, ast.BoolOp):
+        parts = node.values
+    else:
+        parts = []
+    return set().union(*(_names_held(part) for part in parts))
 
 
 def _class_level_names(node: ast.ClassDef) -> set[str]:
