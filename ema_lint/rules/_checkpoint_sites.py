@@ -30,6 +30,9 @@ _NO_GRAD = frozenset({"torch.no_grad", "torch.inference_mode", "torch.autograd.g
 _RUNTIME = ("ema_lint.runtime.", "ema_lint.runtime.running_stats.")
 _SAFE_CONTEXT_FNS = frozenset(prefix + "running_stats_context_fn" for prefix in _RUNTIME)
 _SAFE_WRAPPERS = frozenset(prefix + "recompute_aware" for prefix in _RUNTIME)
+CHECKPOINT_SEQUENTIAL = "checkpoint_sequential"
+_GROWING_METHODS = frozenset({"add_module", "register_module", "append", "extend", "insert"})
+_SEQUENTIAL = frozenset({"torch.nn.Sequential", "torch.nn.modules.container.Sequential"})
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,8 @@ class CheckpointSiteRule(Rule):
             return None
         if region.name == APPLY_ACTIVATION_CHECKPOINTING and (check_fn := argument(call, "check_fn", 99)):
             path = self._selected_path(regions, check_fn)
+        elif region.name == CHECKPOINT_SEQUENTIAL:
+            path = self._sequential_path(call, regions, expression)
         else:
             path = regions.path(expression)
         if path is None:
@@ -202,6 +207,80 @@ class CheckpointSiteRule(Rule):
         if callable_text.startswith("self.") and path and path[0].endswith(callable_text[4:]):
             path = path[1:]
         return CheckpointSite(call, region, direct, callable_text, path)
+
+    def _sequential_path(self, call: cst.Call, regions: FunctionRegions, functions: ast.AST) -> tuple[str, ...] | None:
+        """torch runs the last of `segments` segments without checkpointing: only the first
+        `len // segments * (segments - 1)` children are recomputed. When the children or
+        the segment count are not literal, any child counts."""
+        segments_node = argument(call, "segments", 1)
+        segments = int(segments_node.value) if isinstance(segments_node, cst.Integer) else None
+        if segments == 1:
+            return None
+        found = self._sequence_items(regions, functions)
+        if found is None or segments is None:
+            return regions.path(functions)
+        items, owner = found
+        recomputed = items[: len(items) // segments * (segments - 1)]
+        for item in recomputed:
+            path = owner.path(item)
+            if path is not None:
+                return path
+        return None
+
+    def _sequence_items(self, regions: FunctionRegions, node: ast.AST) -> tuple[list[ast.AST], FunctionRegions] | None:
+        """The literal children of `nn.Sequential(a, b, c)` / `[a, b, c]`, written at the call,
+        bound once to a local name, or assigned once to `self.<attr>` in this class."""
+        owner = regions
+        if isinstance(node, ast.Name):
+            bindings = regions.values.bindings.get(node.id, [])
+            if len(bindings) != 1 or bindings[0][0] != "value":
+                return None
+            node = bindings[0][1]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == regions.self_name:
+            assigned = self._self_assignments(node.attr)
+            if len(assigned) != 1:
+                return None
+            method, node = assigned[0]
+            owner = FunctionRegions(self.project, self.scope, method, regions.class_name)
+        if isinstance(node, ast.Call):
+            callee = dotted_name(node.func)
+            if callee is None or self.project.resolve(self.scope.qualify(callee)) not in _SEQUENTIAL or node.keywords:
+                return None
+            items = list(node.args)
+        elif isinstance(node, (ast.List, ast.Tuple)):
+            items = list(node.elts)
+        else:
+            return None
+        if any(isinstance(item, ast.Starred) for item in items):
+            return None
+        return items, owner
+
+    def _self_assignments(self, attribute: str) -> list[tuple[ast.AST, ast.AST]]:
+        """(method, value) for every `self.<attribute> = value` in the enclosing class."""
+        if len(self.classes) != 1:
+            return []
+        found = []
+        for node in self._tree().body:
+            if isinstance(node, ast.ClassDef) and node.name == self.classes[0]:
+                for method in node.body:
+                    if not isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)) or not method.args.args:
+                        continue
+                    self_name = method.args.args[0].arg
+                    for sub in ast.walk(method):
+                        if (
+                            isinstance(sub, ast.Call)
+                            and isinstance(sub.func, ast.Attribute)
+                            and sub.func.attr in _GROWING_METHODS
+                            and dotted_name(sub.func.value) == f"{self_name}.{attribute}"
+                        ):
+                            return []  # children added later: not a literal sequence
+                        if isinstance(sub, ast.Assign) and any(
+                            isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+                            and t.value.id == self_name and t.attr == attribute
+                            for t in sub.targets
+                        ):
+                            found.append((method, sub.value))
+        return found
 
     def _is_protected(self, call: cst.Call, target: cst.BaseExpression) -> bool:
         """Already fixed: `context_fn=running_stats_context_fn` or `recompute_aware(fn)`."""
