@@ -76,18 +76,23 @@ class CheckpointSiteRule(Rule):
 
     @classmethod
     def uses_checkpointing(cls, source: bytes, project: ProjectIndex, module_name: str) -> bool:
-        """False only when the file provably calls no region entry point: every entry point
-        has "checkpoint" in its name, and other spellings are imports the index resolves."""
-        if b"checkpoint" in source:
-            return True
+        """False only when the file provably calls no region entry point. A call needs the
+        entry point named in this file: directly, through an import of this file, or in a
+        local alias (`partial(checkpoint, ...)`), so every one is a reference that resolves
+        to an entry point. Files mentioning "checkpoint" (often only `grad_checkpointing`
+        flags and comments) are checked with the stdlib parser, far cheaper than libcst."""
         facts = project.modules.get(module_name)
         if facts is None:
             return True
-        return any(project.resolve(target) in REGIONS for target in facts.imports.values()) or any(
+        if any(project.resolve(target) in REGIONS for target in facts.imports.values()) or any(
             project.resolve(f"{star}.{name}") in REGIONS
             for star in facts.star_imports
             for name in _names_defined(project, star)
-        )
+        ):
+            return True
+        if b"checkpoint" not in source:
+            return False
+        return _references_region(source, project, facts)
 
     # -- scope tracking ------------------------------------------------------------------
 
@@ -355,6 +360,20 @@ def dotted_text(node: cst.BaseExpression) -> str | None:
         parts.append(node.value)
         return ".".join(reversed(parts))
     return None
+
+
+def _references_region(source: bytes, project: ProjectIndex, facts) -> bool:
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return True  # the engine reports it
+    scope = ModuleScope(facts.module_name, facts.imports, set(facts.classes), set(facts.function_returns), bool(facts.star_imports))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Load):
+            dotted = dotted_name(node)
+            if dotted is not None and project.resolve(scope.qualify(dotted)) in REGIONS:
+                return True
+    return False
 
 
 def _names_defined(project: ProjectIndex, module: str) -> list[str]:

@@ -127,10 +127,10 @@ class MomentumCorrectionWorkaround(CheckpointSiteRule):
 
     @classmethod
     def could_report(cls, source: bytes, project: ProjectIndex, module_name: str) -> bool:
-        """A correction needs a square root (`sqrt`, `**`, `pow`) and the file must use
-        checkpointing, which `uses_checkpointing` never misses."""
+        """A correction needs a square root (`sqrt`, `**`, `pow`), and the file must call a
+        `*checkpointing*` method or a region entry point (which `uses_checkpointing` never misses)."""
         has_root = b"sqrt" in source or b"**" in source or b"pow" in source
-        return has_root and cls.uses_checkpointing(source, project, module_name)
+        return has_root and (b"checkpointing" in source or cls.uses_checkpointing(source, project, module_name))
 
     def __init__(self, context) -> None:
         super().__init__(context)
