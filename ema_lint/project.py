@@ -92,6 +92,26 @@ _LIBRARY_RUNNING_STAT = frozenset(
 )
 
 
+# What a checkpointed region must not hold: modules updating running statistics (EMA101;
+# the runtime's `running_stats_context_fn` makes them exact) or modules mutating other
+# registered buffers (EMA103: spectral norm's power iteration, custom EMA buffers).
+RUNNING_STATS, OTHER_BUFFERS = "running-stats", "other-buffers"
+_RUNNING_STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+# `spectral_norm(module)` returns `module` with a pre-hook (or parametrization) whose power
+# iteration writes `weight_u` / `_u`, `_v` in every training forward
+_BUFFER_MUTATING_WRAPPERS = frozenset(
+    {
+        "torch.nn.utils.spectral_norm",
+        "torch.nn.utils.spectral_norm.spectral_norm",
+        "torch.nn.utils.parametrizations.spectral_norm",
+    }
+)
+
+
+def is_running_stat_buffer(name: str) -> bool:
+    return name in _RUNNING_STAT_BUFFERS or name.startswith("running_")
+
+
 def builtin_running_stat_kind(qualified: str, tracks_running_stats: bool | None) -> str | None:
     """The short class name when `qualified` names a library class with running statistics
     (given the literal `track_running_stats` argument it was built with), else None."""
@@ -168,7 +188,7 @@ class ModuleFacts:
 class ProjectIndex:
     modules: dict[str, ModuleFacts] = field(default_factory=dict)
     _classes: dict[str, ClassFacts] = field(default_factory=dict, repr=False, compare=False)
-    _running_stat_paths: dict[str, tuple[str, ...] | None] = field(
+    _running_stat_paths: dict[tuple[str, str], tuple[str, ...] | None] = field(
         default_factory=dict, repr=False, compare=False
     )
 
@@ -260,24 +280,31 @@ class ProjectIndex:
 
     # -- running statistics --------------------------------------------------------------
 
-    def running_stat_path(self, qualified: str, tracks_running_stats: bool | None = None) -> tuple[str, ...] | None:
-        """Why a module built from `qualified` updates running statistics in forward:
-        a path of steps ending at the module that does (`("Bottleneck.bn1",)`), `()` when
-        the class itself does, or None when it provably does not or is unknown."""
+    def running_stat_path(
+        self, qualified: str, tracks_running_stats: bool | None = None, state: str = RUNNING_STATS
+    ) -> tuple[str, ...] | None:
+        """Why a module built from `qualified` updates running statistics in forward (or,
+        with `state=OTHER_BUFFERS`, mutates other registered buffers): a path of steps
+        ending at the module that does (`("Bottleneck.bn1",)`), `()` when the class itself
+        does, or None when it provably does not or is unknown."""
         qualified = self.resolve(qualified)
-        kind = builtin_running_stat_kind(qualified, tracks_running_stats)
-        if kind is not None:
-            return ()
-        if tracks_running_stats is False:
-            return None
-        if qualified in self._running_stat_paths:
-            return self._running_stat_paths[qualified]
-        self._running_stat_paths[qualified] = None  # cycle guard
-        path = self._compute_running_stat_path(qualified)
-        self._running_stat_paths[qualified] = path
+        if state == OTHER_BUFFERS:
+            if qualified in _BUFFER_MUTATING_WRAPPERS:
+                return ()
+        else:
+            if builtin_running_stat_kind(qualified, tracks_running_stats) is not None:
+                return ()
+            if tracks_running_stats is False:
+                return None
+        key = (state, qualified)
+        if key in self._running_stat_paths:
+            return self._running_stat_paths[key]
+        self._running_stat_paths[key] = None  # cycle guard
+        path = self._compute_running_stat_path(qualified, state)
+        self._running_stat_paths[key] = path
         return path
 
-    def _compute_running_stat_path(self, qualified: str) -> tuple[str, ...] | None:
+    def _compute_running_stat_path(self, qualified: str, state: str) -> tuple[str, ...] | None:
         chain = self.mro(qualified)
         if not chain:
             return None
@@ -285,8 +312,9 @@ class ProjectIndex:
             for base in facts.bases:
                 resolved = self.resolve(base)
                 if resolved not in self._classes and builtin_running_stat_kind(resolved, None):
-                    return ()
-            if facts.updated_buffers:
+                    return () if state == RUNNING_STATS else None
+            running = [b for b in facts.updated_buffers if is_running_stat_buffer(b)]
+            if running if state == RUNNING_STATS else len(running) < len(facts.updated_buffers):
                 return ()
         if any(facts.keeps_submodules_in_eval for facts in chain):
             return None
@@ -295,34 +323,36 @@ class ProjectIndex:
             for attribute in sorted(facts.attributes):
                 if attribute in facts.frozen_attributes:
                     continue
-                inner = self.values_path(qualified, facts.attributes[attribute])
+                inner = self.values_path(qualified, facts.attributes[attribute], state=state)
                 if inner is not None:
                     step = f"{owner}.{attribute}" if attribute else owner
                     return (step, *inner) if attribute else inner
         return None
 
-    def values_path(self, owner_class: str | None, values, depth: int = 0) -> tuple[str, ...] | None:
+    def values_path(
+        self, owner_class: str | None, values, depth: int = 0, state: str = RUNNING_STATS
+    ) -> tuple[str, ...] | None:
         """The running-stat path of the first value among `values` that has one."""
         if depth > 12:
             return None
         for held in sorted(values):
             if held.kind == BUILT:
-                path = self.running_stat_path(held.target, held.tracks_running_stats)
+                path = self.running_stat_path(held.target, held.tracks_running_stats, state)
                 if path is not None:
                     return path
             elif held.kind == RESULT:
                 returns = self._function_returns(held.target)
-                path = self.values_path(None, returns, depth + 1)
+                path = self.values_path(None, returns, depth + 1, state)
                 if path is not None:
                     return path
             elif held.kind == PASSED and held.argument in self._stored_parameters(held.target):
-                path = self.values_path(None, held.inner, depth + 1)
+                path = self.values_path(None, held.inner, depth + 1, state)
                 if path is not None:
                     return path
             elif held.kind == SELF_RESULT and owner_class is not None:
                 for facts in self.mro(owner_class):
                     if held.target in facts.method_returns:
-                        path = self.values_path(owner_class, facts.method_returns[held.target], depth + 1)
+                        path = self.values_path(owner_class, facts.method_returns[held.target], depth + 1, state)
                         if path is not None:
                             return path
                         break
@@ -339,7 +369,9 @@ class ProjectIndex:
         facts = self.modules.get(module)
         return facts.function_returns.get(name, ()) if facts else ()
 
-    def member_path(self, class_name: str, member: str, seen: frozenset = frozenset()) -> tuple[str, ...] | None:
+    def member_path(
+        self, class_name: str, member: str, seen: frozenset = frozenset(), state: str = RUNNING_STATS
+    ) -> tuple[str, ...] | None:
         """Why running `self.<member>` of an instance of `class_name` (a submodule call or a
         method call) updates running statistics, as a path of steps, or None."""
         if (class_name, member) in seen:
@@ -352,7 +384,7 @@ class ProjectIndex:
         for facts in chain:
             if member in facts.method_reads:
                 for read in facts.method_reads[member]:
-                    inner = self.member_path(class_name, read, seen)
+                    inner = self.member_path(class_name, read, seen, state)
                     if inner is not None:
                         return (f"{owner}.{member}", *inner)
                 return None
@@ -360,7 +392,7 @@ class ProjectIndex:
             if member in facts.attributes:
                 if member in facts.frozen_attributes:
                     return None
-                inner = self.values_path(class_name, facts.attributes[member])
+                inner = self.values_path(class_name, facts.attributes[member], state=state)
                 if inner is None:
                     return None
                 return (f"{owner}.{member}", *inner)
@@ -368,7 +400,7 @@ class ProjectIndex:
         # (`self.add_module(*stage)`, `setattr(self, name, ...)`)
         for facts in chain:
             if "" in facts.attributes and all(member not in f.named_members for f in chain):
-                inner = self.values_path(class_name, facts.attributes[""])
+                inner = self.values_path(class_name, facts.attributes[""], state=state)
                 if inner is not None:
                     return (f"{owner}.{member}", *inner)
         return None

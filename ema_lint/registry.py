@@ -13,6 +13,7 @@ from ema_lint.diagnostics import Severity
 from ema_lint.rule import Rule
 from ema_lint.rules.batchnorm_in_checkpoint import BatchnormInCheckpoint
 from ema_lint.rules.momentum_correction_workaround import MomentumCorrectionWorkaround
+from ema_lint.rules.stateful_module_in_checkpoint import StatefulModuleInCheckpoint
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ TOOL_CODES: tuple[ToolCode, ...] = (
 SOURCE_RULES: tuple[type[Rule], ...] = (
     BatchnormInCheckpoint,
     MomentumCorrectionWorkaround,
+    StatefulModuleInCheckpoint,
 )
 
 _TOOL_BY_CODE = {tool.code: tool for tool in TOOL_CODES}

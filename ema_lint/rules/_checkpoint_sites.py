@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
+from typing import ClassVar
 
 import libcst as cst
 
 from ema_lint.diagnostics import Applicability, Edit, Fix, Location, RequiredImport
-from ema_lint.project import PARTIAL, ModuleScope, ProjectIndex, dotted_name, summarize
+from ema_lint.project import PARTIAL, RUNNING_STATS, ModuleScope, ProjectIndex, dotted_name, summarize
 from ema_lint.rule import FileContext, Rule
 from ema_lint.rules._checkpoint_regions import (
     APPLY_ACTIVATION_CHECKPOINTING,
@@ -49,7 +50,10 @@ class CheckpointSite:
 
 
 class CheckpointSiteRule(Rule):
-    """Base of rules that look at checkpointed regions; not registered itself."""
+    """Base of rules that look at checkpointed regions; not registered itself. `STATE`:
+    which modules a region must not hold (`project.RUNNING_STATS` or `OTHER_BUFFERS`)."""
+
+    STATE: ClassVar[str] = RUNNING_STATS
 
     def __init__(self, context: FileContext) -> None:
         super().__init__(context)
@@ -166,9 +170,9 @@ class CheckpointSiteRule(Rule):
         key = id(function)
         if key not in self._regions:
             if function is None:
-                self._regions[key] = FunctionRegions(self.project, self.scope, tree, None)
+                self._regions[key] = FunctionRegions(self.project, self.scope, tree, None, self.STATE)
             else:
-                self._regions[key] = FunctionRegions(self.project, self.scope, function, class_name)
+                self._regions[key] = FunctionRegions(self.project, self.scope, function, class_name, self.STATE)
         return self._regions[key]
 
     # -- sites ---------------------------------------------------------------------------
@@ -246,7 +250,7 @@ class CheckpointSiteRule(Rule):
             if len(assigned) != 1:
                 return None
             method, node = assigned[0]
-            owner = FunctionRegions(self.project, self.scope, method, regions.class_name)
+            owner = FunctionRegions(self.project, self.scope, method, regions.class_name, self.STATE)
         if isinstance(node, ast.Call):
             callee = dotted_name(node.func)
             if callee is None or self.project.resolve(self.scope.qualify(callee)) not in _SEQUENTIAL or node.keywords:
@@ -288,7 +292,10 @@ class CheckpointSiteRule(Rule):
         return found
 
     def _is_protected(self, call: cst.Call, target: cst.BaseExpression) -> bool:
-        """Already fixed: `context_fn=running_stats_context_fn` or `recompute_aware(fn)`."""
+        """Already fixed: `context_fn=running_stats_context_fn` or `recompute_aware(fn)`
+        (they make running statistics exact; other buffers they leave alone)."""
+        if self.STATE != RUNNING_STATS:
+            return False
         context_fn = argument(call, "context_fn", 99)
         if context_fn is not None and self.qualified(context_fn) in _SAFE_CONTEXT_FNS:
             return True
@@ -299,7 +306,7 @@ class CheckpointSiteRule(Rule):
         if expression is None:
             return None
         for qualified in regions.isinstance_classes(expression):
-            path = self.project.running_stat_path(qualified)
+            path = self.project.running_stat_path(qualified, state=self.STATE)
             if path is not None:
                 return path or (qualified.rpartition(".")[2],)
         return None
