@@ -1,4 +1,4 @@
-"""EMA101 and EMA102 over real third-party model code: the installed timm and torchvision packages,
+"""EMA101, EMA102 and EMA103 over real third-party model code: the installed timm and torchvision packages,
 read in place (never imported for analysis; `find_spec` only locates their folders).
 
 Every expected site was confirmed by reading the code: the checkpointed callable reaches a
@@ -93,7 +93,7 @@ def _package_files(name: str) -> list[SourceFile]:
 
 def test_ema1xx_sites_in_timm_and_torchvision() -> None:
     files = _package_files("timm") + _package_files("torchvision")
-    report = check_files(files, enabled_rules(["EMA101", "EMA102"], []), jobs=2)
+    report = check_files(files, enabled_rules(["EMA101", "EMA102", "EMA103"], []), jobs=2)
     found = {
         (os.path.relpath(d.path, d.path[: d.path.rindex(top)]).replace(os.sep, "/"), d.start.line)
         for d in report.diagnostics
@@ -104,4 +104,7 @@ def test_ema1xx_sites_in_timm_and_torchvision() -> None:
     # neither package hand-corrects BatchNorm momentum; the one `1 - sqrt(...)` (timm
     # scheduler/wsd_lr.py, a learning-rate cooldown) is not a momentum and must stay silent
     assert not [d for d in report.diagnostics if d.code == "EMA102"]
+    # neither uses spectral norm, and no checkpointed timm/torchvision module writes a buffer
+    # other than running statistics (EvoNorm's `running_var` is a running statistic)
+    assert not [d for d in report.diagnostics if d.code == "EMA103"]
     assert not [d for d in report.diagnostics if d.code == "EMA005"]
