@@ -27,10 +27,12 @@ def _offset(starts: list[int], location: Location) -> int:
 
 
 def apply_edits(text: str, edits: Iterable[Edit]) -> str:
-    """Apply non-overlapping edits to `text`; positions refer to `text` before any edit."""
+    """Apply non-overlapping edits to `text`; positions refer to `text` before any edit.
+    Identical edits count once: fixes of different findings may share one (EMA102's fix
+    adds the same `context_fn=` to a checkpoint call as EMA101's)."""
     starts = line_starts(text)
     spans = sorted(
-        ((_offset(starts, e.start), _offset(starts, e.end), e.content) for e in edits),
+        ((_offset(starts, e.start), _offset(starts, e.end), e.content) for e in dict.fromkeys(edits)),
         key=lambda span: (span[0], span[1]),
     )
     for (_, previous_end, _), (start, _, _) in zip(spans, spans[1:]):

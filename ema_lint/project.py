@@ -16,10 +16,11 @@ result of calling a project function or method (`RESULT`), resolved later by the
 from __future__ import annotations
 
 import ast
+import builtins
 import os
 from dataclasses import dataclass, field
 
-REF, BUILT, RESULT, SELF_RESULT = "ref", "built", "result", "self-result"
+REF, BUILT, RESULT, SELF_RESULT, PASSED = "ref", "built", "result", "self-result", "passed"
 
 # Containers whose constructor arguments are the modules they hold.
 CONTAINERS = frozenset(
@@ -32,6 +33,10 @@ CONTAINERS = frozenset(
         "torch.nn.modules.container.ModuleDict",
         "list",
         "tuple",
+        "enumerate",
+        "zip",
+        "iter",
+        "sorted",
         "dict",
         "filter",
         "reversed",
@@ -40,6 +45,22 @@ CONTAINERS = frozenset(
     }
 )
 PARTIAL = frozenset({"functools.partial"})
+# timm's norm-layer factories map a norm class (or its name) to the class they build, with
+# the same running statistics: BatchNorm2d -> BatchNormAct2d, GroupNorm -> GroupNormAct.
+NORM_LAYER_FACTORIES = frozenset(
+    {
+        "timm.layers.create_norm_act.get_norm_act_layer",
+        "timm.layers.create_norm.get_norm_layer",
+        # the public re-exports, matched before the index can follow them
+        "timm.layers.get_norm_act_layer",
+        "timm.layers.get_norm_layer",
+    }
+)
+# names timm's factories accept for a BatchNorm (`norm_layer='batchnorm'`)
+_BATCH_NORM_NAMES = {
+    "batchnorm": "timm.layers.norm_act.BatchNormAct2d",
+    "batchnorm2d": "timm.layers.norm_act.BatchNormAct2d",
+}
 
 # Classes with running statistics in torch and in well-known libraries the checked tree may
 # only import. Anything else counts only when its definition is in the checked tree.
@@ -71,6 +92,26 @@ _LIBRARY_RUNNING_STAT = frozenset(
 )
 
 
+# What a checkpointed region must not hold: modules updating running statistics (EMA101;
+# the runtime's `running_stats_context_fn` makes them exact) or modules mutating other
+# registered buffers (EMA103: spectral norm's power iteration, custom EMA buffers).
+RUNNING_STATS, OTHER_BUFFERS = "running-stats", "other-buffers"
+_RUNNING_STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+# `spectral_norm(module)` returns `module` with a pre-hook (or parametrization) whose power
+# iteration writes `weight_u` / `_u`, `_v` in every training forward
+_BUFFER_MUTATING_WRAPPERS = frozenset(
+    {
+        "torch.nn.utils.spectral_norm",
+        "torch.nn.utils.spectral_norm.spectral_norm",
+        "torch.nn.utils.parametrizations.spectral_norm",
+    }
+)
+
+
+def is_running_stat_buffer(name: str) -> bool:
+    return name in _RUNNING_STAT_BUFFERS or name.startswith("running_")
+
+
 def builtin_running_stat_kind(qualified: str, tracks_running_stats: bool | None) -> str | None:
     """The short class name when `qualified` names a library class with running statistics
     (given the literal `track_running_stats` argument it was built with), else None."""
@@ -90,11 +131,15 @@ def builtin_running_stat_kind(qualified: str, tracks_running_stats: bool | None)
 class Held:
     """One value a name may hold. `target` is a qualified name (REF, BUILT, RESULT) or a
     method name of the same class (SELF_RESULT); `tracks_running_stats` is the literal
-    `track_running_stats=` argument, when one was given."""
+    `track_running_stats=` argument, when one was given. PASSED: modules (`inner`) given
+    as `argument` (a position "0", "1", ... or a keyword) to the constructor `target`; they
+    are held when that class stores the parameter (`Residual(ConvBN(...))`)."""
 
     kind: str
     target: str
     tracks_running_stats: bool | None = None
+    argument: str = ""
+    inner: tuple["Held", ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +160,10 @@ class ClassFacts:
     frozen_attributes: tuple[str, ...] = ()
     # overrides `train()` to put submodules back in eval mode (mmdet's `norm_eval`)
     keeps_submodules_in_eval: bool = False
+    # every name the class binds statically: methods, class-level names, `self.<name> = ...`
+    named_members: tuple[str, ...] = ()
+    # `__init__` parameters (by name and by position, "0" after `self`) stored in attributes
+    stored_parameters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,7 +188,7 @@ class ModuleFacts:
 class ProjectIndex:
     modules: dict[str, ModuleFacts] = field(default_factory=dict)
     _classes: dict[str, ClassFacts] = field(default_factory=dict, repr=False, compare=False)
-    _running_stat_paths: dict[str, tuple[str, ...] | None] = field(
+    _running_stat_paths: dict[tuple[str, str], tuple[str, ...] | None] = field(
         default_factory=dict, repr=False, compare=False
     )
 
@@ -231,24 +280,31 @@ class ProjectIndex:
 
     # -- running statistics --------------------------------------------------------------
 
-    def running_stat_path(self, qualified: str, tracks_running_stats: bool | None = None) -> tuple[str, ...] | None:
-        """Why a module built from `qualified` updates running statistics in forward:
-        a path of steps ending at the module that does (`("Bottleneck.bn1",)`), `()` when
-        the class itself does, or None when it provably does not or is unknown."""
+    def running_stat_path(
+        self, qualified: str, tracks_running_stats: bool | None = None, state: str = RUNNING_STATS
+    ) -> tuple[str, ...] | None:
+        """Why a module built from `qualified` updates running statistics in forward (or,
+        with `state=OTHER_BUFFERS`, mutates other registered buffers): a path of steps
+        ending at the module that does (`("Bottleneck.bn1",)`), `()` when the class itself
+        does, or None when it provably does not or is unknown."""
         qualified = self.resolve(qualified)
-        kind = builtin_running_stat_kind(qualified, tracks_running_stats)
-        if kind is not None:
-            return ()
-        if tracks_running_stats is False:
-            return None
-        if qualified in self._running_stat_paths:
-            return self._running_stat_paths[qualified]
-        self._running_stat_paths[qualified] = None  # cycle guard
-        path = self._compute_running_stat_path(qualified)
-        self._running_stat_paths[qualified] = path
+        if state == OTHER_BUFFERS:
+            if qualified in _BUFFER_MUTATING_WRAPPERS:
+                return ()
+        else:
+            if builtin_running_stat_kind(qualified, tracks_running_stats) is not None:
+                return ()
+            if tracks_running_stats is False:
+                return None
+        key = (state, qualified)
+        if key in self._running_stat_paths:
+            return self._running_stat_paths[key]
+        self._running_stat_paths[key] = None  # cycle guard
+        path = self._compute_running_stat_path(qualified, state)
+        self._running_stat_paths[key] = path
         return path
 
-    def _compute_running_stat_path(self, qualified: str) -> tuple[str, ...] | None:
+    def _compute_running_stat_path(self, qualified: str, state: str) -> tuple[str, ...] | None:
         chain = self.mro(qualified)
         if not chain:
             return None
@@ -256,8 +312,9 @@ class ProjectIndex:
             for base in facts.bases:
                 resolved = self.resolve(base)
                 if resolved not in self._classes and builtin_running_stat_kind(resolved, None):
-                    return ()
-            if facts.updated_buffers:
+                    return () if state == RUNNING_STATS else None
+            running = [b for b in facts.updated_buffers if is_running_stat_buffer(b)]
+            if running if state == RUNNING_STATS else len(running) < len(facts.updated_buffers):
                 return ()
         if any(facts.keeps_submodules_in_eval for facts in chain):
             return None
@@ -266,41 +323,55 @@ class ProjectIndex:
             for attribute in sorted(facts.attributes):
                 if attribute in facts.frozen_attributes:
                     continue
-                inner = self.values_path(qualified, facts.attributes[attribute])
+                inner = self.values_path(qualified, facts.attributes[attribute], state=state)
                 if inner is not None:
                     step = f"{owner}.{attribute}" if attribute else owner
                     return (step, *inner) if attribute else inner
         return None
 
-    def values_path(self, owner_class: str | None, values, depth: int = 0) -> tuple[str, ...] | None:
+    def values_path(
+        self, owner_class: str | None, values, depth: int = 0, state: str = RUNNING_STATS
+    ) -> tuple[str, ...] | None:
         """The running-stat path of the first value among `values` that has one."""
         if depth > 12:
             return None
         for held in sorted(values):
             if held.kind == BUILT:
-                path = self.running_stat_path(held.target, held.tracks_running_stats)
+                path = self.running_stat_path(held.target, held.tracks_running_stats, state)
                 if path is not None:
                     return path
             elif held.kind == RESULT:
                 returns = self._function_returns(held.target)
-                path = self.values_path(None, returns, depth + 1)
+                path = self.values_path(None, returns, depth + 1, state)
+                if path is not None:
+                    return path
+            elif held.kind == PASSED and held.argument in self._stored_parameters(held.target):
+                path = self.values_path(None, held.inner, depth + 1, state)
                 if path is not None:
                     return path
             elif held.kind == SELF_RESULT and owner_class is not None:
                 for facts in self.mro(owner_class):
                     if held.target in facts.method_returns:
-                        path = self.values_path(owner_class, facts.method_returns[held.target], depth + 1)
+                        path = self.values_path(owner_class, facts.method_returns[held.target], depth + 1, state)
                         if path is not None:
                             return path
                         break
         return None
+
+    def _stored_parameters(self, qualified: str) -> tuple[str, ...]:
+        for facts in self.mro(qualified):
+            if facts.stored_parameters or "__init__" in facts.method_reads:
+                return facts.stored_parameters
+        return ()
 
     def _function_returns(self, qualified: str) -> tuple[Held, ...]:
         module, _, name = self.resolve(qualified).rpartition(".")
         facts = self.modules.get(module)
         return facts.function_returns.get(name, ()) if facts else ()
 
-    def member_path(self, class_name: str, member: str, seen: frozenset = frozenset()) -> tuple[str, ...] | None:
+    def member_path(
+        self, class_name: str, member: str, seen: frozenset = frozenset(), state: str = RUNNING_STATS
+    ) -> tuple[str, ...] | None:
         """Why running `self.<member>` of an instance of `class_name` (a submodule call or a
         method call) updates running statistics, as a path of steps, or None."""
         if (class_name, member) in seen:
@@ -313,7 +384,7 @@ class ProjectIndex:
         for facts in chain:
             if member in facts.method_reads:
                 for read in facts.method_reads[member]:
-                    inner = self.member_path(class_name, read, seen)
+                    inner = self.member_path(class_name, read, seen, state)
                     if inner is not None:
                         return (f"{owner}.{member}", *inner)
                 return None
@@ -321,10 +392,17 @@ class ProjectIndex:
             if member in facts.attributes:
                 if member in facts.frozen_attributes:
                     return None
-                inner = self.values_path(class_name, facts.attributes[member])
+                inner = self.values_path(class_name, facts.attributes[member], state=state)
                 if inner is None:
                     return None
                 return (f"{owner}.{member}", *inner)
+        # never assigned by name: one of the children added under a computed name
+        # (`self.add_module(*stage)`, `setattr(self, name, ...)`)
+        for facts in chain:
+            if "" in facts.attributes and all(member not in f.named_members for f in chain):
+                inner = self.values_path(class_name, facts.attributes[""], state=state)
+                if inner is not None:
+                    return (f"{owner}.{member}", *inner)
         return None
 
 
@@ -359,7 +437,7 @@ def summarize(module_name: str, source: bytes, is_package: bool = False) -> Modu
     functions = [
         node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
     ]
-    scope = ModuleScope(module_name, imports, set(classes), {f.name for f in functions})
+    scope = ModuleScope(module_name, imports, set(classes), {f.name for f in functions}, bool(star_imports))
     function_returns = {f.name: LocalValues(scope, f).returns() for f in functions}
     aliases: dict[str, tuple[Held, ...]] = {}
     module_env = LocalValues(scope, None)
@@ -388,12 +466,17 @@ class ModuleScope:
     imports: dict[str, str]
     classes: set[str]
     functions: set[str]
+    # a module with `from x import *` may get any unknown name from there: such names are
+    # qualified in this module, and `ProjectIndex.resolve` follows the star import
+    has_star_imports: bool = False
 
     def qualify(self, dotted: str) -> str:
         head, _, rest = dotted.partition(".")
         if head in self.imports:
             base = self.imports[head]
         elif head in self.classes or head in self.functions:
+            base = f"{self.module_name}.{head}"
+        elif self.has_star_imports and not hasattr(builtins, head):
             base = f"{self.module_name}.{head}"
         else:
             base = head
@@ -527,6 +610,11 @@ class LocalValues:
             return frozenset().union(*(self.references(v) for v in node.values))
         if isinstance(node, ast.IfExp):
             return self.references(node.body) | self.references(node.orelse)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            named = _BATCH_NORM_NAMES.get(node.value.replace("_", "").lower().split("-")[0])
+            return frozenset({Held(REF, named)}) if named else frozenset()
+        if isinstance(node, ast.Call) and self._callee_is(node, NORM_LAYER_FACTORIES) and node.args:
+            return frozenset(h for h in self.values(node.args[0]) if h.kind == REF)
         if isinstance(node, ast.Call) and self._callee_is(node, PARTIAL) and node.args:
             tracks = _literal_bool(node, "track_running_stats")
             return frozenset(
@@ -546,6 +634,8 @@ class LocalValues:
         if isinstance(node, ast.Name):
             if self.function is not None and node.id in self.bindings:
                 return self.local(node.id)
+            return self.references(node)
+        if isinstance(node, ast.Constant):
             return self.references(node)
         if isinstance(node, ast.Attribute):
             attribute = _self_attribute(node, self.self_name)
@@ -574,7 +664,7 @@ class LocalValues:
 
     def _call_values(self, call: ast.Call) -> frozenset[Held]:
         func = call.func
-        if self._callee_is(call, PARTIAL):
+        if self._callee_is(call, PARTIAL) or self._callee_is(call, NORM_LAYER_FACTORIES):
             return self.references(call)
         if (
             self.self_name
@@ -599,9 +689,21 @@ class LocalValues:
             values.add(Held(BUILT, ref.target, given))
             if not ref.target.startswith("torch."):
                 values.add(Held(RESULT, ref.target))
+                values |= self._passed_modules(ref.target, call)
         if isinstance(func, ast.Attribute) and func.attr in ("children", "modules", "values", "items"):
             values |= self.values(func.value)
         return frozenset(values)
+
+    def _passed_modules(self, target: str, call: ast.Call) -> set[Held]:
+        passed = set()
+        arguments = [(str(i), a) for i, a in enumerate(call.args) if not isinstance(a, ast.Starred)]
+        arguments += [(kw.arg, kw.value) for kw in call.keywords if kw.arg]
+        for argument, node in arguments:
+            if isinstance(node, (ast.Call, ast.Name, ast.Attribute, ast.List, ast.Tuple)):
+                inner = tuple(sorted(h for h in self.values(node) if h.kind in (BUILT, RESULT, PASSED)))
+                if inner:
+                    passed.add(Held(PASSED, target, argument=argument, inner=inner))
+        return passed
 
     def returns(self) -> tuple[Held, ...]:
         values: set[Held] = set()
@@ -678,7 +780,58 @@ def _summarize_class(scope: ModuleScope, node: ast.ClassDef) -> ClassFacts:
         updated_buffers=tuple(sorted(_forward_updates(buffers, method_reads, written))),
         frozen_attributes=tuple(sorted(eval_calls & frozen_grads)),
         keeps_submodules_in_eval=keeps_eval,
+        named_members=tuple(sorted(set(raw) | set().union(*written.values()) | _class_level_names(node))),
+        stored_parameters=_stored_parameters(methods, raw),
     )
+
+
+def _stored_parameters(methods, raw) -> tuple[str, ...]:
+    init = next((m for m in methods if m.name == "__init__"), None)
+    if init is None:
+        return ()
+    parameters = [a.arg for a in init.args.posonlyargs + init.args.args][1:]
+    keyword_only = [a.arg for a in init.args.kwonlyargs]
+    used = {
+        name
+        for entries in raw.values()
+        for value, evaluator in entries
+        if evaluator.function is init
+        for name in _names_held(value)
+    }
+    stored = [name for name in parameters + keyword_only if name in used]
+    stored += [str(i) for i, name in enumerate(parameters) if name in used]
+    return tuple(stored)
+
+
+def _names_held(node: ast.AST) -> set[str]:
+    """Names whose object an expression may hold as is: `fn`, `[fn, other]`,
+    `nn.Sequential(fn)`, `fn if a else b`; not `fn.out_channels` or `fn(x)`."""
+    if isinstance(node, ast.Name):
+        return {node.id}
+    if isinstance(node, ast.Call):
+        parts = [*node.args, *(kw.value for kw in node.keywords)]
+    elif isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        parts = node.elts
+    elif isinstance(node, ast.Starred):
+        parts = [node.value]
+    elif isinstance(node, ast.IfExp):
+        parts = [node.body, node.orelse]
+    elif isinstance(node, ast.BoolOp):
+        parts = node.values
+    else:
+        parts = []
+    return set().union(*(_names_held(part) for part in parts))
+
+
+def _class_level_names(node: ast.ClassDef) -> set[str]:
+    names = set()
+    for statement in node.body:
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(statement.name)
+        elif isinstance(statement, (ast.Assign, ast.AnnAssign)):
+            targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
 
 
 class _AttributeTable:

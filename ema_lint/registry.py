@@ -16,6 +16,8 @@ from ema_lint.rules.ema_update_in_python_loop import EmaUpdateInPythonLoop
 from ema_lint.rules.ema_update_keeps_graph import EmaUpdateKeepsGraph
 from ema_lint.rules.ema_update_via_data import EmaUpdateViaData
 from ema_lint.rules.loss_accumulated_with_graph import LossAccumulatedWithGraph
+from ema_lint.rules.momentum_correction_workaround import MomentumCorrectionWorkaround
+from ema_lint.rules.stateful_module_in_checkpoint import StatefulModuleInCheckpoint
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ TOOL_CODES: tuple[ToolCode, ...] = (
 
 SOURCE_RULES: tuple[type[Rule], ...] = (
     BatchnormInCheckpoint,
+    MomentumCorrectionWorkaround,
+    StatefulModuleInCheckpoint,
     EmaUpdateKeepsGraph,
     LossAccumulatedWithGraph,
     EmaUpdateViaData,

@@ -9,6 +9,7 @@ content hash, and a worker that crashes costs one file a diagnostic, never the r
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import multiprocessing
 import os
@@ -240,6 +241,22 @@ def _context():
     return multiprocessing.get_context("fork")
 
 
+@functools.lru_cache(maxsize=1)
+def _checker_fingerprint() -> str:
+    """Hash of the checker's own sources: an edited rule (or an upgrade that kept the version
+    number, as an editable install does) must not be answered from old results."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.blake2b(digest_size=12)
+    for folder, folders, names in os.walk(package):
+        folders[:] = sorted(f for f in folders if f not in ("__pycache__", "runtime"))
+        for name in sorted(n for n in names if n.endswith(".py")):
+            path = os.path.join(folder, name)
+            digest.update(os.path.relpath(path, package).encode())
+            with open(path, "rb") as handle:
+                digest.update(handle.read())
+    return digest.hexdigest()
+
+
 class ResultCache:
     """Content-hash cache in one pickle file per (tool version, rule set, settings).
 
@@ -248,7 +265,9 @@ class ResultCache:
     """
 
     def __init__(self, directory: str, settings_key: str) -> None:
-        key = hashlib.blake2b(f"{__version__}\0{settings_key}".encode(), digest_size=12).hexdigest()
+        key = hashlib.blake2b(
+            f"{__version__}\0{_checker_fingerprint()}\0{settings_key}".encode(), digest_size=12
+        ).hexdigest()
         self.path = os.path.join(directory, f"{key}.pickle")
         self.directory = directory
         self._facts: dict[tuple[str, str], tuple[ModuleFacts | None, Diagnostic | None]] = {}

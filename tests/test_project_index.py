@@ -103,3 +103,67 @@ def test_buffer_update_in_forward_and_frozen_parts() -> None:
     tracker = facts.class_facts[0]
     assert tracker.updated_buffers == ("avg",)
     assert tracker.frozen_attributes == ("backbone",)
+
+
+WRAPPERS = """
+    import torch.nn as nn
+    from timm.layers import get_norm_act_layer
+
+    class Residual(nn.Module):
+        def __init__(self, fn, scale=1.0):
+            super().__init__()
+            self.fn = fn
+            self.scale = scale
+
+    class Probe(nn.Module):
+        def __init__(self, reference):
+            super().__init__()
+            self.width = reference.out_channels
+
+    class ConvNormAct(nn.Module):
+        def __init__(self, chs, norm_layer="batchnorm"):
+            super().__init__()
+            self.bn = get_norm_act_layer(norm_layer)(chs)
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.kept = Residual(nn.BatchNorm2d(8))
+            self.read = Probe(nn.BatchNorm2d(8))
+            self.named = ConvNormAct(8)
+"""
+
+
+def test_modules_passed_to_constructors_and_norm_factories() -> None:
+    facts = summarize("m", dedent(WRAPPERS).encode())
+    assert [c.stored_parameters for c in facts.class_facts[:2]] == [("fn", "scale", "0", "1"), ()]
+    index = ProjectIndex.from_facts([facts])
+    assert index.member_path("m.Wrapped", "kept") == ("Wrapped.kept",)
+    assert index.member_path("m.Wrapped", "read") is None
+    assert index.member_path("m.Wrapped", "named") == ("Wrapped.named", "ConvNormAct.bn")
+
+
+def test_children_added_under_computed_names() -> None:
+    index = _index(
+        m="""
+        import torch.nn as nn
+        from m.blocks import *
+
+        class Net(nn.Module):
+            def __init__(self, head):
+                super().__init__()
+                self.head = head
+                for i in range(2):
+                    self.add_module(f"layer{i}", nn.Sequential(Block()))
+        """,
+        m__blocks="""
+        import torch.nn as nn
+
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.bn = nn.BatchNorm2d(8)
+        """,
+    )
+    assert index.member_path("m.Net", "layer0") == ("Net.layer0", "Block.bn")
+    assert index.member_path("m.Net", "head") is None

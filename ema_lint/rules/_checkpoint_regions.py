@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from ema_lint.project import BUILT, LocalValues, ModuleScope, ProjectIndex, dotted_name
+from ema_lint.project import BUILT, RUNNING_STATS, LocalValues, ModuleScope, ProjectIndex, dotted_name
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,10 @@ class FunctionRegions:
         scope: ModuleScope,
         function: ast.AST | None,
         class_name: str | None,
+        state: str = RUNNING_STATS,
     ) -> None:
         self.project = project
+        self.state = state
         self.class_name = class_name
         self_name = None
         if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) and class_name is not None:
@@ -98,14 +100,14 @@ class FunctionRegions:
         if isinstance(node, ast.Lambda):
             return self._body_path(node, depth, seen)
         if isinstance(node, ast.Name) and node.id == self.self_name and self.class_name:
-            return self.project.running_stat_path(self.class_name)
+            return self.project.running_stat_path(self.class_name, state=self.state)
         if isinstance(node, ast.Attribute):
             owner = node.value
             if isinstance(owner, ast.Name) and owner.id == self.self_name and self.class_name:
-                return self.project.member_path(self.class_name, node.attr)
+                return self.project.member_path(self.class_name, node.attr, state=self.state)
             for held in self.values.values(owner):
                 if held.kind == BUILT and self.project.class_facts(held.target) is not None:
-                    path = self.project.member_path(held.target, node.attr)
+                    path = self.project.member_path(held.target, node.attr, state=self.state)
                     if path is not None:
                         return path
             if node.attr in _ITERATION_METHODS:
@@ -123,7 +125,7 @@ class FunctionRegions:
                     path = self.path(source, depth + 1, seen)
                     if path is not None:
                         return path
-        return self.project.values_path(self.class_name, self.values.values(node))
+        return self.project.values_path(self.class_name, self.values.values(node), state=self.state)
 
     def _first(self, nodes, depth, seen) -> tuple[str, ...] | None:
         for item in nodes:
@@ -139,7 +141,33 @@ class FunctionRegions:
             return self._first(call.args, depth, seen)
         if isinstance(func, ast.Attribute) and func.attr in _ITERATION_METHODS:
             return self.path(func.value, depth + 1, seen)
-        return self.project.values_path(self.class_name, self.values.values(call))
+        if dotted == "getattr" and len(call.args) >= 2 and self._is_self(call.args[0]):
+            for member in sorted(self._strings(call.args[1], frozenset())):
+                path = self.project.member_path(self.class_name, member, state=self.state)
+                if path is not None:
+                    return path
+            return None
+        return self.project.values_path(self.class_name, self.values.values(call), state=self.state)
+
+    def _is_self(self, node: ast.AST) -> bool:
+        return isinstance(node, ast.Name) and node.id == self.self_name and self.class_name is not None
+
+    def _strings(self, node: ast.AST, seen: frozenset) -> set[str]:
+        """The string constants an expression may evaluate to (`getattr(self, n)` for `n` in
+        a literal tuple of names, sliced or not)."""
+        if isinstance(node, ast.Name):
+            if node.id in seen:
+                return set()
+            return set().union(
+                *(self._strings(value, seen | {node.id}) for how, value in self.values.bindings.get(node.id, ()) if how == "value")
+            )
+        if isinstance(node, ast.Constant):
+            return {node.value} if isinstance(node.value, str) else set()
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return set().union(*(self._strings(e, seen) for e in node.elts))
+        if isinstance(node, ast.Subscript):
+            return self._strings(node.value, seen)
+        return set()
 
     def _body_path(self, definition, depth: int, seen) -> tuple[str, ...] | None:
         """What calling a local function or lambda runs: the `self.<member>`s and local
@@ -156,7 +184,7 @@ class FunctionRegions:
                     and node.value.id == self.self_name
                     and self.class_name
                 ):
-                    path = self.project.member_path(self.class_name, node.attr)
+                    path = self.project.member_path(self.class_name, node.attr, state=self.state)
                     if path is not None:
                         return path
                 elif (

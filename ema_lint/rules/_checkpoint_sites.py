@@ -1,0 +1,390 @@
+"""The libcst side shared by the EMA1xx rules: tracking where a call sits (class, function,
+`torch.no_grad()` blocks), recognising calls that open a checkpointed region under any name,
+and resolving what each region runs to a running-stat witness path.
+
+`CheckpointSiteRule.site_at(call)` answers for one call; the rules decide what to report.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from typing import ClassVar
+
+import libcst as cst
+
+from ema_lint.diagnostics import Applicability, Edit, Fix, Location, RequiredImport
+from ema_lint.project import PARTIAL, RUNNING_STATS, ModuleScope, ProjectIndex, dotted_name, summarize
+from ema_lint.rule import FileContext, Rule
+from ema_lint.rules._checkpoint_regions import (
+    APPLY_ACTIVATION_CHECKPOINTING,
+    REGIONS,
+    FunctionRegions,
+    Region,
+    parse_expression,
+)
+
+CONTEXT_FN = RequiredImport("ema_lint.runtime", "running_stats_context_fn")
+CONVERT_HINT = "Call `ema_lint.runtime.convert_running_stats(model)` once before training"
+_NO_GRAD = frozenset({"torch.no_grad", "torch.inference_mode", "torch.autograd.grad_mode.no_grad"})
+# What the runtime fixes put in place: a region using them updates running stats once.
+_RUNTIME = ("ema_lint.runtime.", "ema_lint.runtime.running_stats.")
+_SAFE_CONTEXT_FNS = frozenset(prefix + "running_stats_context_fn" for prefix in _RUNTIME)
+_SAFE_WRAPPERS = frozenset(prefix + "recompute_aware" for prefix in _RUNTIME)
+CHECKPOINT_SEQUENTIAL = "checkpoint_sequential"
+_GROWING_METHODS = frozenset({"add_module", "register_module", "append", "extend", "insert"})
+_SEQUENTIAL = frozenset({"torch.nn.Sequential", "torch.nn.modules.container.Sequential"})
+
+
+@dataclass(frozen=True)
+class CheckpointSite:
+    """A call that checkpoints a callable reaching a running-stat module. `direct`: the
+    callee is the entry point itself (not a local alias or partial); `path`: the witness
+    steps from the callable down to the running-stat module."""
+
+    call: cst.Call
+    region: Region
+    direct: bool
+    callable_text: str
+    path: tuple[str, ...]
+
+
+class CheckpointSiteRule(Rule):
+    """Base of rules that look at checkpointed regions; not registered itself. `STATE`:
+    which modules a region must not hold (`project.RUNNING_STATS` or `OTHER_BUFFERS`)."""
+
+    STATE: ClassVar[str] = RUNNING_STATS
+
+    def __init__(self, context: FileContext) -> None:
+        super().__init__(context)
+        facts = context.project.modules.get(context.module_name)
+        if facts is None:
+            # checked alone (no runner): index this file by itself
+            facts = summarize(context.module_name, context.module.bytes)
+            context.project = ProjectIndex.from_facts([*context.project.modules.values(), facts])
+        self.project = context.project
+        self.scope = ModuleScope(
+            context.module_name,
+            facts.imports,
+            set(facts.classes),
+            set(facts.function_returns),
+            bool(facts.star_imports),
+        )
+        self.classes: list[str] = []
+        self.functions: list[cst.FunctionDef] = []
+        self.no_grad_depth = 0
+        self._regions: dict[int, FunctionRegions] = {}
+        self._module_tree: ast.Module | None = None
+        self._functions_by_line: dict[int, ast.AST] = {}
+        self._aliases: dict[str, Region] = {}
+
+    @classmethod
+    def uses_checkpointing(cls, source: bytes, project: ProjectIndex, module_name: str) -> bool:
+        """False only when the file provably calls no region entry point. A call needs the
+        entry point named in this file: directly, through an import of this file, or in a
+        local alias (`partial(checkpoint, ...)`), so every one is a reference that resolves
+        to an entry point. Files mentioning "checkpoint" (often only `grad_checkpointing`
+        flags and comments) are checked with the stdlib parser, far cheaper than libcst."""
+        facts = project.modules.get(module_name)
+        if facts is None:
+            return True
+        if any(project.resolve(target) in REGIONS for target in facts.imports.values()) or any(
+            project.resolve(f"{star}.{name}") in REGIONS
+            for star in facts.star_imports
+            for name in _names_defined(project, star)
+        ):
+            return True
+        if b"checkpoint" not in source:
+            return False
+        return _references_region(source, project, facts)
+
+    # -- scope tracking ------------------------------------------------------------------
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+        self.classes.append(node.name.value)
+
+    def leave_ClassDef(self, original_node: cst.ClassDef) -> None:
+        self.classes.pop()
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self.functions.append(node)
+
+    def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
+        self.functions.pop()
+
+    def visit_With(self, node: cst.With) -> None:
+        if any(self._is_no_grad(item.item) for item in node.items):
+            self.no_grad_depth += 1
+
+    def leave_With(self, original_node: cst.With) -> None:
+        if any(self._is_no_grad(item.item) for item in original_node.items):
+            self.no_grad_depth -= 1
+
+    def qualified(self, expression: cst.BaseExpression) -> str | None:
+        dotted = dotted_text(expression)
+        return None if dotted is None else self.project.resolve(self.scope.qualify(dotted))
+
+    def _is_no_grad(self, expression: cst.BaseExpression) -> bool:
+        if isinstance(expression, cst.Call):
+            expression = expression.func
+        return self.qualified(expression) in _NO_GRAD
+
+    def _tree(self) -> ast.Module:
+        """The file's stdlib `ast`, parsed on first need (a region call was found)."""
+        if self._module_tree is None:
+            self._module_tree = ast.parse(self.context.module.code)
+            for node in ast.walk(self._module_tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    self._functions_by_line[node.lineno] = node
+                elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+                    self._record_alias(node)
+        return self._module_tree
+
+    def _record_alias(self, node: ast.Assign | ast.AnnAssign) -> None:
+        """`ckpt = checkpoint` / `self._ckpt = partial(checkpoint, ...)`: names that call a region."""
+        value = node.value
+        if isinstance(value, ast.Call) and value.args:
+            func = dotted_name(value.func)
+            if func is None or self.project.resolve(self.scope.qualify(func)) not in PARTIAL:
+                return
+            value = value.args[0]
+        target_name = dotted_name(value)
+        if target_name is None:
+            return
+        region = REGIONS.get(self.project.resolve(self.scope.qualify(target_name)))
+        if region is None:
+            return
+        for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+            name = dotted_name(target)
+            if name is not None:
+                self._aliases[name] = region
+
+    def _function_regions(self) -> FunctionRegions:
+        """Resolution context: the outermost function of the innermost class (where `self`
+        is bound; nested closures are part of its body), or the module body."""
+        tree = self._tree()
+        class_name = f"{self.context.module_name}.{self.classes[0]}" if len(self.classes) == 1 else None
+        function = None
+        if self.functions:
+            function = self._functions_by_line.get(self.range_of(self.functions[0].name).start.line)
+        key = id(function)
+        if key not in self._regions:
+            if function is None:
+                self._regions[key] = FunctionRegions(self.project, self.scope, tree, None, self.STATE)
+            else:
+                self._regions[key] = FunctionRegions(self.project, self.scope, function, class_name, self.STATE)
+        return self._regions[key]
+
+    # -- sites ---------------------------------------------------------------------------
+
+    def region_of(self, call: cst.Call) -> tuple[Region, bool] | None:
+        """The region `call` opens and whether its callee is the entry point itself."""
+        dotted = dotted_text(call.func)
+        if dotted is None:
+            return None
+        region = REGIONS.get(self.project.resolve(self.scope.qualify(dotted)))
+        if region is not None:
+            return region, True
+        self._tree()
+        region = self._aliases.get(dotted)
+        return None if region is None else (region, False)
+
+    def site_at(self, call: cst.Call) -> CheckpointSite | None:
+        """The checkpointed region `call` opens, when it runs an unprotected running-stat module."""
+        if self.no_grad_depth:
+            return None
+        found = self.region_of(call)
+        if found is None:
+            return None
+        region, direct = found
+        target = argument(call, region.callable_keyword)
+        if target is None or self._is_protected(call, target):
+            return None
+        regions = self._function_regions()
+        expression = parse_expression(self.context.module.code_for_node(target))
+        if expression is None:
+            return None
+        if region.name == APPLY_ACTIVATION_CHECKPOINTING and (check_fn := argument(call, "check_fn", 99)):
+            path = self._selected_path(regions, check_fn)
+        elif region.name == CHECKPOINT_SEQUENTIAL:
+            path = self._sequential_path(call, regions, expression)
+        else:
+            path = regions.path(expression)
+        if path is None:
+            return None
+        callable_text = self.context.module.code_for_node(target).strip()
+        if callable_text.startswith("self.") and path and path[0].endswith(callable_text[4:]):
+            path = path[1:]
+        return CheckpointSite(call, region, direct, callable_text, path)
+
+    def _sequential_path(self, call: cst.Call, regions: FunctionRegions, functions: ast.AST) -> tuple[str, ...] | None:
+        """torch runs the last of `segments` segments without checkpointing: only the first
+        `len // segments * (segments - 1)` children are recomputed. When the children or
+        the segment count are not literal, any child counts."""
+        segments_node = argument(call, "segments", 1)
+        segments = int(segments_node.value) if isinstance(segments_node, cst.Integer) else None
+        if segments == 1:
+            return None
+        found = self._sequence_items(regions, functions)
+        if found is None or segments is None:
+            return regions.path(functions)
+        items, owner = found
+        recomputed = items[: len(items) // segments * (segments - 1)]
+        for item in recomputed:
+            path = owner.path(item)
+            if path is not None:
+                return path
+        return None
+
+    def _sequence_items(self, regions: FunctionRegions, node: ast.AST) -> tuple[list[ast.AST], FunctionRegions] | None:
+        """The literal children of `nn.Sequential(a, b, c)` / `[a, b, c]`, written at the call,
+        bound once to a local name, or assigned once to `self.<attr>` in this class."""
+        owner = regions
+        if isinstance(node, ast.Name):
+            bindings = regions.values.bindings.get(node.id, [])
+            if len(bindings) != 1 or bindings[0][0] != "value":
+                return None
+            node = bindings[0][1]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == regions.self_name:
+            assigned = self._self_assignments(node.attr)
+            if len(assigned) != 1:
+                return None
+            method, node = assigned[0]
+            owner = FunctionRegions(self.project, self.scope, method, regions.class_name, self.STATE)
+        if isinstance(node, ast.Call):
+            callee = dotted_name(node.func)
+            if callee is None or self.project.resolve(self.scope.qualify(callee)) not in _SEQUENTIAL or node.keywords:
+                return None
+            items = list(node.args)
+        elif isinstance(node, (ast.List, ast.Tuple)):
+            items = list(node.elts)
+        else:
+            return None
+        if any(isinstance(item, ast.Starred) for item in items):
+            return None
+        return items, owner
+
+    def _self_assignments(self, attribute: str) -> list[tuple[ast.AST, ast.AST]]:
+        """(method, value) for every `self.<attribute> = value` in the enclosing class."""
+        if len(self.classes) != 1:
+            return []
+        found = []
+        for node in self._tree().body:
+            if isinstance(node, ast.ClassDef) and node.name == self.classes[0]:
+                for method in node.body:
+                    if not isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)) or not method.args.args:
+                        continue
+                    self_name = method.args.args[0].arg
+                    for sub in ast.walk(method):
+                        if (
+                            isinstance(sub, ast.Call)
+                            and isinstance(sub.func, ast.Attribute)
+                            and sub.func.attr in _GROWING_METHODS
+                            and dotted_name(sub.func.value) == f"{self_name}.{attribute}"
+                        ):
+                            return []  # children added later: not a literal sequence
+                        if isinstance(sub, ast.Assign) and any(
+                            isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+                            and t.value.id == self_name and t.attr == attribute
+                            for t in sub.targets
+                        ):
+                            found.append((method, sub.value))
+        return found
+
+    def _is_protected(self, call: cst.Call, target: cst.BaseExpression) -> bool:
+        """Already fixed: `context_fn=running_stats_context_fn` or `recompute_aware(fn)`
+        (they make running statistics exact; other buffers they leave alone)."""
+        if self.STATE != RUNNING_STATS:
+            return False
+        context_fn = argument(call, "context_fn", 99)
+        if context_fn is not None and self.qualified(context_fn) in _SAFE_CONTEXT_FNS:
+            return True
+        return isinstance(target, cst.Call) and self.qualified(target.func) in _SAFE_WRAPPERS
+
+    def _selected_path(self, regions: FunctionRegions, check_fn: cst.CSTNode) -> tuple[str, ...] | None:
+        expression = parse_expression(self.context.module.code_for_node(check_fn))
+        if expression is None:
+            return None
+        for qualified in regions.isinstance_classes(expression):
+            path = self.project.running_stat_path(qualified, state=self.STATE)
+            if path is not None:
+                return path or (qualified.rpartition(".")[2],)
+        return None
+
+    def site_fix(self, site: CheckpointSite) -> Fix:
+        """The exact fix for one site: `context_fn=running_stats_context_fn` where the call
+        can take it (SAFE when already non-reentrant), else the `convert_running_stats` hint."""
+        call = site.call
+        convert = Fix(CONVERT_HINT, Applicability.DISPLAY_ONLY)
+        if not (site.region.editable and site.direct) or any(arg.star == "**" for arg in call.args):
+            return convert
+        if argument(call, "context_fn", 99) is not None:
+            return convert
+        end = _location(self.range_of(call.args[-1].value).end)
+        reentrant = argument(call, "use_reentrant", 99)
+        if isinstance(reentrant, cst.Name) and reentrant.value == "False":
+            return Fix(
+                "Add `context_fn=running_stats_context_fn`",
+                Applicability.SAFE,
+                (Edit(end, end, ", context_fn=running_stats_context_fn"),),
+                (CONTEXT_FN,),
+            )
+        if reentrant is None:
+            edits = (Edit(end, end, ", use_reentrant=False, context_fn=running_stats_context_fn"),)
+        else:
+            edits = (self.edit_replacing(reentrant, "False"), Edit(end, end, ", context_fn=running_stats_context_fn"))
+        return Fix(
+            "Use `use_reentrant=False` with `context_fn=running_stats_context_fn`",
+            Applicability.UNSAFE,
+            edits,
+            (CONTEXT_FN,),
+        )
+
+
+def _location(position) -> Location:
+    return Location(position.line, position.column + 1)
+
+
+def argument(call: cst.Call, keyword: str, position: int = 0) -> cst.BaseExpression | None:
+    """The argument bound to `keyword`, or the `position`-th positional one."""
+    positional = [arg for arg in call.args if arg.keyword is None and not arg.star]
+    for arg in call.args:
+        if arg.keyword is not None and arg.keyword.value == keyword:
+            return arg.value
+    if position < len(positional) and all(
+        not arg.star for arg in call.args[: call.args.index(positional[position]) + 1]
+    ):
+        return positional[position].value
+    return None
+
+
+def dotted_text(node: cst.BaseExpression) -> str | None:
+    parts = []
+    while isinstance(node, cst.Attribute):
+        parts.append(node.attr.value)
+        node = node.value
+    if isinstance(node, cst.Name):
+        parts.append(node.value)
+        return ".".join(reversed(parts))
+    return None
+
+
+def _references_region(source: bytes, project: ProjectIndex, facts) -> bool:
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return True  # the engine reports it
+    scope = ModuleScope(facts.module_name, facts.imports, set(facts.classes), set(facts.function_returns), bool(facts.star_imports))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Load):
+            dotted = dotted_name(node)
+            if dotted is not None and project.resolve(scope.qualify(dotted)) in REGIONS:
+                return True
+    return False
+
+
+def _names_defined(project: ProjectIndex, module: str) -> list[str]:
+    facts = project.modules.get(module)
+    if facts is None:
+        return []
+    return [*facts.imports, *facts.aliases]

@@ -1,0 +1,105 @@
+"""EMA103 stateful-module-in-checkpoint."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from ema_lint.diagnostics import Applicability, Fix, Severity
+from ema_lint.project import OTHER_BUFFERS, ProjectIndex
+from ema_lint.rule import Example
+from ema_lint.rules._checkpoint_sites import CheckpointSiteRule
+
+
+class StatefulModuleInCheckpoint(CheckpointSiteRule):
+    """
+    ## What it does
+    Finds activation-checkpointed regions (the entry points EMA101 knows) whose callable
+    runs a module that writes registered buffers other than running statistics: modules
+    wrapped with `torch.nn.utils.spectral_norm` or
+    `torch.nn.utils.parametrizations.spectral_norm`, and project classes whose `forward`
+    (or a method it calls on `self`) updates a buffer registered with `register_buffer`
+    that is not `running_*` / `num_batches_tracked` (an EMA codebook, a step counter).
+
+    ## Why is this bad?
+    Checkpointing runs the region's forward again during backward, so each such buffer is
+    updated twice per step: spectral norm runs two power iterations, an EMA buffer decays
+    twice, a counter counts twice. `running_stats_context_fn` and `convert_running_stats`
+    only protect running statistics, so EMA101's fix does not cover these.
+
+    ## Example
+    ```python
+    self.conv = spectral_norm(nn.Conv2d(64, 64, 3))
+    ...
+    x = checkpoint(self.conv, x, use_reentrant=False)
+    ```
+
+    ## Use instead
+    ```python
+    x = self.conv(x)  # outside the checkpointed region
+    ```
+
+    ## Fix safety
+    No automatic fix: whether the buffer update may move out of the region (or be skipped
+    on recomputation) is a modelling choice, so the help is display-only.
+    """
+
+    code = "EMA103"
+    name = "stateful-module-in-checkpoint"
+    severity = Severity.ERROR
+    summary = "A module that mutates registered buffers runs inside an activation-checkpointed region"
+    STATE = OTHER_BUFFERS
+
+    VALID = (
+        Example(
+            """
+            import torch.nn as nn
+            from torch.nn.utils import spectral_norm
+            from torch.utils.checkpoint import checkpoint
+
+            class Critic(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.conv = spectral_norm(nn.Conv2d(3, 8, 3))
+                    self.body = nn.Sequential(nn.Conv2d(8, 8, 3), nn.LeakyReLU(0.2))
+
+                def forward(self, x):
+                    return checkpoint(self.body, self.conv(x), use_reentrant=False)
+            """
+        ),
+    )
+    INVALID = (
+        Example(
+            """
+            import torch.nn as nn
+            from torch.nn.utils import spectral_norm
+            from torch.utils.checkpoint import checkpoint
+
+            class Critic(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.body = nn.Sequential(spectral_norm(nn.Conv2d(3, 8, 3)), nn.LeakyReLU(0.2))
+
+                def forward(self, x):
+                    return checkpoint(self.body, x, use_reentrant=False)
+            """,
+            message="`self.body` mutates registered buffers twice under `checkpoint`",
+        ),
+    )
+
+    @classmethod
+    def could_report(cls, source: bytes, project: ProjectIndex, module_name: str) -> bool:
+        return cls.uses_checkpointing(source, project, module_name)
+
+    def visit_Call(self, node: cst.Call) -> None:
+        site = self.site_at(node)
+        if site is None:
+            return
+        steps = "".join(f" → `{step}`" for step in site.path)
+        self.report(
+            node,
+            f"`{site.callable_text}`{steps} mutates registered buffers twice under `{site.region.name}`",
+            fix=Fix(
+                "Run the buffer-mutating module outside the checkpointed region",
+                Applicability.DISPLAY_ONLY,
+            ),
+        )
