@@ -52,7 +52,7 @@ def test_default_shows_a_diff_writes_nothing_and_exits_1(project: Path) -> None:
     result = _run()
     assert result.output == (
         TRAIN_DIFF
-        + "train.py:5:7: EMA903 [*] `p.data` bypasses autograd\n"
+        + "train.py:5:7: EMA903 `p.data` bypasses autograd\n"
         "  help: Use `p.detach()` (unsafe fix)\n"
         "Would fix 1 finding (EMA902: 1) in 1 file; rerun with --write to apply.\n"
         "1 finding remains: 1 unsafe fix; rerun with --unsafe-fixes.\n"

@@ -111,6 +111,7 @@ class MomentumCorrectionWorkaround(CheckpointSiteRule):
             import math
             import torch.nn as nn
             from torch.utils.checkpoint import checkpoint
+            from ema_lint.runtime import running_stats_context_fn
 
             BN_MOMENTUM = 0.1
 
