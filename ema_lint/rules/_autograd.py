@@ -421,6 +421,13 @@ class _Collector(cst.CSTVisitor):
             self.calls.append(Call(self.function, func.value, None, node.args, self._grad_off[-1] > 0))
 
 
+def _creates_graph(call: cst.Call) -> bool:
+    return any(
+        a.keyword is not None and a.keyword.value == "create_graph" and not m.matches(a.value, m.Name("False"))
+        for a in call.args
+    )
+
+
 def _is_false_arg(args: Sequence[cst.Arg]) -> bool:
     return len(args) == 1 and isinstance(args[0].value, cst.Name) and args[0].value.value == "False"
 
@@ -600,6 +607,8 @@ class FileFacts:
                 return False
             if self.code(node.func) in self.frozen:
                 return False  # a module set `requires_grad_(False)`: a frozen teacher's output
+            if name == "grad" and isinstance(node.func, cst.Attribute) and not _creates_graph(node):
+                return False  # `torch.autograd.grad(...)` returns gradients without history
             if isinstance(node.func, cst.Attribute):
                 if name in CUT_METHODS:
                     return False

@@ -47,8 +47,9 @@ class EmaUpdateViaData(AutogradRule):
     # checks, so it warns where EMA201/EMA202 error.
     severity = Severity.WARNING
     summary = "EMA update written through `.data`, bypassing autograd's version checks"
-    # A finding's state expression ends in `.data`, so its file contains that text.
-    triggers = (".data",)
+    # A finding's state expression ends in the attribute `data`. Python allows spaces around
+    # the dot (`p . data`), so the provable trigger is the identifier itself.
+    triggers = ("data",)
 
     def check(self, facts: FileFacts) -> None:
         module = self.context.module
