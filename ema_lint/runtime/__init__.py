@@ -1,5 +1,6 @@
 """Checkpoint-safe and fused modules that fixes and graph passes substitute in. Imports only torch."""
 
+from ema_lint.runtime.differentiable_ema import DifferentiableEMA, ema_update
 from ema_lint.runtime.model_ema import ModelEMA, foreach_ema_update
 from ema_lint.runtime.running_stats import (
     convert_running_stats,
@@ -8,8 +9,10 @@ from ema_lint.runtime.running_stats import (
 )
 
 __all__ = [
+    "DifferentiableEMA",
     "ModelEMA",
     "convert_running_stats",
+    "ema_update",
     "foreach_ema_update",
     "recompute_aware",
     "running_stats_context_fn",
