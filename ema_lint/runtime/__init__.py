@@ -2,6 +2,7 @@
 
 from ema_lint.runtime.differentiable_ema import DifferentiableEMA, ema_update
 from ema_lint.runtime.model_ema import ModelEMA, foreach_ema_update
+from ema_lint.runtime.replay import replay_buffers
 from ema_lint.runtime.running_stats import (
     convert_running_stats,
     recompute_aware,
@@ -15,5 +16,6 @@ __all__ = [
     "ema_update",
     "foreach_ema_update",
     "recompute_aware",
+    "replay_buffers",
     "running_stats_context_fn",
 ]
