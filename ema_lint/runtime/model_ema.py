@@ -33,22 +33,38 @@ def foreach_ema_update(
         raise ValueError(
             f"ema_tensors has {len(ema_tensors)} tensors but model_tensors has {len(model_tensors)}"
         )
+    emas, currents = list(ema_tensors), list(model_tensors)
     # Grouping happens in C++: a per-tensor Python loop here would cost as much as the update.
-    groups = torch._C._group_tensors_by_device_and_dtype([list(ema_tensors), list(model_tensors)], False)
-    weight = 1.0 - decay
-    for (device, dtype), ((emas, currents), _) in groups.items():
-        currents_by_kind = torch._C._group_tensors_by_device_and_dtype([currents], False)
-        if list(currents_by_kind) != [(device, dtype)]:
-            currents = [t.to(device=device, dtype=dtype, non_blocking=True) for t in currents]
-        if not (dtype.is_floating_point or dtype.is_complex):
-            torch._foreach_copy_(emas, currents, non_blocking=True)
-        elif exact:
-            # A tensor factor: the Python-scalar overload rounds the factor to bf16 first on the
-            # CPU, unlike `Tensor.mul_`, so its results would differ from the loop's.
-            torch._foreach_mul_(emas, torch.tensor(decay, dtype=torch.float64, device=device))
-            torch._foreach_add_(emas, currents, alpha=weight)
-        else:
-            torch._foreach_lerp_(emas, currents, weight)
+    ema_kinds = torch._C._group_tensors_by_device_and_dtype([emas], False)
+    if len(ema_kinds) == 1 and list(ema_kinds) == list(torch._C._group_tensors_by_device_and_dtype([currents], False)):
+        # The common case: one device and dtype on both sides, so no regrouping is needed.
+        ((device, dtype),) = ema_kinds
+        _update_group(emas, currents, decay, exact, device, dtype)
+        return
+    groups = torch._C._group_tensors_by_device_and_dtype([emas, currents], False)
+    for (device, dtype), ((group_emas, group_currents), _) in groups.items():
+        if list(torch._C._group_tensors_by_device_and_dtype([group_currents], False)) != [(device, dtype)]:
+            group_currents = [t.to(device=device, dtype=dtype, non_blocking=True) for t in group_currents]
+        _update_group(group_emas, group_currents, decay, exact, device, dtype)
+
+
+def _update_group(
+    emas: list[torch.Tensor],
+    currents: list[torch.Tensor],
+    decay: float,
+    exact: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> None:
+    if not (dtype.is_floating_point or dtype.is_complex):
+        torch._foreach_copy_(emas, currents, non_blocking=True)
+    elif exact:
+        # A tensor factor: the Python-scalar overload rounds the factor to bf16 first on the
+        # CPU, unlike `Tensor.mul_`, so its results would differ from the loop's.
+        torch._foreach_mul_(emas, torch.tensor(decay, dtype=torch.float64, device=device))
+        torch._foreach_add_(emas, currents, alpha=1.0 - decay)
+    else:
+        torch._foreach_lerp_(emas, currents, 1.0 - decay)
 
 
 def _parameters_and_buffers(module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
