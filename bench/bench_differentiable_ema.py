@@ -26,7 +26,8 @@ from ema_lint.runtime import DifferentiableEMA
 from live_tensor_bytes import LiveTensorBytes
 
 DECAY = 0.99
-MODES = ("constant", "detach", "straight_through", "trace", "naive")
+MODES = ("constant", "detach", "straight_through", "trace", "truncated", "naive")
+HORIZON = 8
 
 
 def run(mode: str, steps: int) -> tuple[int, float]:
@@ -34,7 +35,13 @@ def run(mode: str, steps: int) -> tuple[int, float]:
     critic = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 1))
     ema = None
     if mode != "naive":
-        ema = DifferentiableEMA(DECAY, mode, parameters=critic.parameters() if mode == "trace" else None)
+        jacobian_mode = mode in ("trace", "truncated")
+        ema = DifferentiableEMA(
+            DECAY,
+            mode,
+            parameters=critic.parameters() if jacobian_mode else None,
+            horizon=HORIZON if mode == "truncated" else None,
+        )
     batches = torch.randn(steps, 256, 8)
     average = torch.zeros(())
     start = time.perf_counter()
@@ -79,7 +86,14 @@ def write_png(path: Path, rows: list[dict]) -> None:
         x, _ = point(steps, 10**y0)
         draw.line([x, height - margin, x, height - margin + 5], fill="black")
         draw.text((x - 12, height - margin + 10), f"T={steps}", fill="black")
-    colours = {"constant": "gray", "detach": "blue", "straight_through": "green", "trace": "purple", "naive": "red"}
+    colours = {
+        "constant": "gray",
+        "detach": "blue",
+        "straight_through": "green",
+        "trace": "purple",
+        "truncated": "orange",
+        "naive": "red",
+    }
     for index, mode in enumerate(MODES):
         series = [point(r["steps"], r["peak_bytes"]) for r in rows if r["mode"] == mode]
         if len(series) > 1:

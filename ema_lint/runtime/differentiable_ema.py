@@ -13,7 +13,11 @@ same forward value (bit for bit: one shared formula) and differs only in the gra
 - `trace`: the exact gradient of the average w.r.t. given parameters, carried by an
   eligibility trace `e = decay * e + (1 - decay) * d sample / d params` kept beside the
   average (memory `average.numel() * sum(p.numel())`; exact while the parameters are fixed,
-  the usual real-time-recurrent-learning approximation while they train).
+  the usual real-time-recurrent-learning approximation while they train);
+- `truncated`: the exact gradient of the last `horizon` terms, `sum_j<K (1 - decay) decay**j
+  d sample_{t-j} / d params`, from the last K sample Jacobians kept in a ring buffer
+  (memory K times that of `trace`). Past graphs are not kept, so parameters may be updated
+  in place between steps.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-MODES = ("constant", "detach", "straight_through", "trace")
+MODES = ("constant", "detach", "straight_through", "trace", "truncated")
+JACOBIAN_MODES = ("trace", "truncated")
 STATELESS_MODES = ("constant", "detach", "straight_through")
 
 
@@ -43,7 +48,8 @@ class _StraightThrough(torch.autograd.Function):
 
 
 class _TraceGradient(torch.autograd.Function):
-    """Value: the new average. Gradient w.r.t. each parameter: `grad` contracted with its trace."""
+    """Value: the new average. Gradient w.r.t. each parameter: `grad` contracted with its
+    d average / d param (a trace or a truncated sum of Jacobians)."""
 
     @staticmethod
     def forward(ctx: Any, value: torch.Tensor, traces: Sequence[torch.Tensor], *params: torch.Tensor) -> torch.Tensor:
@@ -92,7 +98,9 @@ class DifferentiableEMA(nn.Module):
         average.backward()
     ```
     The average starts at zero, like BatchNorm's `running_mean`. `state_dict()` holds the
-    average and, in "trace" mode, one trace per parameter (`trace_0`, `trace_1`, ...).
+    average; in "trace" mode one trace per parameter (`trace_0`, `trace_1`, ...); in
+    "truncated" mode (`horizon=K`) one ring buffer of K Jacobians per parameter
+    (`window_0`, ...) and the next slot (`window_next`).
     """
 
     def __init__(
@@ -102,6 +110,7 @@ class DifferentiableEMA(nn.Module):
         *,
         shape: Sequence[int] = (),
         parameters: Iterable[torch.Tensor] | None = None,
+        horizon: int | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -110,19 +119,28 @@ class DifferentiableEMA(nn.Module):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"decay must be in [0, 1], got {decay}")
-        if (mode == "trace") != (parameters is not None):
-            raise ValueError('pass parameters=... exactly when mode="trace"')
+        if (mode in JACOBIAN_MODES) != (parameters is not None):
+            raise ValueError('pass parameters=... exactly when mode is "trace" or "truncated"')
+        if (mode == "truncated") != (horizon is not None) or (horizon is not None and horizon < 1):
+            raise ValueError('pass horizon=K >= 1 exactly when mode="truncated"')
         self.decay = decay
         self.mode = mode
+        self.horizon = horizon
         self.register_buffer("average", torch.zeros(shape, dtype=dtype, device=device))
         # Not registered: the parameters belong to the caller's model, not to this module.
         self.trace_parameters: list[torch.Tensor] = list(parameters) if parameters is not None else []
-        for index, param in enumerate(self.trace_parameters):
-            trace = torch.zeros((*shape, *param.shape), dtype=self.average.dtype, device=self.average.device)
-            self.register_buffer(f"trace_{index}", trace)
+        self._jacobian_shapes = [(*shape, *param.shape) for param in self.trace_parameters]
+        like = {"dtype": self.average.dtype, "device": self.average.device}
+        for index, jacobian_shape in enumerate(self._jacobian_shapes):
+            if mode == "trace":
+                self.register_buffer(f"trace_{index}", torch.zeros(jacobian_shape, **like))
+            else:
+                self.register_buffer(f"window_{index}", torch.zeros((horizon, *jacobian_shape), **like))
+        if mode == "truncated":
+            self.register_buffer("window_next", torch.zeros((), dtype=torch.long, device=self.average.device))
 
-    def traces(self) -> list[torch.Tensor]:
-        return [getattr(self, f"trace_{index}") for index in range(len(self.trace_parameters))]
+    def _numbered(self, prefix: str) -> list[torch.Tensor]:
+        return [getattr(self, f"{prefix}_{index}") for index in range(len(self.trace_parameters))]
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         if sample.shape != self.average.shape:
@@ -132,29 +150,46 @@ class DifferentiableEMA(nn.Module):
             # Reassigned, never written in place, so earlier outputs and saved tensors stay valid.
             self.average = out.detach()
             return out
-        return self._trace_step(sample)
-
-    def _trace_step(self, sample: torch.Tensor) -> torch.Tensor:
         params = self.trace_parameters
         with torch.no_grad():
             value = _blend(self.average, sample.detach(), self.decay)
         jacobians = self._sample_jacobians(sample, params)
         with torch.no_grad():
-            traces = [_blend(trace, jacobian, self.decay) for trace, jacobian in zip(self.traces(), jacobians)]
-        for index, trace in enumerate(traces):
-            setattr(self, f"trace_{index}", trace)
+            if self.mode == "trace":
+                derivatives = [_blend(t, j, self.decay) for t, j in zip(self._numbered("trace"), jacobians)]
+                for index, trace in enumerate(derivatives):
+                    # Reassigned, never written in place: an earlier output's backward still reads the old one.
+                    setattr(self, f"trace_{index}", trace)
+            else:
+                derivatives = self._truncated_derivatives(jacobians)
         self.average = value
-        return _TraceGradient.apply(value, traces, *params)
+        return _TraceGradient.apply(value, derivatives, *params)
+
+    def _truncated_derivatives(self, jacobians: list[torch.Tensor]) -> list[torch.Tensor]:
+        horizon = self.horizon
+        slot = int(self.window_next) % horizon
+        ages = [(slot - s) % horizon for s in range(horizon)]
+        # Slots never written hold zeros, so they add nothing before the window fills.
+        weights = torch.tensor(
+            [(1.0 - self.decay) * self.decay**age for age in ages], dtype=self.average.dtype, device=self.average.device
+        )
+        derivatives = []
+        for window, jacobian in zip(self._numbered("window"), jacobians):
+            window[slot] = jacobian  # the window itself is never saved for backward
+            derivatives.append(torch.tensordot(weights, window, dims=1))
+        self.window_next += 1
+        return derivatives
 
     def _sample_jacobians(self, sample: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
         """d sample / d param for each param, shaped (*sample.shape, *param.shape)."""
+        like = {"dtype": self.average.dtype, "device": self.average.device}
         if not sample.requires_grad:
-            return [torch.zeros_like(trace) for trace in self.traces()]
+            return [torch.zeros(shape, **like) for shape in self._jacobian_shapes]
         basis = torch.eye(sample.numel(), dtype=sample.dtype, device=sample.device).reshape(-1, *sample.shape)
         rows = torch.autograd.grad(
             sample, params, grad_outputs=basis, retain_graph=True, allow_unused=True, is_grads_batched=True
         )
         return [
-            torch.zeros_like(trace) if row is None else row.reshape(trace.shape)
-            for row, trace in zip(rows, self.traces())
+            torch.zeros(shape, **like) if row is None else row.reshape(shape)
+            for row, shape in zip(rows, self._jacobian_shapes)
         ]

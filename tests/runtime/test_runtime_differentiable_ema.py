@@ -12,12 +12,14 @@ from live_tensor_bytes import LiveTensorBytes  # noqa: E402
 
 # 0.75 and 1 - 0.75 = 0.25 are exact binary fractions, so closed-form gradients match exactly.
 DECAY = 0.75
-BOUNDED_MODES = ["constant", "detach", "straight_through", "trace"]
+BOUNDED_MODES = ["constant", "detach", "straight_through", "trace", "truncated"]
+HORIZON = 3
 
 
-def make_ema(mode, w, shape=(3,)):
-    parameters = [w] if mode == "trace" else None
-    return DifferentiableEMA(DECAY, mode, shape=shape, parameters=parameters, dtype=w.dtype)
+def make_ema(mode, w, shape=(3,), horizon=HORIZON):
+    parameters = [w] if mode in ("trace", "truncated") else None
+    horizon = horizon if mode == "truncated" else None
+    return DifferentiableEMA(DECAY, mode, shape=shape, parameters=parameters, horizon=horizon, dtype=w.dtype)
 
 
 def samples(steps, dtype=torch.float64):
@@ -38,13 +40,21 @@ def test_forward_value_identical_in_every_mode_and_to_the_naive_recursion():
         assert torch.equal(ema_update(naive, sample, DECAY, "detach"), DECAY * naive + (1 - DECAY) * sample)
 
 
-def gradient_after(mode, steps):
-    """d/dw of sum(g * average) after `steps` updates with sample_t = w * x_t."""
+def gradient_after(mode, steps, horizon=HORIZON, train=False):
+    """d/dw of sum(g * average) after `steps` updates with sample_t = w * x_t.
+
+    d sample_t / dw = diag(x_t) whatever w is, so with `train=True` (an in-place SGD step on w
+    after every update) the closed forms still hold."""
     w = torch.ones(3, dtype=torch.float64, requires_grad=True)
-    ema = make_ema(mode, w)
+    ema = make_ema(mode, w, horizon=horizon)
     xs = samples(steps)
-    for x in xs:
+    for step, x in enumerate(xs):
         out = ema(w * x)
+        if train and step + 1 < steps:
+            out.sum().backward()
+            with torch.no_grad():
+                w -= 0.1 * w.grad
+            w.grad = None
     g = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
     if mode == "constant":
         assert not out.requires_grad
@@ -75,6 +85,19 @@ def test_trace_gradient_is_the_closed_form_sum():
     torch.testing.assert_close(grad, closed_form, rtol=0, atol=1e-15)
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_truncated_gradient_is_the_closed_form_over_the_window(train):
+    grad, xs, g = gradient_after("truncated", 7, horizon=HORIZON, train=train)
+    window = [(1 - DECAY) * DECAY**j * xs[-1 - j] for j in range(HORIZON)]
+    torch.testing.assert_close(grad, g * sum(window), rtol=0, atol=1e-15)
+
+
+def test_truncated_with_a_horizon_beyond_the_steps_equals_trace():
+    truncated, _, _ = gradient_after("truncated", 5, horizon=8)
+    trace, _, _ = gradient_after("trace", 5)
+    torch.testing.assert_close(truncated, trace, rtol=0, atol=1e-15)
+
+
 def test_trace_matches_full_history_autograd_at_1000_steps():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double()
@@ -102,7 +125,7 @@ def test_state_dict_round_trip(mode):
     for x in xs[:4]:
         ema(w * x)
     state = ema.state_dict()
-    expected_keys = {"average"} | ({"trace_0"} if mode == "trace" else set())
+    expected_keys = {"average", *{"trace": ["trace_0"], "truncated": ["window_0", "window_next"]}.get(mode, [])}
     assert set(state) == expected_keys
     restored = make_ema(mode, w)
     restored.load_state_dict(state)
@@ -116,7 +139,15 @@ def test_state_dict_round_trip(mode):
 def peak_bytes(mode, steps):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
-    ema = None if mode == "naive" else DifferentiableEMA(0.99, mode, parameters=net.parameters() if mode == "trace" else None)
+    ema = None
+    if mode != "naive":
+        jacobian_mode = mode in ("trace", "truncated")
+        ema = DifferentiableEMA(
+            0.99,
+            mode,
+            parameters=net.parameters() if jacobian_mode else None,
+            horizon=HORIZON if mode == "truncated" else None,
+        )
     inputs = torch.randn(steps, 32, 8)
     average = torch.zeros(())
     with LiveTensorBytes() as tracker:
@@ -147,7 +178,9 @@ def test_invalid_arguments():
         ema_update(torch.zeros(()), torch.zeros(()), 0.9, "trace")
     with pytest.raises(ValueError, match="mode must be one of"):
         DifferentiableEMA(0.9, "exact")
-    with pytest.raises(ValueError, match='exactly when mode="trace"'):
+    with pytest.raises(ValueError, match='exactly when mode is "trace" or "truncated"'):
         DifferentiableEMA(0.9, "trace")
+    with pytest.raises(ValueError, match='pass horizon=K >= 1 exactly when mode="truncated"'):
+        DifferentiableEMA(0.9, "truncated", parameters=[torch.zeros(1)], horizon=0)
     with pytest.raises(ValueError, match=r"sample shape \(2,\) != average shape \(\)"):
         DifferentiableEMA(0.9)(torch.zeros(2))
