@@ -1,5 +1,8 @@
 """Checkpoint-safe and fused modules that fixes and graph passes substitute in. Imports only torch."""
 
+from ema_lint.runtime.differentiable_ema import DifferentiableEMA, ema_update
+from ema_lint.runtime.model_ema import ModelEMA, foreach_ema_update
+from ema_lint.runtime.replay import replay_buffers
 from ema_lint.runtime.running_stats import (
     convert_running_stats,
     recompute_aware,
@@ -7,7 +10,12 @@ from ema_lint.runtime.running_stats import (
 )
 
 __all__ = [
+    "DifferentiableEMA",
+    "ModelEMA",
     "convert_running_stats",
+    "ema_update",
+    "foreach_ema_update",
     "recompute_aware",
+    "replay_buffers",
     "running_stats_context_fn",
 ]

@@ -108,13 +108,14 @@ def shared_bn():
 
 def timm_batchnorm_act():
     """timm's `BatchNormAct2d` replaces `forward` and calls `F.batch_norm` itself."""
+    import_timm()
     from timm.layers import BatchNormAct2d
 
-    import_timm()
     return Net(conv_region(BatchNormAct2d(4, act_layer=nn.ReLU)), nn.Flatten()), (4, 3, 5, 5)
 
 
 MODELS = {
+    "timm_batchnorm_act": timm_batchnorm_act,
     "bn1d": bn1d,
     "bn2d": bn2d,
     "bn3d": bn3d,
@@ -127,10 +128,8 @@ MODELS = {
 
 
 def build(model_name: str) -> tuple[Net, tuple[int, ...]]:
-    if model_name == "timm_batchnorm_act":
-        import_timm()
     torch.manual_seed(0)
-    return (timm_batchnorm_act if model_name == "timm_batchnorm_act" else MODELS[model_name])()
+    return MODELS[model_name]()
 
 
 def train(model: Net, shape, flavour: str, *, eval_mode=False, backward_passes=1):
@@ -168,7 +167,7 @@ def assert_same_training(reference: Net, reference_trace, fixed: Net, fixed_trac
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
-@pytest.mark.parametrize("model_name", [*MODELS, "timm_batchnorm_act"])
+@pytest.mark.parametrize("model_name", MODELS)
 def test_checkpointed_training_equals_reference(model_name, flavour):
     reference, shape = build(model_name)
     reference_trace = train(reference, shape, "reference")

@@ -1,0 +1,101 @@
+"""Replay: recompute a checkpointed region from the buffer state its forward started with.
+
+Modules that mutate buffers in forward and read them back (spectral_norm's power iteration
+updates `weight_u`/`weight_v` and normalises the weight with them) are stepped a second time
+by checkpoint's recomputation, and since the recomputed weight differs from the one the
+forward used, even the gradients change. `replay_buffers` snapshots the buffers of every
+module the region's forward calls (before that module's own pre-hooks run), recomputes from
+the snapshot and then puts back the state the forward left, so the region behaves as if it
+had not been checkpointed. It covers running statistics too, at the cost of one clone of
+the region's buffers per step.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+from torch import nn
+
+from ema_lint.runtime.recompute import _GlobalModuleHooks
+
+_recording = threading.local()
+
+
+class _ReplayRegion:
+    def __init__(self) -> None:
+        self.snapshots: list[tuple[nn.Module, dict[str, torch.Tensor]]] = []
+        self._seen: set[int] = set()
+
+    def record(self, module: nn.Module) -> None:
+        if id(module) in self._seen:
+            return  # the state before the region's first call is the one to replay from
+        self._seen.add(id(module))
+        buffers = {name: buffer.clone() for name, buffer in module._buffers.items() if buffer is not None}
+        if buffers:
+            self.snapshots.append((module, buffers))
+
+
+def _active_regions() -> list[_ReplayRegion]:
+    regions = getattr(_recording, "regions", None)
+    if regions is None:
+        regions = _recording.regions = []
+    return regions
+
+
+def _record_pre_hook(module: nn.Module, args: Any) -> None:
+    # Every region being recorded on this thread: an outer region's recomputation re-runs
+    # the inner regions' forwards too, so it needs their modules' starting state as well.
+    for region in _active_regions():
+        region.record(module)
+
+
+_record_hooks = _GlobalModuleHooks(_record_pre_hook, None)
+
+
+class _RecordForward:
+    def __init__(self, region: _ReplayRegion) -> None:
+        self._region = region
+        self._hooks = _record_hooks.installed()
+
+    def __enter__(self) -> None:
+        _active_regions().append(self._region)
+        self._hooks.__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._hooks.__exit__(*exc_info)
+        _active_regions().remove(self._region)
+
+
+class _ReplayRecompute:
+    """Reusable: entered once per backward, more than once under `retain_graph=True`."""
+
+    def __init__(self, region: _ReplayRegion) -> None:
+        self._region = region
+        self._current: list[list[tuple[nn.Module, dict[str, torch.Tensor]]]] = []
+
+    def __enter__(self) -> None:
+        current = []
+        for module, snapshot in self._region.snapshots:
+            current.append((module, {name: module._buffers[name] for name in snapshot}))
+            # Fresh clones, so the snapshot stays intact for a further recomputation. Buffer
+            # objects are swapped rather than written, so tensors that autograd saved from
+            # the real buffers keep their version counters.
+            module._buffers.update({name: value.clone() for name, value in snapshot.items()})
+        self._current.append(current)
+
+    def __exit__(self, *exc_info: object) -> None:
+        for module, buffers in self._current.pop():
+            module._buffers.update(buffers)
+
+
+def replay_buffers() -> tuple[_RecordForward, _ReplayRecompute]:
+    """`context_fn` for regions holding stateful modules other than running statistics:
+
+    ```python
+    checkpoint(block, x, use_reentrant=False, context_fn=replay_buffers)
+    ```
+    """
+    region = _ReplayRegion()
+    return _RecordForward(region), _ReplayRecompute(region)

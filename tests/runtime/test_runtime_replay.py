@@ -1,0 +1,84 @@
+"""replay_buffers: a region with spectral_norm (both APIs) and BatchNorm trains exactly as un-checkpointed."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations, spectral_norm
+from torch.utils.checkpoint import checkpoint
+
+from ema_lint.runtime import replay_buffers
+
+STEPS = 3
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.region = nn.Sequential(
+            spectral_norm(nn.Linear(4, 6)),
+            nn.BatchNorm1d(6),
+            nn.Tanh(),
+            parametrizations.spectral_norm(nn.Linear(6, 5)),
+            nn.Tanh(),
+        )
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x, mode):
+        if mode == "reference":
+            return self.head(self.region(x))
+        early_stop = mode.endswith("early_stop")
+        context = {"context_fn": replay_buffers} if mode.startswith("replay") else {}
+        return self.head(checkpoint(self.region, x, use_reentrant=False, early_stop=early_stop, **context))
+
+
+def train(mode, backward_passes=1):
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = torch.Generator().manual_seed(1)
+    trace = []
+    for _ in range(STEPS):
+        x = torch.randn(8, 4, generator=data, requires_grad=True)
+        out = model(x, mode)
+        loss = (out * torch.randn(out.shape, generator=data)).sum()
+        for i in range(backward_passes):
+            loss.backward(retain_graph=i + 1 < backward_passes)
+        trace.append((out.detach(), x.grad, [p.grad.clone() for p in model.parameters()]))
+        optimizer.step()
+        optimizer.zero_grad()
+    return model, trace
+
+
+def same_training(a, b) -> bool:
+    (model_a, trace_a), (model_b, trace_b) = a, b
+    for (out_a, xg_a, g_a), (out_b, xg_b, g_b) in zip(trace_a, trace_b, strict=True):
+        if not (torch.equal(out_a, out_b) and torch.equal(xg_a, xg_b)):
+            return False
+        if not all(torch.equal(p, q) for p, q in zip(g_a, g_b, strict=True)):
+            return False
+    state_a, state_b = model_a.state_dict(), model_b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    # weight_u/weight_v, parametrizations' _u/_v, running stats, num_batches_tracked, parameters
+    return all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+@pytest.mark.parametrize("mode", ["replay_early_stop", "replay_no_early_stop"])
+def test_replay_trains_exactly_as_without_checkpoint(mode):
+    assert same_training(train("reference"), train(mode))
+
+
+def test_replay_with_retain_graph_double_backward():
+    assert same_training(train("reference", backward_passes=2), train("replay_no_early_stop", backward_passes=2))
+
+
+def test_without_replay_spectral_norm_changes_the_training():
+    """The hazard itself: recomputation steps the power iteration again and the gradients change."""
+    assert not same_training(train("reference"), train("plain_early_stop"))
+
+
+def test_recording_hooks_are_removed_after_the_region():
+    from torch.nn.modules import module
+
+    before = (len(module._global_forward_pre_hooks), len(module._global_forward_hooks))
+    train("replay_early_stop")
+    assert (len(module._global_forward_pre_hooks), len(module._global_forward_hooks)) == before
