@@ -4,7 +4,7 @@ and the audit's overhead over plain training steps, in one run.
     .venv/bin/python bench/bench_model_analysis.py [--repeat 5] [--models timm-resnet50 ...]
 
 Models are the real-model test cases (pretrained=False, input 2x3x32x32). Imports torchvision
-through the test-only shim in tests/passes/vision_models.py (this machine's torchvision build
+through the test-only shim in tests/vision_models.py (this machine's torchvision build
 cannot load its compiled ops).
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "passes"))
 
 from test_real_models import CASES, INPUTS  # noqa: E402

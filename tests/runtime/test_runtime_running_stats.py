@@ -11,7 +11,6 @@ from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
 from ema_lint.runtime import convert_running_stats, recompute_aware, running_stats_context_fn
 from ema_lint.runtime.running_stats import is_converted
-from timm_import import import_timm
 
 STEPS = 3
 
@@ -108,8 +107,9 @@ def shared_bn():
 
 def timm_batchnorm_act():
     """timm's `BatchNormAct2d` replaces `forward` and calls `F.batch_norm` itself."""
-    import_timm()
-    from timm.layers import BatchNormAct2d
+    from vision_models import timm
+
+    BatchNormAct2d = timm.layers.BatchNormAct2d
 
     return Net(conv_region(BatchNormAct2d(4, act_layer=nn.ReLU)), nn.Flatten()), (4, 3, 5, 5)
 
