@@ -79,6 +79,10 @@ class CheckpointSiteRule(Rule):
         self._aliases: dict[str, Region] = {}
 
     @classmethod
+    def could_report(cls, source: bytes, project: ProjectIndex, module_name: str) -> bool:
+        return cls.uses_checkpointing(source, project, module_name)
+
+    @classmethod
     def uses_checkpointing(cls, source: bytes, project: ProjectIndex, module_name: str) -> bool:
         """False only when the file provably calls no region entry point. A call needs the
         entry point named in this file: directly, through an import of this file, or in a

@@ -5,7 +5,6 @@ from __future__ import annotations
 import libcst as cst
 
 from ema_lint.diagnostics import Severity
-from ema_lint.project import ProjectIndex
 from ema_lint.rule import Example
 from ema_lint.rules._checkpoint_sites import CheckpointSiteRule
 
@@ -137,11 +136,6 @@ class BatchnormInCheckpoint(CheckpointSiteRule):
             """,
         ),
     )
-
-    @classmethod
-    def could_report(cls, source: bytes, project: ProjectIndex, module_name: str) -> bool:
-        """The trigger word, or an import of a region entry point under another name."""
-        return cls.uses_checkpointing(source, project, module_name)
 
     def visit_Call(self, node: cst.Call) -> None:
         site = self.site_at(node)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from ema_lint.diagnostics import Applicability, Fix, Severity
-from ema_lint.project import OTHER_BUFFERS, ProjectIndex
+from ema_lint.project import OTHER_BUFFERS
 from ema_lint.rule import Example
 from ema_lint.rules._checkpoint_sites import CheckpointSiteRule
 
@@ -85,10 +85,6 @@ class StatefulModuleInCheckpoint(CheckpointSiteRule):
             message="`self.body` mutates registered buffers twice under `checkpoint`",
         ),
     )
-
-    @classmethod
-    def could_report(cls, source: bytes, project: ProjectIndex, module_name: str) -> bool:
-        return cls.uses_checkpointing(source, project, module_name)
 
     def visit_Call(self, node: cst.Call) -> None:
         site = self.site_at(node)
