@@ -58,12 +58,17 @@ def rules_triggered(
     Trigger words are ASCII identifiers, and PEP 263 only admits ASCII-compatible
     encodings, so a byte search is exact, with one gap: NFKC normalisation lets a
     non-ASCII spelling (fullwidth letters) name the same identifier. Files with any
-    non-ASCII byte therefore skip the pre-filter rather than risk dropping a finding.
+    non-ASCII byte therefore skip the textual half rather than risk dropping a finding;
+    the structural half reads `ast` facts, which hold for any spelling.
     """
-    if not source.isascii():
-        return list(rules)
     project = project or ProjectIndex()
-    return [rule for rule in rules if rule.could_report(source, project, module_name)]
+    textual = source.isascii()
+    return [
+        rule
+        for rule in rules
+        if rule.structurally_possible(project, module_name)
+        and (not textual or rule.could_report(source, project, module_name))
+    ]
 
 
 def undecodable(path: str, source: bytes) -> Diagnostic | None:
@@ -124,10 +129,12 @@ def check_source(
         result.diagnostics.append(module)
         return result
     result.parsed = True
-    context = FileContext(path, module_name, module, project or ProjectIndex())
+    wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
+    text = source.decode(tokenize.detect_encoding(io.BytesIO(source).readline)[0])
+    context = FileContext(path, module_name, module, project or ProjectIndex(), text, wrapper)
     visitors = [rule(context) for rule in triggered]
-    MetadataWrapper(module, unsafe_skip_copy=True).visit_batched(visitors)
-    lines = module.code.splitlines()
+    wrapper.visit_batched(visitors)
+    lines = re.split(r"\r\n|\r|\n", text)
     for visitor in visitors:
         result.diagnostics.extend(
             d for d in visitor.diagnostics if not (honour_noqa and is_suppressed(d, lines))

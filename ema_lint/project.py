@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import builtins
 import os
+import re
 from dataclasses import dataclass, field
 
 REF, BUILT, RESULT, SELF_RESULT, PASSED = "ref", "built", "result", "self-result", "passed"
@@ -182,6 +183,8 @@ class ModuleFacts:
     aliases: dict[str, tuple[Held, ...]] = field(default_factory=dict)
     # modules imported with `from module import *`
     star_imports: tuple[str, ...] = ()
+    # False only when no statement has the shape of an EMA step (see `may_hold_recurrence`)
+    may_hold_recurrence: bool = True
 
 
 @dataclass
@@ -457,7 +460,74 @@ def summarize(module_name: str, source: bytes, is_package: bool = False) -> Modu
         function_returns,
         aliases,
         tuple(star_imports),
+        may_hold_recurrence(tree),
     )
+
+
+_IN_PLACE_STEPS = frozenset({"lerp_", "copy_", "add_", "sub_"})
+
+
+def may_hold_recurrence(tree: ast.Module) -> bool:
+    """A loose, structural superset of the statements the EMA2xx/EMA301 recognisers accept
+    (`rules/_autograd.py`): an assignment whose target reappears in its value, `+=`/`-=` on a
+    target that reappears in the value or was scaled (`*=`, `.mul_`), or an in-place step
+    call (`lerp_`, `copy_`, `add_`, `sub_`). A plain-name target counts only where such a
+    name can be state: a `for` target (an EMA loop's tensor), or any name in a file that calls
+    something named `backward` (a variable carried across a training loop); a forward's
+    `x = x + f(x)` is neither. Compared as `ast.dump`, which ignores spacing and parentheses,
+    so it is looser than the recognisers' textual comparison, never stricter. Most files have
+    no such statement and skip libcst for these rules."""
+    nodes = list(ast.walk(tree))
+    trains = any(
+        (isinstance(node, ast.Attribute) and node.attr == "backward")
+        or (isinstance(node, ast.Name) and node.id == "backward")
+        for node in nodes
+    )
+    loop_names = {
+        name.id
+        for node in nodes
+        if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension))
+        for name in ast.walk(node.target)
+        if isinstance(name, ast.Name)
+    }
+
+    def can_be_state(target: ast.AST) -> bool:
+        return not isinstance(target, ast.Name) or trains or target.id in loop_names
+
+    scaled: set[str] = set()
+    increments: list[str] = []
+    for node in nodes:
+        if isinstance(node, ast.Assign):
+            if (
+                len(node.targets) == 1
+                and isinstance(node.value, (ast.BinOp, ast.Call, ast.IfExp))
+                and can_be_state(node.targets[0])
+                and _appears_in(_plain_dump(node.targets[0]), node.value)
+            ):
+                return True
+        elif isinstance(node, ast.AugAssign) and can_be_state(node.target):
+            target = _plain_dump(node.target)
+            if isinstance(node.op, ast.Mult):
+                scaled.add(target)
+            elif isinstance(node.op, (ast.Add, ast.Sub)):
+                if _appears_in(target, node.value):
+                    return True
+                increments.append(target)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in _IN_PLACE_STEPS:
+                return True
+            if node.func.attr == "mul_":
+                scaled.add(_plain_dump(node.func.value))
+    return any(target in scaled for target in increments)
+
+
+def _plain_dump(node: ast.AST) -> str:
+    """Structure without context or positions: `self.avg` loaded and stored dump alike."""
+    return re.sub(r"(Load|Store|Del)\(\)", "", ast.dump(node, annotate_fields=False, include_attributes=False))
+
+
+def _appears_in(target: str, value: ast.AST) -> bool:
+    return any(_plain_dump(node) == target for node in ast.walk(value))
 
 
 @dataclass

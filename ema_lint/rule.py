@@ -9,11 +9,11 @@ prints them, so the docs cannot drift from the behaviour.
 from __future__ import annotations
 
 import textwrap
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Mapping, Sequence
 
 import libcst as cst
-from libcst.metadata import CodeRange, PositionProvider
+from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
 from ema_lint.diagnostics import Diagnostic, Edit, Fix, Location, Severity
 
@@ -42,6 +42,19 @@ class FileContext:
     module_name: str
     module: cst.Module
     project: "ProjectIndex"
+    # the decoded source, as the positions count it; cheaper than regenerating `module.code`
+    text: str = ""
+    wrapper: MetadataWrapper | None = field(default=None, repr=False)
+    _positions: Mapping | None = field(default=None, repr=False)
+
+    @property
+    def positions(self) -> Mapping:
+        """Node -> CodeRange, resolved on the first report: positions cost a full code
+        generation pass, and most files parsed for a rule end with no finding."""
+        if self._positions is None:
+            wrapper = self.wrapper or MetadataWrapper(self.module, unsafe_skip_copy=True)
+            self._positions = wrapper.resolve(PositionProvider)
+        return self._positions
 
 
 class Rule(cst.BatchableCSTVisitor):
@@ -60,7 +73,8 @@ class Rule(cst.BatchableCSTVisitor):
     VALID: ClassVar[Sequence[Example]] = ()
     INVALID: ClassVar[Sequence[Example]] = ()
 
-    METADATA_DEPENDENCIES: ClassVar[tuple] = (PositionProvider,)
+    # Positions are not declared here: they are resolved lazily, see `FileContext.positions`.
+    METADATA_DEPENDENCIES: ClassVar[tuple] = ()
 
     @classmethod
     def could_report(cls, source: bytes, project: "ProjectIndex", module_name: str) -> bool:
@@ -69,13 +83,20 @@ class Rule(cst.BatchableCSTVisitor):
         from other checked modules overrides it and consults `project`."""
         return not cls.triggers or any(word.encode() in source for word in cls.triggers)
 
+    @classmethod
+    def structurally_possible(cls, project: "ProjectIndex", module_name: str) -> bool:
+        """The pre-filter's second half, read from the file's phase-1 `ast` facts (where
+        identifiers are already normalised, so it holds for non-ASCII files too). False only
+        when the file provably has no statement of a shape this rule reports. Default: True."""
+        return True
+
     def __init__(self, context: FileContext) -> None:
         super().__init__()
         self.context = context
         self.diagnostics: list[Diagnostic] = []
 
     def range_of(self, node: cst.CSTNode) -> CodeRange:
-        return self.get_metadata(PositionProvider, node)
+        return self.context.positions[node]
 
     def edit_replacing(self, node: cst.CSTNode, replacement: cst.CSTNode | str) -> Edit:
         """An edit that swaps `node`'s source text for `replacement` (a node or raw code)."""

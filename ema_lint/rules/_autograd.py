@@ -708,6 +708,16 @@ class AutogradRule(Rule):
         raise NotImplementedError
 
 
+class RecurrenceRule(AutogradRule):
+    """Base of the rules whose every finding is a recognised EMA step (`find_recurrences`):
+    a file whose phase-1 facts show no statement of that shape is never parsed for them."""
+
+    @classmethod
+    def structurally_possible(cls, project, module_name: str) -> bool:
+        facts = project.modules.get(module_name)
+        return facts is None or facts.may_hold_recurrence
+
+
 def _forward_to_collector(hook: str):
     def forward(self: AutogradRule, node: cst.CSTNode) -> None:
         if _Traversal.driver is self:

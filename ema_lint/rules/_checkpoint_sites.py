@@ -136,7 +136,7 @@ class CheckpointSiteRule(Rule):
     def _tree(self) -> ast.Module:
         """The file's stdlib `ast`, parsed on first need (a region call was found)."""
         if self._module_tree is None:
-            self._module_tree = ast.parse(self.context.module.code)
+            self._module_tree = ast.parse(self.context.text or self.context.module.code)
             for node in ast.walk(self._module_tree):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     self._functions_by_line[node.lineno] = node

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from ema_lint.diagnostics import Severity
 from ema_lint.rule import Example
-from ema_lint.rules._autograd import AutogradRule, FileFacts, one_line, strip_parens, through_data
+from ema_lint.rules._autograd import FileFacts, RecurrenceRule, one_line, strip_parens, through_data
 from ema_lint.rules._parameter_loops import foreach_fix, parameter_loop
 
 IN_PLACE_FORMS = frozenset(
@@ -10,7 +10,7 @@ IN_PLACE_FORMS = frozenset(
 )
 
 
-class EmaUpdateInPythonLoop(AutogradRule):
+class EmaUpdateInPythonLoop(RecurrenceRule):
     """## What it does
     Finds a model / teacher / momentum-encoder EMA written as a Python loop over a module's
     tensors (`zip(ema.parameters(), model.parameters())`, `state_dict()` values, `buffers()`)

@@ -6,7 +6,7 @@ from ema_lint.diagnostics import Applicability, Fix, RequiredImport, Severity
 from ema_lint.rule import Example
 from ema_lint.rules._autograd import (
     one_line,
-    AutogradRule,
+    RecurrenceRule,
     FileFacts,
     Recurrence,
     detached,
@@ -23,7 +23,7 @@ TRACE_NOTE = (
 )
 
 
-class EmaUpdateKeepsGraph(AutogradRule):
+class EmaUpdateKeepsGraph(RecurrenceRule):
     """## What it does
     Finds state that lives across training steps (a `self.` attribute or buffer, a variable
     carried across iterations of a training loop, an EMA model's parameters) updated by an

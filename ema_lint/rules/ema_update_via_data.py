@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from ema_lint.diagnostics import Severity
 from ema_lint.rule import Example
-from ema_lint.rules._autograd import AutogradRule, FileFacts, one_line, strip_parens, through_data
+from ema_lint.rules._autograd import FileFacts, RecurrenceRule, one_line, strip_parens, through_data
 from ema_lint.rules._parameter_loops import foreach_fix, parameter_loop
 
 
-class EmaUpdateViaData(AutogradRule):
+class EmaUpdateViaData(RecurrenceRule):
     """## What it does
     Finds EMA updates written through `.data`: `p_ema.data = d * p_ema.data + (1 - d) * p.data`,
     `p_ema.data.mul_(d).add_(p.data, alpha=1 - d)`, `p_ema.data.lerp_(...)`, `p_ema.data.copy_(...)`.
