@@ -100,8 +100,12 @@ def write_png(path: Path, rows: list[dict]) -> None:
             draw.line(series, fill=colours[mode], width=3)
         for x, y in series:
             draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colours[mode])
-        draw.text((width - margin - 190, margin + 10 + 16 * index), mode, fill=colours[mode])
-    draw.text((margin + 10, height - margin - 20), "constant, detach and straight_through overlap", fill="black")
+        draw.text((margin + 10, margin + 10 + 16 * index), mode, fill=colours[mode])
+    draw.text(
+        (margin + 10, height - margin - 20),
+        "constant, detach and straight_through overlap; so do trace and truncated",
+        fill="black",
+    )
     draw.text((margin, 20), "Peak live tensor memory of a differentiable EMA after T steps (log-log)", fill="black")
     image.save(path)
 
@@ -109,7 +113,7 @@ def write_png(path: Path, rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 100, 1000])
-    parser.add_argument("--naive-max", type=int, default=1000)
+    parser.add_argument("--naive-max", type=int, default=100)
     parser.add_argument("--csv", type=Path)
     parser.add_argument("--png", type=Path)
     parser.add_argument("--plot-csv", type=Path, help="redraw --png from a CSV this script wrote; measure nothing")

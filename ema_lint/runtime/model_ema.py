@@ -167,11 +167,9 @@ class ModelEMA(nn.Module):
                 torch._foreach_copy_(ema_buffers, model_buffers, non_blocking=True)
         self.num_updates += 1
 
-    @torch.no_grad()
     def set(self, model: nn.Module) -> None:
-        """Copy `model`'s weights into the EMA (a restart of the average)."""
-        for ema, current in zip(self.module.state_dict().values(), model.state_dict().values()):
-            ema.copy_(current)
+        """Copy `model`'s weights into the EMA (a restart of the average); keys must match."""
+        self.module.load_state_dict(model.state_dict())
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
