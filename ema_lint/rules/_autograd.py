@@ -483,6 +483,16 @@ def names_in(node: cst.CSTNode) -> set[str]:
     return {n.value for n in names_and_attributes(node) if isinstance(n, cst.Name)}
 
 
+@dataclass
+class _Query:
+    """Memo of one `may_carry_graph` question: each name is judged once per question, so
+    chains of bindings cost linear, not exponential, time."""
+
+    answers: dict[str, bool] = field(default_factory=dict)
+    active: set[str] = field(default_factory=set)
+    cycles: int = 0
+
+
 class FileFacts:
     """Everything the autograd rules read about one module."""
 
@@ -573,34 +583,33 @@ class FileFacts:
                 if bindings and all(_produces_graph(b) for b in bindings):
                     function.backward_names.add(name)
 
-    def may_carry_graph(self, node: cst.BaseExpression, function: Function, _seen: frozenset = frozenset()) -> bool:
+    def may_carry_graph(self, node: cst.BaseExpression, function: Function) -> bool:
+        return self._carries(node, function, _Query())
+
+    def _carries(self, node: cst.BaseExpression, function: Function, query: "_Query") -> bool:
         node = strip_parens(node)
         if isinstance(node, cst.Name):
             name = node.value
             if name in function.graph_params or name in function.backward_names:
                 return True
-            if name in _seen:
+            if name in query.answers:
+                return query.answers[name]
+            if name in query.active:
+                query.cycles += 1
                 return False
-            seen = _seen | {name}
-            for binding in function.bindings.get(name, ()):
-                if binding.element_of:
-                    kind = collection_kind(binding.value)
-                    if kind in PARAMETER_SOURCES:
-                        owner = strip_parens(binding.value)
-                        while isinstance(owner, cst.Call) and attribute_name(owner.func) in ("list", "tuple"):
-                            owner = owner.args[0].value
-                        if self.code(owner.func.value) not in self.frozen:
-                            return True
-                        continue
-                    if kind in DETACHED_SOURCES:
-                        continue
-                if self.may_carry_graph(binding.value, function, seen):
-                    return True
-            return False
+            query.active.add(name)
+            cycles_before = query.cycles
+            answer = self._name_carries(name, function, query)
+            query.active.discard(name)
+            # A name whose answer leaned on a name still being evaluated may be "no" only
+            # along this path; "yes" holds along any path.
+            if answer or query.cycles == cycles_before:
+                query.answers[name] = answer
+            return answer
         if isinstance(node, cst.Attribute):
             if node.attr.value in CUT_ATTRIBUTES or root_name(node) == "self":
                 return False
-            return self.may_carry_graph(node.value, function, _seen)
+            return self._carries(node.value, function, query)
         if isinstance(node, cst.Call):
             name = attribute_name(node.func)
             if isinstance(node.func, cst.Name) and name in SCALAR_CASTS:
@@ -614,23 +623,40 @@ class FileFacts:
                     return False
                 if name in PARAMETER_SOURCES:
                     return self.code(node.func.value) not in self.frozen
-                if self.may_carry_graph(node.func.value, function, _seen):
+                if self._carries(node.func.value, function, query):
                     return True
-            return any(self.may_carry_graph(a.value, function, _seen) for a in node.args)
+            return any(self._carries(a.value, function, query) for a in node.args)
         if isinstance(node, cst.Subscript):
-            return self.may_carry_graph(node.value, function, _seen)
+            return self._carries(node.value, function, query)
         if isinstance(node, cst.BinaryOperation):
-            return self.may_carry_graph(node.left, function, _seen) or self.may_carry_graph(
-                node.right, function, _seen
+            return self._carries(node.left, function, query) or self._carries(
+                node.right, function, query
             )
         if isinstance(node, cst.UnaryOperation):
-            return self.may_carry_graph(node.expression, function, _seen)
+            return self._carries(node.expression, function, query)
         if isinstance(node, cst.IfExp):
-            return self.may_carry_graph(node.body, function, _seen) or self.may_carry_graph(
-                node.orelse, function, _seen
+            return self._carries(node.body, function, query) or self._carries(
+                node.orelse, function, query
             )
         if isinstance(node, (cst.Tuple, cst.List)):
-            return any(self.may_carry_graph(e.value, function, _seen) for e in node.elements)
+            return any(self._carries(e.value, function, query) for e in node.elements)
+        return False
+
+    def _name_carries(self, name: str, function: Function, query: "_Query") -> bool:
+        for binding in function.bindings.get(name, ()):
+            if binding.element_of:
+                kind = collection_kind(binding.value)
+                if kind in PARAMETER_SOURCES:
+                    owner = strip_parens(binding.value)
+                    while isinstance(owner, cst.Call) and attribute_name(owner.func) in ("list", "tuple"):
+                        owner = owner.args[0].value
+                    if self.code(owner.func.value) not in self.frozen:
+                        return True
+                    continue
+                if kind in DETACHED_SOURCES:
+                    continue
+            if self._carries(binding.value, function, query):
+                return True
         return False
 
     def reads(self, scope: cst.CSTNode, target: str) -> list[tuple[cst.CSTNode, bool]]:
