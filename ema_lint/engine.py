@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import re
 import tokenize
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -57,18 +58,30 @@ def rules_triggered(
 
     Trigger words are ASCII identifiers, and PEP 263 only admits ASCII-compatible
     encodings, so a byte search is exact, with one gap: NFKC normalisation lets a
-    non-ASCII spelling (fullwidth letters) name the same identifier. Files with any
-    non-ASCII byte therefore skip the textual half rather than risk dropping a finding;
-    the structural half reads `ast` facts, which hold for any spelling.
+    non-ASCII spelling (fullwidth letters) name the same identifier. The textual half
+    therefore reads a UTF-8 file with non-ASCII bytes after NFKC, as Python reads its
+    identifiers (normalising only adds ASCII, never removes it); a file in another
+    encoding skips the textual half. The structural half reads `ast` facts, which hold
+    for any spelling.
     """
     project = project or ProjectIndex()
-    textual = source.isascii()
+    textual = source if source.isascii() else _nfkc_utf8(source)
     return [
         rule
         for rule in rules
         if rule.structurally_possible(project, module_name)
-        and (not textual or rule.could_report(source, project, module_name))
+        and (textual is None or rule.could_report(textual, project, module_name))
     ]
+
+
+def _nfkc_utf8(source: bytes) -> bytes | None:
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(source).readline)
+        if encoding not in ("utf-8", "utf-8-sig"):
+            return None
+        return unicodedata.normalize("NFKC", source.decode(encoding)).encode("utf-8")
+    except (SyntaxError, UnicodeDecodeError):
+        return None
 
 
 def undecodable(path: str, source: bytes) -> Diagnostic | None:

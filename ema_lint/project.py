@@ -185,6 +185,10 @@ class ModuleFacts:
     star_imports: tuple[str, ...] = ()
     # False only when no statement has the shape of an EMA step (see `may_hold_recurrence`)
     may_hold_recurrence: bool = True
+    # False only when no expression has the shape `1 - <power or call>` (EMA102's corrections)
+    may_hold_momentum_correction: bool = True
+    # False only when nothing named `backward` is referenced: no training step in this file
+    calls_backward: bool = True
 
 
 @dataclass
@@ -461,28 +465,48 @@ def summarize(module_name: str, source: bytes, is_package: bool = False) -> Modu
         aliases,
         tuple(star_imports),
         may_hold_recurrence(tree),
+        may_hold_momentum_correction(tree),
+        calls_backward(tree),
     )
 
 
-_IN_PLACE_STEPS = frozenset({"lerp_", "copy_", "add_", "sub_"})
+def calls_backward(tree: ast.Module) -> bool:
+    return any(
+        (isinstance(node, ast.Attribute) and node.attr == "backward")
+        or (isinstance(node, ast.Name) and node.id == "backward")
+        for node in ast.walk(tree)
+    )
+
+
+def may_hold_momentum_correction(tree: ast.Module) -> bool:
+    """A structural superset of EMA102's `1 - sqrt(d)` / `1 - d ** 0.5` / `1 - pow(d, 0.5)`:
+    a subtraction from the number 1 of a power or a call. Attention scaling (`d ** -0.5`)
+    and `gradient_checkpointing` flags, everywhere in model code, do not have this shape."""
+    return any(
+        isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.Sub)
+        and isinstance(node.left, ast.Constant)
+        and type(node.left.value) in (int, float)
+        and node.left.value == 1
+        and (isinstance(node.right, ast.Call) or (isinstance(node.right, ast.BinOp) and isinstance(node.right.op, ast.Pow)))
+        for node in ast.walk(tree)
+    )
 
 
 def may_hold_recurrence(tree: ast.Module) -> bool:
     """A loose, structural superset of the statements the EMA2xx/EMA301 recognisers accept
-    (`rules/_autograd.py`): an assignment whose target reappears in its value, `+=`/`-=` on a
+    (`rules/_autograd.py`): an assignment of a sum, difference or `lerp` (possibly in a
+    conditional's branch) whose target reappears in its value, `+=`/`-=` on a
     target that reappears in the value or was scaled (`*=`, `.mul_`), or an in-place step
-    call (`lerp_`, `copy_`, `add_`, `sub_`). A plain-name target counts only where such a
+    call (`lerp_`; `copy_`, `add_`, `sub_` mentioning their receiver, or `add_` to a scaled
+    receiver). A plain-name target counts only where such a
     name can be state: a `for` target (an EMA loop's tensor), or any name in a file that calls
     something named `backward` (a variable carried across a training loop); a forward's
     `x = x + f(x)` is neither. Compared as `ast.dump`, which ignores spacing and parentheses,
     so it is looser than the recognisers' textual comparison, never stricter. Most files have
     no such statement and skip libcst for these rules."""
     nodes = list(ast.walk(tree))
-    trains = any(
-        (isinstance(node, ast.Attribute) and node.attr == "backward")
-        or (isinstance(node, ast.Name) and node.id == "backward")
-        for node in nodes
-    )
+    trains = calls_backward(tree)
     loop_names = {
         name.id
         for node in nodes
@@ -500,7 +524,7 @@ def may_hold_recurrence(tree: ast.Module) -> bool:
         if isinstance(node, ast.Assign):
             if (
                 len(node.targets) == 1
-                and isinstance(node.value, (ast.BinOp, ast.Call, ast.IfExp))
+                and _step_shaped(node.value)
                 and can_be_state(node.targets[0])
                 and _appears_in(_plain_dump(node.targets[0]), node.value)
             ):
@@ -514,11 +538,31 @@ def may_hold_recurrence(tree: ast.Module) -> bool:
                     return True
                 increments.append(target)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            if node.func.attr in _IN_PLACE_STEPS:
+            method, receiver = node.func.attr, node.func.value
+            if method == "lerp_":
                 return True
-            if node.func.attr == "mul_":
-                scaled.add(_plain_dump(node.func.value))
+            if method == "mul_":
+                scaled.add(_plain_dump(receiver))
+            elif method in ("copy_", "add_", "sub_"):
+                # every recognised `copy_` / `add_` / `sub_` step either mentions its receiver
+                # in the arguments, or adds to a receiver that was scaled first
+                if any(_appears_in(_plain_dump(receiver), arg) for arg in node.args):
+                    return True
+                if method == "add_" and isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Attribute) and receiver.func.attr == "mul_":
+                    return True
+                if method == "add_":
+                    increments.append(_plain_dump(receiver))
     return any(target in scaled for target in increments)
+
+
+def _step_shaped(value: ast.AST) -> bool:
+    """The value forms an EMA step can take: a sum or difference, `lerp`, or either in a
+    conditional expression's branch."""
+    if isinstance(value, ast.IfExp):
+        return _step_shaped(value.body) or _step_shaped(value.orelse)
+    if isinstance(value, ast.BinOp):
+        return isinstance(value.op, (ast.Add, ast.Sub))
+    return isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "lerp"
 
 
 def _plain_dump(node: ast.AST) -> str:

@@ -66,6 +66,13 @@ class LossAccumulatedWithGraph(AutogradRule):
     # `backward` in the loop body, so a file without the word cannot hold one.
     triggers = ("backward",)
 
+    @classmethod
+    def structurally_possible(cls, project, module_name: str) -> bool:
+        """Every finding sits in a loop that calls something named `backward`; the textual
+        trigger also passes files that only say "backward" in docstrings."""
+        facts = project.modules.get(module_name)
+        return facts is None or facts.calls_backward
+
     def check(self, facts: FileFacts) -> None:
         for site in facts.sites:
             found = accumulation(facts, site)

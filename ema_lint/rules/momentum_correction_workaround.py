@@ -133,6 +133,11 @@ class MomentumCorrectionWorkaround(CheckpointSiteRule):
         has_root = b"sqrt" in source or b"**" in source or b"pow" in source
         return has_root and (b"checkpointing" in source or cls.uses_checkpointing(source, project, module_name))
 
+    @classmethod
+    def structurally_possible(cls, project: ProjectIndex, module_name: str) -> bool:
+        facts = project.modules.get(module_name)
+        return facts is None or facts.may_hold_momentum_correction
+
     def __init__(self, context) -> None:
         super().__init__(context)
         self.sites: list[CheckpointSite] = []
