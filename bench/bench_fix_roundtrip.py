@@ -1,7 +1,7 @@
 """Round trip of `ema-lint fix --write --unsafe-fixes` over real third-party sources.
 
-For each corpus (timm and torchvision as installed; transformers from a pinned wheel in
-bench/_corpus, fetched with `pip download` when missing), copy the package to a temporary
+For each corpus (timm, torchvision, transformers at the versions pinned in bench/corpus.py,
+unpacked whole from wheels fetched once into bench/_corpus), unpack the package into a temporary
 folder, fix it with every rule and unsafe fixes on, then assert:
   - every file the fixer did not change is byte-identical to the original (all files, not
     only Python), with the same mode;
@@ -16,48 +16,20 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
-import zipfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import unpack  # noqa: E402
 
 from ema_lint.fix_run import fix_files
 from ema_lint.workspace import Workspace
-
-HERE = Path(__file__).resolve().parent
-CORPUS = HERE / "_corpus"
-TRANSFORMERS = "transformers==4.57.1"
-
-
-def installed_package(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"{name} is not installed")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def wheel_package(requirement: str, folder: Path) -> Path:
-    name, version = requirement.split("==")
-    wheels = sorted(CORPUS.glob(f"{name}-{version}-*.whl"))
-    if not wheels:
-        CORPUS.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", requirement, "-d", str(CORPUS)],
-            check=True,
-        )
-        wheels = sorted(CORPUS.glob(f"{name}-{version}-*.whl"))
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        members = [m for m in wheel.namelist() if m.startswith(f"{name}/")]
-        wheel.extractall(folder, members)
-    return folder / name
-
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
     files = {}
@@ -130,13 +102,8 @@ def main() -> None:
     arguments = parser.parse_args()
     chosen = arguments.corpus or ["timm", "torchvision", "transformers"]
     with tempfile.TemporaryDirectory(prefix="ema-lint-wheels-") as unpacked:
-        packages = {
-            "timm": lambda: installed_package("timm"),
-            "torchvision": lambda: installed_package("torchvision"),
-            "transformers": lambda: wheel_package(TRANSFORMERS, Path(unpacked)),
-        }
         for name in chosen:
-            result = round_trip(name, packages[name](), arguments.jobs)
+            result = round_trip(name, unpack(name, Path(unpacked)), arguments.jobs)
             print(
                 f"{result['corpus']}: {result['python_files']} Python files ({result['files']} files), "
                 f"{result['touched']} touched (all compile), {result['untouched_identical']} byte-identical; "

@@ -14,23 +14,31 @@ CORPUS = Path(__file__).resolve().parent / "_corpus"
 
 
 def corpus_root() -> Path:
-    """Download (once) and unpack the pinned wheels; return the folder holding the packages."""
-    wheels = CORPUS / "wheels"
+    """Download (once) and unpack the pinned wheels' `.py` files; return the folder holding the packages."""
     tree = CORPUS / "src"
-    if tree.is_dir() and all((tree / spec.split("==")[0]).is_dir() for spec in PINNED):
-        return tree
-    wheels.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels), *PINNED], check=True
-    )
-    tree.mkdir(parents=True, exist_ok=True)
     for spec in PINNED:
-        name, version = spec.split("==")
-        (wheel,) = wheels.glob(f"{name}-{version}-*.whl")
-        with zipfile.ZipFile(wheel) as archive:
-            members = [m for m in archive.namelist() if m.startswith(f"{name}/") and m.endswith(".py")]
-            archive.extractall(tree, members)
+        if not (tree / spec.split("==")[0]).is_dir():
+            unpack(spec.split("==")[0], tree, python_only=True)
     return tree
+
+
+def unpack(name: str, folder: Path, python_only: bool = False) -> Path:
+    """Unpack the pinned wheel of `name` (downloaded once into bench/_corpus/wheels) into `folder`."""
+    (spec,) = [s for s in PINNED if s.startswith(f"{name}==")]
+    version = spec.split("==")[1]
+    wheels = CORPUS / "wheels"
+    found = sorted(wheels.glob(f"{name}-{version}-*.whl"))
+    if not found:
+        wheels.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels), spec], check=True)
+        found = sorted(wheels.glob(f"{name}-{version}-*.whl"))
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(found[0]) as archive:
+        members = [
+            m for m in archive.namelist() if m.startswith(f"{name}/") and (m.endswith(".py") or not python_only)
+        ]
+        archive.extractall(folder, members)
+    return folder / name
 
 
 def python_files(root: Path) -> list[Path]:
