@@ -28,7 +28,7 @@ from ema_lint.fixer import FixedSource, fix_source
 from ema_lint.fixes import LINE_END
 from ema_lint.project import ProjectIndex
 from ema_lint.rule import Rule
-from ema_lint.runner import SourceFile, _load, _map_in_place, _summarize
+from ema_lint.runner import SourceFile, load_and_index
 
 Keep = Callable[[Sequence[Diagnostic]], list[Diagnostic]]
 
@@ -64,9 +64,7 @@ def fix_files(
 ) -> list[FileFix]:
     """Fix `files`; with `write`, replace each changed file atomically. Never raises for bad input."""
     targets, unwritable = _targets(files)
-    loaded = [_load(f) for f in targets]
-    _map_in_place(loaded, lambda item: item.problem is None and not item.summarized, _summarize, jobs)
-    project = ProjectIndex.from_facts([item.facts for item in loaded if item.facts is not None])
+    loaded, project = load_and_index(targets, jobs=jobs)
     keep = keep or list
     outcomes: dict[str, FileFix] = {}
     todo = []

@@ -157,14 +157,11 @@ def _check_alone(loaded: _Loaded, rules, project) -> FileResult:
                     return _crashed(loaded.file.path, dead[0].exitcode)
 
 
-def check_files(
-    files: Sequence[SourceFile],
-    rules: Sequence[type[Rule]],
-    *,
-    jobs: int = 1,
-    cache: "ResultCache | None" = None,
-    progress: Callable[[int], None] | None = None,
-) -> Report:
+def load_and_index(
+    files: Sequence[SourceFile], *, jobs: int = 1, cache: "ResultCache | None" = None
+) -> tuple[list[_Loaded], ProjectIndex]:
+    """Phase 1: every file's bytes and facts (or the problem that ends its check), and the
+    project index built from them."""
     loaded = [_load(f) for f in files]
     if cache is not None:
         cache.fill_facts(loaded)
@@ -173,8 +170,18 @@ def check_files(
     )
     if cache is not None:
         cache.store_facts(loaded)
-    project = ProjectIndex.from_facts([item.facts for item in loaded if item.facts is not None])
+    return loaded, ProjectIndex.from_facts([item.facts for item in loaded if item.facts is not None])
 
+
+def check_files(
+    files: Sequence[SourceFile],
+    rules: Sequence[type[Rule]],
+    *,
+    jobs: int = 1,
+    cache: "ResultCache | None" = None,
+    progress: Callable[[int], None] | None = None,
+) -> Report:
+    loaded, project = load_and_index(files, jobs=jobs, cache=cache)
     results: dict[str, FileResult] = {}
     todo: list[_Loaded] = []
     for item in loaded:
