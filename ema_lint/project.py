@@ -422,10 +422,11 @@ def summarize(module_name: str, source: bytes, is_package: bool = False) -> Modu
     """Facts for one file (`is_package`: it is a package's `__init__.py`, the base of its
     relative imports). Raises SyntaxError (or ValueError for NUL bytes) when it does not parse."""
     tree = ast.parse(source)
+    nodes = list(ast.walk(tree))  # walked once, read by every structural fact below
     imports: dict[str, str] = {}
     star_imports: list[str] = []
     package = module_name if is_package else module_name.rpartition(".")[0]
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.asname:
@@ -464,21 +465,22 @@ def summarize(module_name: str, source: bytes, is_package: bool = False) -> Modu
         function_returns,
         aliases,
         tuple(star_imports),
-        may_hold_recurrence(tree),
-        may_hold_momentum_correction(tree),
-        calls_backward(tree),
+        may_hold_recurrence(nodes),
+        may_hold_momentum_correction(nodes),
+        calls_backward(nodes),
     )
 
 
-def calls_backward(tree: ast.Module) -> bool:
+def calls_backward(nodes: list[ast.AST]) -> bool:
+    """Something named `backward` is referenced (every training step calls one)."""
     return any(
         (isinstance(node, ast.Attribute) and node.attr == "backward")
         or (isinstance(node, ast.Name) and node.id == "backward")
-        for node in ast.walk(tree)
+        for node in nodes
     )
 
 
-def may_hold_momentum_correction(tree: ast.Module) -> bool:
+def may_hold_momentum_correction(nodes: list[ast.AST]) -> bool:
     """A structural superset of EMA102's `1 - sqrt(d)` / `1 - d ** 0.5` / `1 - pow(d, 0.5)`:
     a subtraction from the number 1 of a power or a call. Attention scaling (`d ** -0.5`)
     and `gradient_checkpointing` flags, everywhere in model code, do not have this shape."""
@@ -489,11 +491,11 @@ def may_hold_momentum_correction(tree: ast.Module) -> bool:
         and type(node.left.value) in (int, float)
         and node.left.value == 1
         and (isinstance(node.right, ast.Call) or (isinstance(node.right, ast.BinOp) and isinstance(node.right.op, ast.Pow)))
-        for node in ast.walk(tree)
+        for node in nodes
     )
 
 
-def may_hold_recurrence(tree: ast.Module) -> bool:
+def may_hold_recurrence(nodes: list[ast.AST]) -> bool:
     """A loose, structural superset of the statements the EMA2xx/EMA301 recognisers accept
     (`rules/_autograd.py`): an assignment of a sum, difference or `lerp` (possibly in a
     conditional's branch) whose target reappears in its value, `+=`/`-=` on a
@@ -505,8 +507,7 @@ def may_hold_recurrence(tree: ast.Module) -> bool:
     `x = x + f(x)` is neither. Compared as `ast.dump`, which ignores spacing and parentheses,
     so it is looser than the recognisers' textual comparison, never stricter. Most files have
     no such statement and skip libcst for these rules."""
-    nodes = list(ast.walk(tree))
-    trains = calls_backward(tree)
+    trains = calls_backward(nodes)
     loop_names = {
         name.id
         for node in nodes
