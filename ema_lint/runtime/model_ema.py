@@ -16,6 +16,9 @@ import torch
 from torch import nn
 
 
+_SCALAR_EXACT_DTYPES = frozenset({torch.float32, torch.float64})
+
+
 @torch.no_grad()
 def foreach_ema_update(
     ema_tensors: Sequence[torch.Tensor],
@@ -59,9 +62,12 @@ def _update_group(
     if not (dtype.is_floating_point or dtype.is_complex):
         torch._foreach_copy_(emas, currents, non_blocking=True)
     elif exact:
-        # A tensor factor: the Python-scalar overload rounds the factor to bf16 first on the
-        # CPU, unlike `Tensor.mul_`, so its results would differ from the loop's.
-        torch._foreach_mul_(emas, torch.tensor(decay, dtype=torch.float64, device=device))
+        # For reduced precision a tensor factor: the Python-scalar overload rounds the factor
+        # to bf16/fp16 first on the CPU, unlike `Tensor.mul_`, so its results would differ from
+        # the loop's. In fp32/fp64 the scalar overload is exact and avoids the slower
+        # tensor-by-0-dim-tensor kernel.
+        factor = decay if dtype in _SCALAR_EXACT_DTYPES else torch.tensor(decay, dtype=torch.float64, device=device)
+        torch._foreach_mul_(emas, factor)
         torch._foreach_add_(emas, currents, alpha=1.0 - decay)
     else:
         torch._foreach_lerp_(emas, currents, 1.0 - decay)

@@ -15,11 +15,11 @@ def tensors(dtype_sizes, seed):
 MIXED = [(torch.float32, 1), (torch.float64, 7), (torch.float32, 1000), (torch.bfloat16, 33), (torch.float16, 5), (torch.float64, 1)]
 
 
+@pytest.mark.parametrize("decay", [0.998, 0.9999, 1 / 3])
 @pytest.mark.parametrize("exact", [True, False])
-def test_foreach_update_is_bit_identical_to_the_python_loop(exact):
+def test_foreach_update_is_bit_identical_to_the_python_loop(exact, decay):
     emas, currents = tensors(MIXED, 0), tensors(MIXED, 1)
     expected = [e.clone() for e in emas]
-    decay = 0.998
     for _ in range(3):
         for e, m in zip(expected, currents):
             if exact:
