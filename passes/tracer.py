@@ -80,18 +80,20 @@ class CheckpointRegion:
     context_fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass
+@dataclass(eq=False)
 class Trace:
     """`root` is the traced model itself: the graph module's intermediate submodules are
     bare `Module`s, so names resolve against `root` to reach the user's classes."""
 
     root: torch.nn.Module
-    graph_module: torch.fx.GraphModule
+    graph: torch.fx.Graph
     regions: dict[int, CheckpointRegion]
 
-    @property
-    def graph(self) -> torch.fx.Graph:
-        return self.graph_module.graph
+    @functools.cached_property
+    def graph_module(self) -> torch.fx.GraphModule:
+        # Built on first use: code generation costs as much as the analyses, which read only
+        # the graph; rewrites need the module.
+        return torch.fx.GraphModule(self.root, self.graph, type(self.root).__name__)
 
 
 class TracingProxy(torch.fx.Proxy):
@@ -191,7 +193,7 @@ class EmaTracer(torch.fx.Tracer):
         if node.op == "call_function" and node.target in _NON_DIFFERENTIABLE_FUNCTIONS:
             return False
         if node.op == "call_module":
-            module = self.root.get_submodule(str(node.target))
+            module = _resolve_attribute(self.root, str(node.target))
             if any(p.requires_grad for p in module.parameters()):
                 return True
         carries = any(_inputs_carry_grad(node))
@@ -333,25 +335,63 @@ class _Patches:
             self._undo.pop()()
 
 
-# module name -> (namespace id, namespace size, keys bound to a checkpoint entry point).
+# module name -> (namespace, namespace size, keys bound to a checkpoint entry point).
 # Scanning every imported module's namespace costs ~0.1 s with timm loaded; a namespace
-# whose identity and size are unchanged is not rescanned, only its known keys rechecked.
-_alias_cache: dict[str, tuple[int, int, tuple[str, ...]]] = {}
+# that is the same dict at the same size is not rescanned, only its known keys rechecked.
+_alias_cache: dict[str, tuple[dict[str, Any], int, tuple[str, ...]]] = {}
 
 
-def _checkpoint_aliases(originals: dict[int, Any]) -> Iterator[tuple[dict[str, Any], tuple[str, ...]]]:
-    for module_name, module in list(sys.modules.items()):
+@dataclass
+class _AliasScan:
+    """The last full pass over `sys.modules`: when the same module objects are loaded and
+    every namespace has its size, two C-level comparisons stand in for the per-module pass."""
+
+    modules: list[Any]
+    namespaces: list[dict[str, Any]]
+    sizes: list[int]
+    found: list[tuple[dict[str, Any], tuple[str, ...]]]
+
+
+_last_alias_scan: _AliasScan | None = None
+
+
+def _checkpoint_aliases(originals: dict[int, Any]) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    global _last_alias_scan
+    modules = list(sys.modules.values())
+    last = _last_alias_scan
+    if last is not None and last.modules == modules and list(map(len, last.namespaces)) == last.sizes:
+        candidates = last.found
+    else:
+        last = _last_alias_scan = _scan_namespaces(modules, originals)
+        candidates = last.found
+    found = []
+    for namespace, keys in candidates:
+        keys = tuple(k for k in keys if id(namespace.get(k)) in originals)
+        if keys:
+            found.append((namespace, keys))
+    return found
+
+
+def _scan_namespaces(modules: list[Any], originals: dict[int, Any]) -> _AliasScan:
+    cache = _alias_cache
+    namespaces: list[dict[str, Any]] = []
+    found: list[tuple[dict[str, Any], tuple[str, ...]]] = []
+    for module in modules:
         namespace = getattr(module, "__dict__", None)
         if not isinstance(namespace, dict):
             continue
-        cached = _alias_cache.get(module_name)
-        if cached is not None and cached[:2] == (id(namespace), len(namespace)):
-            keys = tuple(k for k in cached[2] if id(namespace.get(k)) in originals)
+        namespaces.append(namespace)
+        name = namespace.get("__name__")
+        cached = cache.get(name) if isinstance(name, str) else None
+        if cached is not None and cached[0] is namespace and cached[1] == len(namespace):
+            keys = cached[2]
         else:
             keys = tuple(k for k, v in list(namespace.items()) if id(v) in originals)
-            _alias_cache[module_name] = (id(namespace), len(namespace), keys)
+            if isinstance(name, str):
+                cache[name] = (namespace, len(namespace), keys)
         if keys:
-            yield namespace, keys
+            found.append((namespace, keys))
+    return _AliasScan(modules, namespaces, [len(n) for n in namespaces], found)
 
 
 def _inputs_carry_grad(node: Node) -> Iterator[bool]:
@@ -395,5 +435,4 @@ def trace(model: torch.nn.Module, inputs_require_grad: bool = False) -> Trace:
     """Trace `model` with `EmaTracer`; raises whatever torch.fx raises when it cannot."""
     tracer = EmaTracer(inputs_require_grad=inputs_require_grad)
     graph = tracer.trace(model)
-    name = type(model).__name__
-    return Trace(model, torch.fx.GraphModule(tracer.root, graph, name), tracer.regions)
+    return Trace(model, graph, tracer.regions)
