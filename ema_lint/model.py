@@ -14,14 +14,14 @@ import torch
 from ema_lint.diagnostics import Diagnostic, Location
 from ema_lint.passes import (
     ANALYSES,
-    DetachHistoryPass,
     RunningStatsOncePerStepPass,
     Trace,
+    history_keeping_attributes,
     trace,
 )
 from ema_lint.passes import audit as _audit
-from ema_lint.passes.findings import GRAPH_CODES, class_location
-from ema_lint.runtime import convert_running_stats
+from ema_lint.passes.findings import GRAPH_CODES, class_location, owner_of
+from ema_lint.runtime import convert_running_stats, detach_after_forward
 from ema_lint.runtime.running_stats import is_converted, is_running_stat_module
 
 
@@ -51,9 +51,10 @@ def transform(
     """Return a model whose running statistics update once per step under checkpointing and
     whose buffer updates keep no autograd history, with the diagnostics that led there.
 
-    The caller's `model` is deep-copied first unless `inplace=True`. The result keeps the
-    model's own `forward` (so its checkpointing) whenever checkpoint regions exist; only a
-    model without regions that needs a graph rewrite (EMA201) comes back as a GraphModule.
+    The caller's `model` is deep-copied first unless `inplace=True`. The result is the model
+    itself (its class, its `forward`, so its checkpointing): recomputed running-stat modules
+    are converted in place, and each attribute that keeps autograd history (EMA201) is
+    detached after its module's forward (`ema_lint.runtime.detach_after_forward`).
 
     When torch.fx cannot trace the model, every running-stat module is converted (the runtime
     detects recomputation itself, so this needs no graph) and EMA003 says why; with
@@ -66,12 +67,10 @@ def transform(
     diagnostics = _analyse(traced)
     once = RunningStatsOncePerStepPass(traced.regions)(traced.graph_module)
     modified = once.modified
-    result_model: torch.nn.Module = target
-    if any(d.code == "EMA201" for d in diagnostics) and not traced.regions:
-        detached = DetachHistoryPass()(traced.graph_module)
-        if detached.modified:
-            result_model, modified = detached.graph_module, True
-    return TransformResult(result_model, diagnostics, modified)
+    for owner, names in _by_owner(history_keeping_attributes(traced)).items():
+        detach_after_forward(target.get_submodule(owner), names)
+        modified = True
+    return TransformResult(target, diagnostics, modified)
 
 
 def audit(model: torch.nn.Module, step_fn: Callable[[torch.nn.Module], Any], steps: int = 2) -> list[Diagnostic]:
@@ -93,6 +92,14 @@ def default_step(example_inputs: tuple[Any, ...]) -> Callable[[torch.nn.Module],
         sum(o.float().sum() for o in flat if isinstance(o, torch.Tensor)).backward()
 
     return step
+
+
+def _by_owner(attributes: list[str]) -> dict[str, list[str]]:
+    names: dict[str, list[str]] = {}
+    for attribute in attributes:
+        owner, name = owner_of(attribute)
+        names.setdefault(owner, []).append(name)
+    return names
 
 
 def _trace_or_reason(model: torch.nn.Module) -> Trace | str:

@@ -9,8 +9,11 @@ The attribute keeps the step's graph alive: memory grows every step, and the nex
 through it fails with "Trying to backward through the graph a second time".
 
 ## Fix safety
-`DetachHistoryPass` inserts `detach` on the written value: the attribute holds the same
-values, and no gradient flows into it across steps (unsafe when the model meant that gradient).
+`transform` registers `ema_lint.runtime.detach_after_forward` on the owning module: the
+attribute holds the same values, the step's own gradients are unchanged, and no graph
+outlives the step. `DetachHistoryPass` instead detaches the written value in the graph, which
+also stops the gradient that flows through the new value within the step. Both are unsafe
+when the model meant the gradient to reach across steps (use `DifferentiableEMA` then).
 """
 
 from __future__ import annotations
@@ -19,19 +22,25 @@ from ema_lint.diagnostics import Applicability, Diagnostic, Fix
 from ema_lint.passes.findings import module_diagnostic, owner_of, state_writes
 from ema_lint.passes.tracer import CARRIES_GRAD_META, GRAD_ENABLED_META, Trace
 
-FIX = Fix("Detach the value written into the attribute", Applicability.UNSAFE)
+FIX = Fix("Detach the attribute after each forward", Applicability.UNSAFE)
+
+
+def history_keeping_attributes(trace: Trace) -> list[str]:
+    """Qualified names (`inner.average`) of the attributes written with grad on from a value
+    that carries autograd history, in the order the forward first writes them."""
+    attributes: dict[str, None] = {}
+    for node, attribute in state_writes(trace.graph):
+        if node.meta.get(GRAD_ENABLED_META) and node.meta.get(CARRIES_GRAD_META):
+            attributes.setdefault(attribute)
+    return list(attributes)
 
 
 def find_ema_history(trace: Trace) -> list[Diagnostic]:
-    diagnostics: dict[str, Diagnostic] = {}
-    for node, attribute in state_writes(trace.graph):
-        if attribute in diagnostics or not node.meta.get(GRAD_ENABLED_META):
-            continue
-        if not node.meta.get(CARRIES_GRAD_META):
-            continue
+    diagnostics = []
+    for attribute in history_keeping_attributes(trace):
         owner, name = owner_of(attribute)
         module = trace.root.get_submodule(owner)
         where = f"`{owner}`" if owner else f"the root `{type(module).__name__}`"
         message = f"`{name}` of {where} is updated from a value that carries autograd history"
-        diagnostics[attribute] = module_diagnostic("EMA201", message, module, owner, FIX)
-    return list(diagnostics.values())
+        diagnostics.append(module_diagnostic("EMA201", message, module, owner, FIX))
+    return diagnostics

@@ -133,7 +133,7 @@ def test_history_kept_by_buffer_update_fails(user_suite: pytest.Pytester) -> Non
         f"EMA201 ema-update-keeps-graph at `<root>` (models.py:{line})",
         "  `average` of the root `Smoothed` is updated from a value that carries autograd history",
         "  `average` of the root `Smoothed` holds autograd history after a step",
-        "  fix: Detach the value written into the attribute",
+        "  fix: Detach the attribute after each forward",
     ]
 
 

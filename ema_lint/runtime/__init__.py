@@ -1,6 +1,7 @@
 """Checkpoint-safe and fused modules that fixes and graph passes substitute in. Imports only torch."""
 
 from ema_lint.runtime.differentiable_ema import DifferentiableEMA, ema_update
+from ema_lint.runtime.history import detach_after_forward
 from ema_lint.runtime.model_ema import ModelEMA, foreach_ema_update
 from ema_lint.runtime.replay import replay_buffers
 from ema_lint.runtime.running_stats import (
@@ -13,6 +14,7 @@ __all__ = [
     "DifferentiableEMA",
     "ModelEMA",
     "convert_running_stats",
+    "detach_after_forward",
     "ema_update",
     "foreach_ema_update",
     "recompute_aware",

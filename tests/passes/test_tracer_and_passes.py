@@ -175,17 +175,63 @@ def test_ema_with_history_found_detached_exactly_and_matches_the_audit():
         ("EMA201", "inner", "`average` of `inner` holds autograd history after a step")
     ]
     result = ema_lint.transform(model)
-    assert result.modified and isinstance(result.model, torch.fx.GraphModule)
-    reference = copy.deepcopy(model)
-    for _ in range(2):
-        x = torch.randn(3, 4)
+    assert result.modified and type(result.model) is Holder
+    assert_steps_equal_a_reference_detached_after_each_forward(result.model, model, "inner")
+
+
+def assert_steps_equal_a_reference_detached_after_each_forward(fixed, original, owner, steps=3):
+    """Each step of `fixed` equals `original`'s with the attribute detached by hand after the
+    forward: outputs, every gradient and every buffer, bit for bit; no step keeps a graph."""
+    reference = copy.deepcopy(original)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(steps):
+        x = torch.randn(3, 4, generator=generator)
         expected = reference(x)
-        reference.inner.average = reference.inner.average.detach()
-        out = result.model(x)
+        reference.get_submodule(owner).average = reference.get_submodule(owner).average.detach()
+        out = fixed(x)
         assert torch.equal(out, expected)
-        assert result.model.inner.average.grad_fn is None
-        assert torch.equal(result.model.inner.average, reference.inner.average)
+        assert fixed.get_submodule(owner).average.grad_fn is None
         out.sum().backward()  # the second step's backward fails if history is kept
+        expected.sum().backward()
+        for (name, got), want in zip(fixed.named_parameters(), reference.parameters(), strict=True):
+            assert torch.equal(got.grad, want.grad), name
+        for (name, got), want in zip(fixed.named_buffers(), reference.buffers(), strict=True):
+            assert torch.equal(got, want), name
+
+
+class CheckpointedWithEma(nn.Module):
+    """A checkpointed BatchNorm block and an EMA of its output: EMA101 and EMA201 together."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        self.center = Ema()
+        self.checkpointed = True
+
+    def forward(self, x):
+        if self.checkpointed:
+            return self.center(checkpoint(self.block, x, use_reentrant=False))
+        return self.center(self.block(x))
+
+
+def test_transform_cuts_history_and_fixes_running_stats_in_a_checkpointed_model():
+    model = CheckpointedWithEma().train()
+    result = ema_lint.transform(model)
+    assert [(d.code, d.module) for d in result.diagnostics] == [("EMA101", "block.1"), ("EMA201", "center")]
+    assert result.modified and type(result.model) is CheckpointedWithEma
+    unchecked = copy.deepcopy(model)
+    unchecked.checkpointed = False
+    assert_steps_equal_a_reference_detached_after_each_forward(result.model, unchecked, "center")
+    assert ema_lint.audit(result.model, lambda m: m(torch.randn(3, 4)).sum().backward()) == []
+
+
+def test_a_transformed_model_pickles_and_copies_with_its_hooks():
+    import pickle
+
+    fixed = ema_lint.transform(Holder(Ema())).model
+    for clone in (pickle.loads(pickle.dumps(fixed)), copy.deepcopy(fixed)):
+        clone(torch.randn(3, 4)).sum().backward()
+        assert clone.inner.average.grad_fn is None
 
 
 def test_detach_pass_reports_unmodified_when_nothing_keeps_history():

@@ -17,6 +17,7 @@ def test_runtime_imports_only_torch():
             "ema_lint",
             "ema_lint.runtime",
             "ema_lint.runtime.differentiable_ema",
+            "ema_lint.runtime.history",
             "ema_lint.runtime.model_ema",
             "ema_lint.runtime.recompute",
             "ema_lint.runtime.replay",
