@@ -17,11 +17,12 @@ from ema_lint.passes import (
     RunningStatsOncePerStepPass,
     Trace,
     history_keeping_attributes,
+    stateful_modules_in_checkpoint,
     trace,
 )
 from ema_lint.passes import audit as _audit
 from ema_lint.passes.findings import GRAPH_CODES, class_location, owner_of
-from ema_lint.runtime import convert_running_stats, detach_after_forward
+from ema_lint.runtime import convert_running_stats, detach_after_forward, replay_on_recompute
 from ema_lint.runtime.running_stats import is_converted, is_running_stat_module
 
 
@@ -53,8 +54,9 @@ def transform(
 
     The caller's `model` is deep-copied first unless `inplace=True`. The result is the model
     itself (its class, its `forward`, so its checkpointing): recomputed running-stat modules
-    are converted in place, and each attribute that keeps autograd history (EMA201) is
-    detached after its module's forward (`ema_lint.runtime.detach_after_forward`).
+    are converted in place (EMA101), other recomputed modules that write buffers replay them
+    (EMA103, `ema_lint.runtime.replay_on_recompute`), and each attribute that keeps autograd
+    history (EMA201) is detached after its module's forward (`detach_after_forward`).
 
     When torch.fx cannot trace the model, every running-stat module is converted (the runtime
     detects recomputation itself, so this needs no graph) and EMA003 says why; with
@@ -67,6 +69,9 @@ def transform(
     diagnostics = _analyse(traced)
     once = RunningStatsOncePerStepPass(traced.regions)(traced.graph_module)
     modified = once.modified
+    for module in stateful_modules_in_checkpoint(traced).values():
+        replay_on_recompute(module)
+        modified = True
     for owner, names in _by_owner(history_keeping_attributes(traced)).items():
         detach_after_forward(target.get_submodule(owner), names)
         modified = True

@@ -8,7 +8,10 @@ from ema_lint.passes.audit import audit
 from ema_lint.passes.detach_ema_history import DetachHistoryPass
 from ema_lint.passes.find_ema_history import find_ema_history, history_keeping_attributes
 from ema_lint.passes.find_running_stats_in_checkpoint import find_running_stats_in_checkpoint
-from ema_lint.passes.find_stateful_modules_in_checkpoint import find_stateful_modules_in_checkpoint
+from ema_lint.passes.find_stateful_modules_in_checkpoint import (
+    find_stateful_modules_in_checkpoint,
+    stateful_modules_in_checkpoint,
+)
 from ema_lint.passes.running_stats_once_per_step import RunningStatsOncePerStepPass
 from ema_lint.passes.tracer import (
     CARRIES_GRAD_META,
@@ -42,5 +45,6 @@ __all__ = [
     "find_running_stats_in_checkpoint",
     "find_stateful_modules_in_checkpoint",
     "history_keeping_attributes",
+    "stateful_modules_in_checkpoint",
     "trace",
 ]

@@ -12,7 +12,10 @@ Recomputation replays the forward, so the buffers are written twice per step and
 recomputed forward reads state the first forward already advanced.
 
 ## Fix safety
-Display only: wrap the region with `context_fn=ema_lint.runtime.replay_buffers`.
+`transform` applies `ema_lint.runtime.replay_on_recompute` to the module: recomputation runs
+from the buffers the real forward started with and leaves those it left. Unsafe: exact when
+the module runs once per step; a module called several times needs
+`context_fn=ema_lint.runtime.replay_buffers` at its checkpoint call site.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from ema_lint.diagnostics import Applicability, Diagnostic, Fix
 from ema_lint.passes.findings import in_recomputed_region, module_diagnostic, owner_of, state_writes
 from ema_lint.passes.tracer import Trace, is_running_stat_module
 
-FIX = Fix("Checkpoint this region with `context_fn=ema_lint.runtime.replay_buffers`", Applicability.DISPLAY_ONLY)
+FIX = Fix("Replay the module's buffers when checkpoint recomputes it", Applicability.UNSAFE)
 
 
-def find_stateful_modules_in_checkpoint(trace: Trace) -> list[Diagnostic]:
+def stateful_modules_in_checkpoint(trace: Trace) -> dict[str, torch.nn.Module]:
+    """Qualified name -> module, for the non-running-stat modules that write buffers inside a
+    recomputed region, in graph order."""
     found: dict[str, torch.nn.Module] = {}
     root = trace.root
     for node in trace.graph.nodes:
@@ -40,6 +45,10 @@ def find_stateful_modules_in_checkpoint(trace: Trace) -> list[Diagnostic]:
             module = root.get_submodule(owner)
             if not is_running_stat_module(module):
                 found.setdefault(owner, module)
+    return found
+
+
+def find_stateful_modules_in_checkpoint(trace: Trace) -> list[Diagnostic]:
     return [
         module_diagnostic(
             "EMA103",
@@ -49,7 +58,7 @@ def find_stateful_modules_in_checkpoint(trace: Trace) -> list[Diagnostic]:
             name,
             FIX,
         )
-        for name, module in found.items()
+        for name, module in stateful_modules_in_checkpoint(trace).items()
     ]
 
 

@@ -3,7 +3,7 @@
 from ema_lint.runtime.differentiable_ema import DifferentiableEMA, ema_update
 from ema_lint.runtime.history import detach_after_forward
 from ema_lint.runtime.model_ema import ModelEMA, foreach_ema_update
-from ema_lint.runtime.replay import replay_buffers
+from ema_lint.runtime.replay import replay_buffers, replay_on_recompute
 from ema_lint.runtime.running_stats import (
     convert_running_stats,
     recompute_aware,
@@ -19,5 +19,6 @@ __all__ = [
     "foreach_ema_update",
     "recompute_aware",
     "replay_buffers",
+    "replay_on_recompute",
     "running_stats_context_fn",
 ]

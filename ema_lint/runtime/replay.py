@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ema_lint.runtime.recompute import _GlobalModuleHooks
+from ema_lint.runtime.recompute import _GlobalModuleHooks, is_recomputing
 
 _recording = threading.local()
 
@@ -99,3 +99,70 @@ def replay_buffers() -> tuple[_RecordForward, _ReplayRecompute]:
     """
     region = _ReplayRegion()
     return _RecordForward(region), _ReplayRecompute(region)
+
+
+class _ReplayOnRecompute:
+    """The hooks behind `replay_on_recompute`; one picklable object per module.
+
+    One snapshot, the module's buffers before its latest forward outside backward, keeps the
+    memory bounded whatever the training loop does (forwards that are never recomputed,
+    inference in train mode); a step that calls the module more than once recomputes every
+    call from the last call's snapshot, which is why the docs limit exactness to one call.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._snapshot: list[tuple[nn.Module, str, torch.Tensor]] = []
+        self._left_by_forward: list[list[tuple[nn.Module, str, torch.Tensor]]] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # the snapshot belongs to the step in flight, not to the module's state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._reset()
+
+    def before_forward(self, module: nn.Module, args: Any) -> None:
+        if not is_recomputing():
+            # Reentrant checkpoint runs the real forward under no_grad, hence `training` too.
+            if torch.is_grad_enabled() or module.training:
+                self._snapshot = [
+                    (owner, name, buffer.clone())
+                    for owner in module.modules()
+                    for name, buffer in owner._buffers.items()
+                    if buffer is not None
+                ]
+            return
+        self._left_by_forward.append([(owner, name, owner._buffers[name]) for owner, name, _ in self._snapshot])
+        # Clones, so the snapshot stays intact for a further backward (`retain_graph=True`);
+        # buffer objects are swapped rather than written, so tensors that autograd saved
+        # from the real buffers keep their version counters.
+        for owner, name, value in self._snapshot:
+            owner._buffers[name] = value.clone()
+
+    def after_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        if is_recomputing() and self._left_by_forward:
+            for owner, name, value in self._left_by_forward.pop():
+                owner._buffers[name] = value
+
+
+def replay_on_recompute(module: nn.Module) -> nn.Module:
+    """In place, make checkpoint recomputation of `module` run from the buffer state its real
+    forward started with and leave the state that forward left (EMA103), whatever the call site.
+
+    ```python
+    replay_on_recompute(discriminator.block[0])   # a spectral_norm conv inside a checkpoint
+    ```
+
+    Recomputation is recognised like `convert_running_stats` does (a forward inside backward,
+    or an explicit `recomputing()` signal), so any checkpoint flavour and call site works.
+    Exact when the module runs once per training step, as a checkpointed block does; the
+    buffers of `module` and its submodules are cloned once per forward in training mode.
+    For a module called several times in one step, use `replay_buffers` at the call site.
+    """
+    hooks = _ReplayOnRecompute()
+    # Before the module's own pre-hooks: old-style spectral_norm steps its power iteration in one.
+    module.register_forward_pre_hook(hooks.before_forward, prepend=True)
+    module.register_forward_hook(hooks.after_forward, always_call=True)
+    return module

@@ -258,3 +258,47 @@ def test_assert_no_running_stat_hazards_fails_then_passes_after_transform():
         assert_no_running_stat_hazards(AliasedCheckpoint().train(), (torch.randn(3, 4),))
     fixed = ema_lint.transform(AliasedCheckpoint().train()).model
     assert_no_running_stat_hazards(fixed, (torch.randn(3, 4),))
+
+
+class SpectralDiscriminator(nn.Module):
+    """spectral_norm (both APIs) inside a checkpointed block: EMA103 twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.utils.spectral_norm(nn.Linear(4, 6)),
+            nn.Tanh(),
+            nn.utils.parametrizations.spectral_norm(nn.Linear(6, 4)),
+        )
+        self.head = nn.Linear(4, 1)
+        self.checkpointed = True
+
+    def forward(self, x):
+        features = checkpoint(self.block, x, use_reentrant=False) if self.checkpointed else self.block(x)
+        return self.head(features)
+
+
+def test_transform_replays_stateful_modules_and_trains_like_the_unchecked_model():
+    torch.manual_seed(0)
+    model = SpectralDiscriminator().train()
+    result = ema_lint.transform(model)
+    assert [(d.code, d.module) for d in result.diagnostics] == [("EMA103", "block.0"), ("EMA103", "block.2")]
+    assert result.modified
+    unchecked = copy.deepcopy(model)
+    unchecked.checkpointed = False
+    untransformed = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        x = torch.randn(5, 4, generator=generator)
+        outputs = [m(x) for m in (result.model, unchecked, untransformed)]
+        for out in outputs:
+            out.sum().backward()
+        assert torch.equal(outputs[0], outputs[1])
+        for (name, got), want in zip(result.model.named_parameters(), unchecked.parameters(), strict=True):
+            assert torch.equal(got.grad, want.grad), name
+        for (name, got), want in zip(result.model.state_dict().items(), unchecked.state_dict().values(), strict=True):
+            assert torch.equal(got, want), name
+    # Without the fix the power iteration steps twice per step and the state drifts.
+    drifted = [k for k, v in untransformed.state_dict().items() if not torch.equal(v, unchecked.state_dict()[k])]
+    assert drifted
+    assert ema_lint.audit(result.model, lambda m: m(torch.randn(5, 4)).sum().backward()) == []
