@@ -68,3 +68,38 @@ def test_fixed_checkpoint_call_matches_the_uncheckpointed_reference(tmp_path: Pa
     _train(broken, batches)
     assert int(broken.state_dict()["blocks.0.bn.num_batches_tracked"]) == 2 * STEPS
     assert not torch.equal(broken.state_dict()["blocks.0.bn.running_var"], expected["blocks.0.bn.running_var"])
+
+
+SPECTRAL_CASE = CASE.parent.parent / "EMA103" / "fix_proof_spectral_blocks.py"
+
+
+def test_region_with_batchnorm_and_spectral_norm_fixed_by_both_rules_matches_the_reference(tmp_path: Path) -> None:
+    """EMA101 adds `running_stats_context_fn`, EMA103 then swaps in `replay_buffers`, which
+    restores the power iteration's buffers as well as the running statistics."""
+    source = SPECTRAL_CASE.read_bytes()
+    project = ProjectIndex.from_facts([summarize(SPECTRAL_CASE.stem, source)])
+    rules = [rule_for("EMA101"), rule_for("EMA103")]
+    fixed = fix_source(str(SPECTRAL_CASE), source, rules, project=project, module_name=SPECTRAL_CASE.stem)
+    assert (dict(fixed.applied), fixed.problem) == ({"EMA101": 1, "EMA103": 1}, None)
+    assert b"x = checkpoint(block, x, use_reentrant=False, context_fn=replay_buffers)" in fixed.fixed
+    again = fix_source(str(SPECTRAL_CASE), fixed.fixed, rules, project=project, module_name=SPECTRAL_CASE.stem)
+    assert again.fixed == fixed.fixed
+
+    original = _load(source, tmp_path, "original_spectral")
+    repaired = _load(fixed.fixed, tmp_path, "fixed_spectral")
+    torch.manual_seed(0)
+    reference = original.Net(use_checkpoint=False)
+    broken = original.Net(use_checkpoint=True)
+    candidate = repaired.Net(use_checkpoint=True)
+    broken.load_state_dict(reference.state_dict())
+    candidate.load_state_dict(reference.state_dict())
+    batches = [torch.randn(4, 4, 6, 6) for _ in range(STEPS)]
+
+    expected_outputs = _train(reference, batches)
+    assert all(torch.equal(a, b) for a, b in zip(_train(candidate, batches), expected_outputs, strict=True))
+    expected, actual = _state(reference), _state(candidate)
+    assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
+
+    _train(broken, batches)
+    drifted = {name for name, value in _state(broken).items() if not torch.equal(value, expected[name])}
+    assert {"blocks.0.conv.weight_u", "blocks.0.bn.num_batches_tracked"} <= drifted

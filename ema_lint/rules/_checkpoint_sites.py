@@ -14,7 +14,7 @@ from typing import ClassVar
 import libcst as cst
 
 from ema_lint.diagnostics import Applicability, Edit, Fix, Location, RequiredImport
-from ema_lint.project import PARTIAL, RUNNING_STATS, ModuleScope, ProjectIndex, dotted_name, summarize
+from ema_lint.project import OTHER_BUFFERS, PARTIAL, RUNNING_STATS, ModuleScope, ProjectIndex, dotted_name, summarize
 from ema_lint.rule import FileContext, Rule
 from ema_lint.rules._checkpoint_regions import (
     APPLY_ACTIVATION_CHECKPOINTING,
@@ -25,11 +25,21 @@ from ema_lint.rules._checkpoint_regions import (
 )
 
 CONTEXT_FN = RequiredImport("ema_lint.runtime", "running_stats_context_fn")
+REPLAY = RequiredImport("ema_lint.runtime", "replay_buffers")
 CONVERT_HINT = "Call `ema_lint.runtime.convert_running_stats(model)` once before training"
+REPLAY_HINT = (
+    "Call `ema_lint.runtime.replay_on_recompute(module)` on the buffer-mutating module once before training"
+)
 _NO_GRAD = frozenset({"torch.no_grad", "torch.inference_mode", "torch.autograd.grad_mode.no_grad"})
-# What the runtime fixes put in place: a region using them updates running stats once.
-_RUNTIME = ("ema_lint.runtime.", "ema_lint.runtime.running_stats.")
-_SAFE_CONTEXT_FNS = frozenset(prefix + "running_stats_context_fn" for prefix in _RUNTIME)
+# What the runtime fixes put in place. Running statistics are exact under either context_fn
+# (replay restores every buffer); other buffers only under replay.
+_RUNTIME = ("ema_lint.runtime.", "ema_lint.runtime.running_stats.", "ema_lint.runtime.replay.")
+_RUNNING_STATS_CONTEXT_FNS = frozenset(prefix + "running_stats_context_fn" for prefix in _RUNTIME)
+_REPLAY_CONTEXT_FNS = frozenset(prefix + "replay_buffers" for prefix in _RUNTIME)
+_SAFE_CONTEXT_FNS = {
+    RUNNING_STATS: _RUNNING_STATS_CONTEXT_FNS | _REPLAY_CONTEXT_FNS,
+    OTHER_BUFFERS: _REPLAY_CONTEXT_FNS,
+}
 _SAFE_WRAPPERS = frozenset(prefix + "recompute_aware" for prefix in _RUNTIME)
 CHECKPOINT_SEQUENTIAL = "checkpoint_sequential"
 _GROWING_METHODS = frozenset({"add_module", "register_module", "append", "extend", "insert"})
@@ -296,14 +306,16 @@ class CheckpointSiteRule(Rule):
         return found
 
     def _is_protected(self, call: cst.Call, target: cst.BaseExpression) -> bool:
-        """Already fixed: `context_fn=running_stats_context_fn` or `recompute_aware(fn)`
-        (they make running statistics exact; other buffers they leave alone)."""
-        if self.STATE != RUNNING_STATS:
-            return False
+        """Already fixed: `context_fn=replay_buffers`, or for running statistics also
+        `context_fn=running_stats_context_fn` or `recompute_aware(fn)`."""
         context_fn = argument(call, "context_fn", 99)
-        if context_fn is not None and self.qualified(context_fn) in _SAFE_CONTEXT_FNS:
+        if context_fn is not None and self.qualified(context_fn) in _SAFE_CONTEXT_FNS[self.STATE]:
             return True
-        return isinstance(target, cst.Call) and self.qualified(target.func) in _SAFE_WRAPPERS
+        return (
+            self.STATE == RUNNING_STATS
+            and isinstance(target, cst.Call)
+            and self.qualified(target.func) in _SAFE_WRAPPERS
+        )
 
     def _selected_path(self, regions: FunctionRegions, check_fn: cst.CSTNode) -> tuple[str, ...] | None:
         expression = parse_expression(self.context.module.code_for_node(check_fn))
@@ -316,33 +328,38 @@ class CheckpointSiteRule(Rule):
         return None
 
     def site_fix(self, site: CheckpointSite) -> Fix:
-        """The exact fix for one site: `context_fn=running_stats_context_fn` where the call
-        can take it (SAFE when already non-reentrant), else the `convert_running_stats` hint."""
+        """The exact fix for one site: the `context_fn` that makes the region's state exact
+        (`running_stats_context_fn` for running statistics, `replay_buffers` for other
+        buffers) where the call can take it, SAFE when the call is already non-reentrant;
+        else a module-level hint."""
+        running_stats = self.STATE == RUNNING_STATS
+        required = CONTEXT_FN if running_stats else REPLAY
+        name = required.name
+        hint = Fix(CONVERT_HINT if running_stats else REPLAY_HINT, Applicability.DISPLAY_ONLY)
         call = site.call
-        convert = Fix(CONVERT_HINT, Applicability.DISPLAY_ONLY)
         if not (site.region.editable and site.direct) or any(arg.star == "**" for arg in call.args):
-            return convert
-        if argument(call, "context_fn", 99) is not None:
-            return convert
-        end = _location(self.range_of(call.args[-1].value).end)
+            return hint
         reentrant = argument(call, "use_reentrant", 99)
-        if isinstance(reentrant, cst.Name) and reentrant.value == "False":
-            return Fix(
-                "Add `context_fn=running_stats_context_fn`",
-                Applicability.SAFE,
-                (Edit(end, end, ", context_fn=running_stats_context_fn"),),
-                (CONTEXT_FN,),
-            )
+        non_reentrant = isinstance(reentrant, cst.Name) and reentrant.value == "False"
+        existing = argument(call, "context_fn", 99)
+        if existing is not None:
+            if not running_stats and non_reentrant and self.qualified(existing) in _RUNNING_STATS_CONTEXT_FNS:
+                # Replay restores running statistics too, so it takes the other's place.
+                return Fix(
+                    f"Use `context_fn={name}`, which restores every buffer",
+                    Applicability.SAFE,
+                    (self.edit_replacing(existing, name),),
+                    (required,),
+                )
+            return hint
+        end = _location(self.range_of(call.args[-1].value).end)
+        if non_reentrant:
+            return Fix(f"Add `context_fn={name}`", Applicability.SAFE, (Edit(end, end, f", context_fn={name}"),), (required,))
         if reentrant is None:
-            edits = (Edit(end, end, ", use_reentrant=False, context_fn=running_stats_context_fn"),)
+            edits = (Edit(end, end, f", use_reentrant=False, context_fn={name}"),)
         else:
-            edits = (self.edit_replacing(reentrant, "False"), Edit(end, end, ", context_fn=running_stats_context_fn"))
-        return Fix(
-            "Use `use_reentrant=False` with `context_fn=running_stats_context_fn`",
-            Applicability.UNSAFE,
-            edits,
-            (CONTEXT_FN,),
-        )
+            edits = (self.edit_replacing(reentrant, "False"), Edit(end, end, f", context_fn={name}"))
+        return Fix(f"Use `use_reentrant=False` with `context_fn={name}`", Applicability.UNSAFE, edits, (required,))
 
 
 def _location(position) -> Location:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from ema_lint.diagnostics import Applicability, Fix, Severity
+from ema_lint.diagnostics import Severity
 from ema_lint.project import OTHER_BUFFERS
 from ema_lint.rule import Example
 from ema_lint.rules._checkpoint_sites import CheckpointSiteRule
@@ -35,12 +35,21 @@ class StatefulModuleInCheckpoint(CheckpointSiteRule):
 
     ## Use instead
     ```python
-    x = self.conv(x)  # outside the checkpointed region
+    from ema_lint.runtime import replay_buffers
+
+    x = checkpoint(self.conv, x, use_reentrant=False, context_fn=replay_buffers)
     ```
+    `replay_buffers` snapshots the buffers of the modules the region runs, recomputes from the
+    snapshot and puts back the state the forward left, so the region trains exactly as if it
+    were not checkpointed. For call sites you cannot edit, call
+    `ema_lint.runtime.replay_on_recompute(module)` on the module.
 
     ## Fix safety
-    No automatic fix: whether the buffer update may move out of the region (or be skipped
-    on recomputation) is a modelling choice, so the help is display-only.
+    Adding `context_fn=replay_buffers` to a non-reentrant call is safe: forward values are
+    unchanged and every buffer, gradient and output equals the un-checkpointed model's (it
+    replaces a `running_stats_context_fn` there, whose running statistics it restores too).
+    Switching a reentrant (or default) call to `use_reentrant=False` is unsafe, as for EMA101.
+    Calls the fix cannot reach (library wrappers, `**kwargs`) get the module-level hint.
     """
 
     code = "EMA103"
@@ -66,6 +75,22 @@ class StatefulModuleInCheckpoint(CheckpointSiteRule):
                     return checkpoint(self.body, self.conv(x), use_reentrant=False)
             """
         ),
+        Example(
+            """
+            import torch.nn as nn
+            from torch.nn.utils import spectral_norm
+            from torch.utils.checkpoint import checkpoint
+            from ema_lint.runtime import replay_buffers
+
+            class Critic(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.body = nn.Sequential(spectral_norm(nn.Conv2d(3, 8, 3)), nn.LeakyReLU(0.2))
+
+                def forward(self, x):
+                    return checkpoint(self.body, x, use_reentrant=False, context_fn=replay_buffers)
+            """
+        ),
     )
     INVALID = (
         Example(
@@ -83,6 +108,20 @@ class StatefulModuleInCheckpoint(CheckpointSiteRule):
                     return checkpoint(self.body, x, use_reentrant=False)
             """,
             message="`self.body` mutates registered buffers twice under `checkpoint`",
+            fixed="""
+            import torch.nn as nn
+            from torch.nn.utils import spectral_norm
+            from torch.utils.checkpoint import checkpoint
+            from ema_lint.runtime import replay_buffers
+
+            class Critic(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.body = nn.Sequential(spectral_norm(nn.Conv2d(3, 8, 3)), nn.LeakyReLU(0.2))
+
+                def forward(self, x):
+                    return checkpoint(self.body, x, use_reentrant=False, context_fn=replay_buffers)
+            """,
         ),
     )
 
@@ -94,8 +133,5 @@ class StatefulModuleInCheckpoint(CheckpointSiteRule):
         self.report(
             node,
             f"`{site.callable_text}`{steps} mutates registered buffers twice under `{site.region.name}`",
-            fix=Fix(
-                "Run the buffer-mutating module outside the checkpointed region",
-                Applicability.DISPLAY_ONLY,
-            ),
+            fix=self.site_fix(site),
         )
