@@ -21,6 +21,7 @@ from ema_lint.passes import (
     trace,
 )
 from ema_lint.passes import audit as _audit
+from ema_lint.passes.audit import run_audit
 from ema_lint.passes.findings import GRAPH_CODES, class_location, owner_of
 from ema_lint.runtime import convert_running_stats, detach_after_forward, replay_on_recompute
 from ema_lint.runtime.running_stats import is_converted, is_running_stat_module
@@ -60,7 +61,8 @@ def transform(
 
     When torch.fx cannot trace the model, every running-stat module is converted (the runtime
     detects recomputation itself, so this needs no graph) and EMA003 says why; with
-    `example_inputs`, two real steps on a copy then find the hazards the graph would have.
+    `example_inputs`, two real steps on a copy then find the hazards the graph would have,
+    and the EMA103 and EMA201 ones they show are fixed as above.
     """
     target = model if inplace else copy.deepcopy(model)
     traced = _trace_or_reason(target)
@@ -136,11 +138,18 @@ def _not_traceable(model: torch.nn.Module, reason: str) -> Diagnostic:
 
 def _fall_back(target: torch.nn.Module, reason: str, example_inputs: tuple[Any, ...] | None) -> TransformResult:
     diagnostics = [_not_traceable(target, reason)]
-    if example_inputs is not None:
-        diagnostics += _audit(copy.deepcopy(target), default_step(example_inputs))
-    before = {id(m) for m in target.modules() if _has_running_stats(m)}
+    found = run_audit(copy.deepcopy(target), default_step(example_inputs)) if example_inputs is not None else None
+    modified = any(_has_running_stats(m) for m in target.modules())
     convert_running_stats(target)
-    return TransformResult(target, diagnostics, modified=bool(before))
+    if found is not None:
+        diagnostics += found.diagnostics
+        for name in found.buffer_writers_in_backward:
+            replay_on_recompute(target.get_submodule(name))
+            modified = True
+        for name, attributes in found.attributes_with_history.items():
+            detach_after_forward(target.get_submodule(name), attributes)
+            modified = True
+    return TransformResult(target, diagnostics, modified)
 
 
 def _has_running_stats(module: torch.nn.Module) -> bool:

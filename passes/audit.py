@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -73,9 +74,25 @@ def _written_tensors(func: Any, args: tuple, kwargs: dict) -> list[torch.Tensor]
     return written
 
 
+@dataclass
+class AuditResult:
+    """`diagnostics` as `audit` returns them, and what a fix needs: per module name, the
+    attributes that held history (EMA201), and the non-running-stat modules that wrote
+    buffers during backward (EMA103)."""
+
+    diagnostics: list[Diagnostic]
+    attributes_with_history: dict[str, list[str]]
+    buffer_writers_in_backward: list[str]
+
+
 def audit(model: torch.nn.Module, step_fn: Callable[[torch.nn.Module], Any], steps: int = 2) -> list[Diagnostic]:
     """Run `step_fn(model)` `steps` times (it must do forward and backward) and report the
     hazards the steps showed. Runs real steps: `model` is trained by them."""
+    return run_audit(model, step_fn, steps).diagnostics
+
+
+def run_audit(model: torch.nn.Module, step_fn: Callable[[torch.nn.Module], Any], steps: int = 2) -> AuditResult:
+    """`audit` with the findings also in the form a fix needs."""
     modules = dict(model.named_modules())
     running_stat = {name: m for name, m in modules.items() if is_running_stat_module(m)}
     forwards: Counter[str] = Counter()
@@ -119,7 +136,11 @@ def audit(model: torch.nn.Module, step_fn: Callable[[torch.nn.Module], Any], ste
     finally:
         for handle in handles:
             handle.remove()
-    return _diagnostics(modules, running_stat, forwards, counted, backward_writers, history, completed)
+    return AuditResult(
+        _diagnostics(modules, running_stat, forwards, counted, backward_writers, history, completed),
+        {name: sorted(attributes) for name, attributes in history.items() if attributes},
+        [name for name in modules if name in backward_writers and name not in running_stat],
+    )
 
 
 def _forward_counter(forwards: Counter[str], name: str) -> Callable[..., None]:

@@ -302,3 +302,37 @@ def test_transform_replays_stateful_modules_and_trains_like_the_unchecked_model(
     drifted = [k for k, v in untransformed.state_dict().items() if not torch.equal(v, unchecked.state_dict()[k])]
     assert drifted
     assert ema_lint.audit(result.model, lambda m: m(torch.randn(5, 4)).sum().backward()) == []
+
+
+class UntraceableWithEveryHazard(nn.Module):
+    """Data-dependent control flow (fx cannot trace it) around BatchNorm, spectral_norm and a
+    history-keeping average: the fallback must fix all three from the audit's findings."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.utils.spectral_norm(nn.Linear(4, 4)), nn.BatchNorm1d(4))
+        self.center = Ema()
+        self.checkpointed = True
+
+    def forward(self, x):
+        if x.sum() > 0:
+            x = x * 2
+        features = checkpoint(self.block, x, use_reentrant=False) if self.checkpointed else self.block(x)
+        return self.center(features)
+
+
+def test_untraceable_model_fallback_fixes_what_the_audit_finds():
+    torch.manual_seed(0)
+    model = UntraceableWithEveryHazard().train()
+    result = ema_lint.transform(model, example_inputs=(torch.randn(3, 4),))
+    assert [(d.code, d.module) for d in result.diagnostics] == [
+        ("EMA003", ""),
+        ("EMA103", "block.0"),
+        ("EMA101", "block.1"),
+        ("EMA201", "center"),
+    ]
+    assert result.modified
+    unchecked = copy.deepcopy(model)
+    unchecked.checkpointed = False
+    assert_steps_equal_a_reference_detached_after_each_forward(result.model, unchecked, "center")
+    assert ema_lint.audit(result.model, lambda m: m(torch.randn(3, 4)).sum().backward()) == []
