@@ -8,6 +8,10 @@ module the region's forward calls (before that module's own pre-hooks run), reco
 the snapshot and then puts back the state the forward left, so the region behaves as if it
 had not been checkpointed. It covers running statistics too, at the cost of one clone of
 the region's buffers per step.
+
+`replay_buffers` is a `context_fn`, so it needs the call site. `replay_on_recompute(module)`
+does the same for one module wherever it is checkpointed, recognising a recomputation the way
+`convert_running_stats` does.
 """
 
 from __future__ import annotations
