@@ -15,6 +15,7 @@ from ema_lint.diagnostics import Diagnostic, Location
 from ema_lint.passes import (
     ANALYSES,
     DetachHistoryPass,
+    FuseEmaUpdatesPass,
     RunningStatsOncePerStepPass,
     Trace,
     trace,
@@ -53,7 +54,8 @@ def transform(
 
     The caller's `model` is deep-copied first unless `inplace=True`. The result keeps the
     model's own `forward` (so its checkpointing) whenever checkpoint regions exist; only a
-    model without regions that needs a graph rewrite (EMA201) comes back as a GraphModule.
+    model without regions that needs a graph rewrite (EMA201, or EMA301 fusion of per-tensor EMA
+    updates into `torch._foreach_*` calls) comes back as a GraphModule.
 
     When torch.fx cannot trace the model, every running-stat module is converted (the runtime
     detects recomputation itself, so this needs no graph) and EMA003 says why; with
@@ -71,6 +73,10 @@ def transform(
         detached = DetachHistoryPass()(traced.graph_module)
         if detached.modified:
             result_model, modified = detached.graph_module, True
+    if any(d.code == "EMA301" and d.fix is not None for d in diagnostics) and not traced.regions:
+        fused = FuseEmaUpdatesPass()(traced.graph_module)
+        if fused.modified:
+            result_model, modified = fused.graph_module, True
     return TransformResult(result_model, diagnostics, modified)
 
 
