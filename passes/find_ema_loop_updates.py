@@ -16,8 +16,8 @@ every tensor at once.
 
 ## Fix safety
 `FuseEmaUpdatesPass` replaces the run with one call that repeats the loop's operations with
-`torch._foreach_*` ops in the same order (a 0-dim tensor for each factor, as `Tensor.mul_`
-uses): bit-identical results (safe). It fuses only runs outside checkpoint regions, run with
+`torch._foreach_*` ops in the same order (for bf16 / fp16, each factor as a 0-dim float64
+tensor, which rounds as `Tensor.mul_(float)` does): bit-identical results (safe). It fuses only runs outside checkpoint regions, run with
 grad mode off (or written through `.data`), over floating tensors of one dtype and device
 with matching shapes and no tensor both averaged and read; other runs are reported without a fix.
 """

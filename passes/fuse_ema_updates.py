@@ -24,9 +24,12 @@ from ema_lint.passes.tracer import CARRIES_GRAD_META, GRAD_ENABLED_META, MODULE_
 Tensors = Sequence[torch.Tensor]
 
 
-def _factor(value: float, like: torch.Tensor) -> torch.Tensor:
-    # A 0-dim tensor factor: the Python-scalar foreach overloads round the factor to the
-    # tensors' dtype first on the CPU (bf16, fp16), unlike `Tensor.mul_(float)`.
+def _factor(value: float, like: torch.Tensor) -> float | torch.Tensor:
+    # The Python-scalar foreach overloads round the factor to a bf16 / fp16 list's dtype first
+    # on the CPU, unlike `Tensor.mul_(float)`; a 0-dim float64 tensor factor does not, but
+    # costs a type promotion per tensor, so fp32 / fp64 lists (exact either way) keep the scalar.
+    if like.dtype in (torch.float32, torch.float64):
+        return value
     return torch.tensor(value, dtype=torch.float64, device=like.device)
 
 
@@ -39,7 +42,10 @@ def foreach_mul_add_(emas: Tensors, sources: Tensors, decay: float, alpha: float
 
 @torch.no_grad()
 def foreach_mul_add_product_(emas: Tensors, sources: Tensors, decay: float, weight: float) -> None:
-    """`ema.mul_(decay).add_(weight * source)` for every pair."""
+    """`ema.mul_(decay).add_(weight * source)` for every pair; also `ema.copy_(ema * decay +
+    source * weight)` (or `ema.data = ...`): with one dtype on both sides the product `ema * decay`
+    rounds the same written into `ema` or into a new tensor, and `+` commutes, so the two
+    spellings compute the same values."""
     products = torch._foreach_mul(sources, _factor(weight, emas[0]))
     torch._foreach_mul_(emas, _factor(decay, emas[0]))
     torch._foreach_add_(emas, products)
@@ -51,19 +57,11 @@ def foreach_lerp_(emas: Tensors, sources: Tensors, weight: float) -> None:
     torch._foreach_lerp_(emas, sources, weight)
 
 
-@torch.no_grad()
-def foreach_affine_copy_(emas: Tensors, sources: Tensors, decay: float, weight: float) -> None:
-    """`ema.copy_(ema * decay + source * weight)` for every pair (also `ema.data = ...`)."""
-    kept = torch._foreach_mul(emas, _factor(decay, emas[0]))
-    taken = torch._foreach_mul(sources, _factor(weight, emas[0]))
-    torch._foreach_copy_(emas, torch._foreach_add(kept, taken))
-
-
 _FUSED: dict[str, Callable[..., None]] = {
     MUL_ADD: foreach_mul_add_,
     MUL_ADD_PRODUCT: foreach_mul_add_product_,
     LERP: foreach_lerp_,
-    AFFINE_COPY: foreach_affine_copy_,
+    AFFINE_COPY: foreach_mul_add_product_,
 }
 
 

@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 import ema_lint
 from ema_lint.passes import FuseEmaUpdatesPass, trace
-from ema_lint.passes.fuse_ema_updates import foreach_affine_copy_, foreach_lerp_, foreach_mul_add_, foreach_mul_add_product_
+from ema_lint.passes.fuse_ema_updates import foreach_lerp_, foreach_mul_add_, foreach_mul_add_product_
 
 MESSAGE = "{n} tensors of `{ema}` are updated toward `{source}` one at a time, one kernel per tensor instead of one `torch._foreach_*` call"
 
@@ -177,7 +177,7 @@ def assert_bit_identical(model: nn.Module, dtype: torch.dtype = torch.float32, s
 
 def fused_calls(graph_module: torch.fx.GraphModule) -> list[tuple[str, int, tuple]]:
     """(function, number of tensors, numbers) for each fused call in the graph."""
-    fused = {foreach_mul_add_, foreach_mul_add_product_, foreach_lerp_, foreach_affine_copy_}
+    fused = {foreach_mul_add_, foreach_mul_add_product_, foreach_lerp_}
     return [
         (node.target.__name__, len(node.args[0]), node.args[2:])
         for node in graph_module.graph.nodes
@@ -193,8 +193,8 @@ FORMS = {
     "mul_add": ("foreach_mul_add_", (0.99, 1 - 0.99)),
     "mul_add_product": ("foreach_mul_add_product_", (0.99, 1 - 0.99)),
     "lerp": ("foreach_lerp_", (1 - 0.99,)),
-    "assign_data": ("foreach_affine_copy_", (0.99, 1.0 - 0.99)),
-    "copy": ("foreach_affine_copy_", (0.99, 1 - 0.99)),
+    "assign_data": ("foreach_mul_add_product_", (0.99, 1.0 - 0.99)),
+    "copy": ("foreach_mul_add_product_", (0.99, 1 - 0.99)),
 }
 
 
