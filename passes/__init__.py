@@ -7,11 +7,13 @@ Analyses read a `Trace` and return diagnostics; rewrites are `PassBase` passes r
 from ema_lint.passes.audit import audit
 from ema_lint.passes.detach_ema_history import DetachHistoryPass
 from ema_lint.passes.find_ema_history import find_ema_history, history_keeping_attributes
+from ema_lint.passes.find_ema_loop_updates import find_ema_loop_updates
 from ema_lint.passes.find_running_stats_in_checkpoint import find_running_stats_in_checkpoint
 from ema_lint.passes.find_stateful_modules_in_checkpoint import (
     find_stateful_modules_in_checkpoint,
     stateful_modules_in_checkpoint,
 )
+from ema_lint.passes.fuse_ema_updates import FuseEmaUpdatesPass
 from ema_lint.passes.running_stats_once_per_step import RunningStatsOncePerStepPass
 from ema_lint.passes.tracer import (
     CARRIES_GRAD_META,
@@ -28,6 +30,7 @@ ANALYSES = (
     find_running_stats_in_checkpoint,
     find_stateful_modules_in_checkpoint,
     find_ema_history,
+    find_ema_loop_updates,
 )
 
 __all__ = [
@@ -38,10 +41,12 @@ __all__ = [
     "CheckpointRegion",
     "DetachHistoryPass",
     "EmaTracer",
+    "FuseEmaUpdatesPass",
     "RunningStatsOncePerStepPass",
     "Trace",
     "audit",
     "find_ema_history",
+    "find_ema_loop_updates",
     "find_running_stats_in_checkpoint",
     "find_stateful_modules_in_checkpoint",
     "history_keeping_attributes",

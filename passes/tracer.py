@@ -19,7 +19,11 @@ afterwards, even when tracing fails:
   `torch._C._set_grad_enabled` nodes, so the traced module keeps `torch.no_grad()` blocks;
 - `proxy.requires_grad` is a concrete bool: whether the value depends on a parameter (or a
   grad-requiring input) through differentiable ops with grad mode on, which is what the
-  eager model would see during a training step.
+  eager model would see during a training step;
+- `parameters()`, `buffers()` and their `named_` forms on the traced modules yield proxies
+  (with the real tensor's `dtype`, `device` and `shape`), so a loop over them (a teacher EMA
+  called from forward) becomes nodes instead of running on the live tensors at trace time;
+- `tensor.data = value` becomes an `assign_data` node.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ _NON_DIFFERENTIABLE_FUNCTIONS = frozenset(
         torch.is_grad_enabled,
     }
 )
+# `assign_data` joins them below, once defined: `p.data = v` never records autograd history.
 
 
 @dataclass(frozen=True)
@@ -97,11 +102,44 @@ class Trace:
 
 
 class TracingProxy(torch.fx.Proxy):
-    """A proxy whose `requires_grad` is a concrete bool, so `if x.requires_grad:` traces."""
+    """A proxy whose `requires_grad` is a concrete bool, so `if x.requires_grad:` traces, and
+    whose `.data = value` is a graph op."""
 
     @property
     def requires_grad(self) -> bool:  # type: ignore[override]
         return bool(self.node.meta.get(CARRIES_GRAD_META, False))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "data":
+            self.tracer.create_proxy("call_function", assign_data, (self, value), {})
+            return
+        super().__setattr__(name, value)
+
+
+class MemberProxy(TracingProxy):
+    """A parameter or buffer reached through `parameters()` / `buffers()`: its dtype, device and
+    shape are the real tensor's, so loops that branch on them (`if b.dtype.is_floating_point:`)
+    trace the way they run."""
+
+    def __init__(self, node: Node, tracer: torch.fx.proxy.TracerBase, tensor: torch.Tensor) -> None:
+        super().__init__(node, tracer)
+        object.__setattr__(self, "_tensor", tensor)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._tensor.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._tensor.device
+
+    @property
+    def shape(self) -> torch.Size:
+        return self._tensor.shape
+
+    @property
+    def ndim(self) -> int:
+        return self._tensor.ndim
 
 
 def _qualified_name(value: Any) -> str:
@@ -127,6 +165,11 @@ class EmaTracer(torch.fx.Tracer):
         self._saved_grad_mode: Node | None = None
         self._assigned: dict[tuple[int, str], Any] = {}
         self._traced_module_ids: set[int] = set()
+        # torch.fx looks parameters up through `named_parameters` itself; those calls must see
+        # the real tensors, so they run with this depth above zero.
+        self._internal_lookups = 0
+        self._member_names: dict[int, str] = {}
+        self._member_proxies: dict[str, MemberProxy] = {}
 
     # ---- leaves, proxies, nodes ----------------------------------------------------------
 
@@ -209,13 +252,50 @@ class EmaTracer(torch.fx.Tracer):
         if isinstance(root, torch.nn.Module):
             self._traced_module_ids = {id(m) for m in root.modules()}
             scope_roots = list(root.modules())
+            members = [*root.named_parameters(remove_duplicate=False), *root.named_buffers(remove_duplicate=False)]
+            for name, tensor in reversed(members):  # a shared tensor keeps its first name
+                self._member_names[id(tensor)] = name
         else:
             scope_roots = []
         with _Patches() as patches, torch.enable_grad():
             self._install_checkpoint_interceptors(patches, scope_roots)
             patches.set_attribute(torch.nn.Module, "__setattr__", self._module_setattr(torch.nn.Module.__setattr__))
+            for method in ("named_parameters", "named_buffers"):
+                original = torch.nn.Module.__dict__[method]
+                patches.set_attribute(torch.nn.Module, method, self._member_iteration(original))
             graph = super().trace(root, concrete_args)
         return graph
+
+    def _member_iteration(self, original: Callable[..., Iterator[tuple[str, torch.Tensor]]]) -> Callable[..., Any]:
+        tracer = self
+
+        def named_members(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+            members = original(module, *args, **kwargs)
+            if tracer._internal_lookups or id(module) not in tracer._traced_module_ids:
+                return members
+            return ((name, tracer._member_proxy(tensor)) for name, tensor in members)
+
+        return named_members
+
+    def _member_proxy(self, tensor: torch.Tensor) -> Any:
+        assigned = self._assigned.get(id(tensor))
+        if assigned is not None:
+            return assigned
+        name = self._member_names.get(id(tensor))
+        if name is None:  # registered during this forward: not a graph attribute
+            return tensor
+        if name not in self._member_proxies:
+            self._member_proxies[name] = self.create_proxy(
+                "get_attr", name, (), {}, proxy_factory_fn=lambda node: MemberProxy(node, self, tensor)
+            )
+        return self._member_proxies[name]
+
+    def create_arg(self, a: Any) -> Argument:
+        self._internal_lookups += 1
+        try:
+            return super().create_arg(a)
+        finally:
+            self._internal_lookups -= 1
 
     def _module_setattr(self, original: Callable[..., None]) -> Callable[..., None]:
         tracer = self
@@ -250,7 +330,11 @@ class EmaTracer(torch.fx.Tracer):
         assigned = self._assigned.get(id(attr_val)) if isinstance(attr_val, torch.Tensor) else None
         if assigned is not None:
             return assigned
-        return super().getattr(attr, attr_val, parameter_proxy_cache)
+        self._internal_lookups += 1
+        try:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        finally:
+            self._internal_lookups -= 1
 
     # ---- checkpoint interception ---------------------------------------------------------
 
@@ -403,7 +487,7 @@ def writes_in_place(node: Node) -> bool:
     """An in-place tensor method (`mul_`) or an attribute store: both write their first argument."""
     if node.op == "call_method":
         return str(node.target).endswith("_") and node.target != "requires_grad_"
-    return node.op == "call_function" and node.target is store
+    return node.op == "call_function" and node.target in (store, assign_data)
 
 
 def _resolve_attribute(root: torch.nn.Module, target: str) -> Any:
@@ -429,6 +513,15 @@ def store(destination: torch.Tensor, value: Any) -> torch.Tensor:
     """`module.name = value` for an existing tensor attribute, as a graph op: the traced module
     writes into the attribute's tensor, so readers of the attribute see the new value."""
     return destination.copy_(value)
+
+
+def assign_data(destination: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """`destination.data = value` as a graph op (MoCo's `param_k.data = ...` EMA spelling)."""
+    destination.data = value
+    return destination
+
+
+_NON_DIFFERENTIABLE_FUNCTIONS = _NON_DIFFERENTIABLE_FUNCTIONS | {assign_data}
 
 
 def trace(model: torch.nn.Module, inputs_require_grad: bool = False) -> Trace:

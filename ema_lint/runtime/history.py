@@ -28,22 +28,25 @@ class DetachAfterForward:
         self.names = tuple(dict.fromkeys(names))
 
     def __call__(self, module: nn.Module, args: object, output: object) -> None:
-        for name in self.names:
-            value = getattr(module, name, None)
+        for qualified in self.names:
+            path, _, name = qualified.rpartition(".")
+            owner = module.get_submodule(path)
+            value = getattr(owner, name, None)
             if not isinstance(value, torch.Tensor) or value.grad_fn is None:
                 continue
             if value._base is None:
                 # In place keeps the tensor's identity, so every holder of the buffer
                 # (another module sharing it, a user's reference) sees the cut too.
                 value.detach_()
-            elif name in module._buffers:
-                module._buffers[name] = value.detach()
+            elif name in owner._buffers:
+                owner._buffers[name] = value.detach()
             else:
-                object.__setattr__(module, name, value.detach())
+                object.__setattr__(owner, name, value.detach())
 
 
 def detach_after_forward(module: nn.Module, names: Iterable[str]) -> RemovableHandle:
-    """Detach `module.<name>` for each of `names` whenever `module`'s forward returns.
+    """Detach `module.<name>` for each of `names` (`"average"`, or a submodule's
+    `"center.average"`) whenever `module`'s forward returns.
 
     ```python
     detach_after_forward(model.center, ["average"])  # `average` keeps no graph across steps
