@@ -259,12 +259,32 @@ class EmaTracer(torch.fx.Tracer):
             scope_roots = []
         with _Patches() as patches, torch.enable_grad():
             self._install_checkpoint_interceptors(patches, scope_roots)
-            patches.set_attribute(torch.nn.Module, "__setattr__", self._module_setattr(torch.nn.Module.__setattr__))
-            for method in ("named_parameters", "named_buffers"):
-                original = torch.nn.Module.__dict__[method]
-                patches.set_attribute(torch.nn.Module, method, self._member_iteration(original))
+            self._patch_module_classes(patches, list(dict.fromkeys(type(m) for m in scope_roots)))
             graph = super().trace(root, concrete_args)
         return graph
+
+    def _patch_module_classes(self, patches: "_Patches", classes: list[type]) -> None:
+        """Intercept attribute assignment and parameter/buffer iteration on the traced classes.
+
+        Patching each traced class rather than `nn.Module` itself matters for speed: assigning
+        to a class invalidates the method caches of all its subclasses, thousands for
+        `nn.Module` once timm is imported. Originals are resolved before any patch, so a
+        class and its subclass never wrap each other's wrapper. A class with its own
+        `__setattr__` runs it first, as without tracing, so then `nn.Module.__setattr__`
+        itself is intercepted.
+        """
+        module_setattr = torch.nn.Module.__setattr__
+        custom_setattr = any(cls.__setattr__ is not module_setattr for cls in classes)
+        planned: list[tuple[type, str, Any]] = []
+        for cls in classes:
+            for method in ("named_parameters", "named_buffers"):
+                planned.append((cls, method, self._member_iteration(getattr(cls, method))))
+            if not custom_setattr:
+                planned.append((cls, "__setattr__", self._module_setattr(module_setattr)))
+        if custom_setattr:
+            planned.append((torch.nn.Module, "__setattr__", self._module_setattr(module_setattr)))
+        for cls, name, value in planned:
+            patches.set_attribute(cls, name, value)
 
     def _member_iteration(self, original: Callable[..., Iterator[tuple[str, torch.Tensor]]]) -> Callable[..., Any]:
         tracer = self
@@ -410,9 +430,15 @@ class _Patches:
         self._undo.append(lambda: namespace.__setitem__(key, previous))
 
     def set_attribute(self, owner: Any, name: str, value: Any) -> None:
-        previous = owner.__dict__[name]
-        setattr(owner, name, value)
-        self._undo.append(lambda: setattr(owner, name, previous))
+        """Set `owner.name`; restoring puts back its own value, or removes it when `owner`
+        only inherited one."""
+        if name in owner.__dict__:
+            previous = owner.__dict__[name]
+            setattr(owner, name, value)
+            self._undo.append(lambda: setattr(owner, name, previous))
+        else:
+            setattr(owner, name, value)
+            self._undo.append(lambda: delattr(owner, name))
 
     def __exit__(self, *exc: object) -> None:
         while self._undo:

@@ -136,12 +136,47 @@ def test_nested_regions_keep_their_nesting():
     assert traced.regions[1].parent == 0
 
 
+def class_dicts(*classes):
+    return [dict(vars(cls)) for cls in classes]
+
+
 def test_patches_are_restored_when_tracing_fails():
-    setattr_before = nn.Module.__setattr__
+    before = class_dicts(nn.Module, Untraceable, nn.BatchNorm1d)
     with pytest.raises(Exception):
         trace(Untraceable())
     assert checkpoint is torch.utils.checkpoint.checkpoint
-    assert nn.Module.__setattr__ is setattr_before
+    assert class_dicts(nn.Module, Untraceable, nn.BatchNorm1d) == before
+
+
+class CustomSetattr(nn.Module):
+    """Its own `__setattr__` runs first, as it does without tracing."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.register_buffer("average", torch.zeros(4))
+        self.seen = []
+
+    def __setattr__(self, name, value):
+        if name == "average":
+            self.seen.append(name)
+        super().__setattr__(name, value)
+
+    def forward(self, x):
+        y = self.linear(x)
+        self.average = 0.5 * self.average + 0.5 * y.mean(0)
+        return y + self.average
+
+
+def test_a_class_with_its_own_setattr_is_traced_through_it_and_restored():
+    before = class_dicts(nn.Module, CustomSetattr)
+    model = CustomSetattr()
+    traced = trace(model)
+    assert model.seen == ["average"]
+    assert [d.code for d in ema_lint.check_model(CustomSetattr())] == ["EMA201"]
+    assert torch.equal(model.average, torch.zeros(4))  # the live buffer was not written
+    assert any(n.op == "call_function" and n.target.__name__ == "store" for n in traced.graph.nodes)
+    assert class_dicts(nn.Module, CustomSetattr) == before
 
 
 def test_tracing_leaves_the_live_model_untouched():
