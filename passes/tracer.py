@@ -237,7 +237,8 @@ class EmaTracer(torch.fx.Tracer):
             return False
         if node.op == "call_module":
             module = _resolve_attribute(self.root, str(node.target))
-            if any(p.requires_grad for p in module.parameters()):
+            # The parameter dicts, not `parameters()`: on traced classes that yields proxies.
+            if any(p is not None and p.requires_grad for m in module.modules() for p in m._parameters.values()):
                 return True
         carries = any(_inputs_carry_grad(node))
         if carries and writes_in_place(node):

@@ -405,3 +405,10 @@ def test_fused_graph_module_still_cuts_history_after_its_forward():
     assert {d.code for d in result.diagnostics} == {"EMA201", "EMA301"}
     assert isinstance(result.model, torch.fx.GraphModule)
     assert_steps_equal_a_reference_detached_after_each_forward(result.model, model, "center")
+
+
+def test_the_analysis_itself_adds_no_nodes():
+    """Looking at a leaf's parameters while tracing (for `requires_grad`) must not record reads."""
+    traced = trace(AliasedCheckpoint())
+    assert [n.target for n in traced.graph.nodes if n.op == "get_attr" and not n.users] == []
+    assert [n.op for n in traced.graph.nodes].count("call_module") == 3
