@@ -312,6 +312,10 @@ class EmaTracer(torch.fx.Tracer):
         return self._member_proxies[name]
 
     def create_arg(self, a: Any) -> Argument:
+        if not isinstance(a, torch.Tensor):
+            return super().create_arg(a)
+        # torch.fx names a tensor argument by searching `named_parameters()`/`named_buffers()`,
+        # which must yield the real tensors for that.
         self._internal_lookups += 1
         try:
             return super().create_arg(a)
