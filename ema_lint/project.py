@@ -189,6 +189,10 @@ class ModuleFacts:
     may_hold_momentum_correction: bool = True
     # False only when nothing named `backward` is referenced: no training step in this file
     calls_backward: bool = True
+    # the qualified name of every name or attribute chain the file reads, recorded only
+    # where a checkpoint region can be referenced (see `read_names`); resolved later by
+    # the index, which is what `CheckpointSiteRule.uses_checkpointing` asks about
+    read_names: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -457,6 +461,10 @@ def summarize(module_name: str, source: bytes, is_package: bool = False) -> Modu
     class_facts = tuple(
         _summarize_class(scope, node) for node in tree.body if isinstance(node, ast.ClassDef)
     )
+    # Every entry point's name contains "checkpoint" and `uses_checkpointing` reads these
+    # names only after finding that word in the text it searched: the source itself when
+    # ASCII, its NFKC form otherwise (which may add ASCII the bytes lack).
+    mentions_checkpoint = b"checkpoint" in source or not source.isascii()
     return ModuleFacts(
         module_name,
         imports,
@@ -468,7 +476,19 @@ def summarize(module_name: str, source: bytes, is_package: bool = False) -> Modu
         may_hold_recurrence(nodes),
         may_hold_momentum_correction(nodes),
         calls_backward(nodes),
+        read_names(nodes, scope) if mentions_checkpoint else frozenset(),
     )
+
+
+def read_names(nodes: list[ast.AST], scope: "ModuleScope") -> frozenset[str]:
+    """Qualified names of the names and attribute chains (each prefix too) read anywhere."""
+    dotted = set()
+    for node in nodes:
+        if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Load):
+            name = dotted_name(node)
+            if name is not None:
+                dotted.add(name)
+    return frozenset(scope.qualify(name) for name in dotted)
 
 
 def calls_backward(nodes: list[ast.AST]) -> bool:
