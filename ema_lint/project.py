@@ -177,7 +177,7 @@ class ModuleFacts:
     # names of classes defined at module level
     classes: tuple[str, ...] = ()
     class_facts: tuple[ClassFacts, ...] = ()
-    # module-level functions -> values they may return
+    # module-level functions -> values they may return (the values only when `structured`)
     function_returns: dict[str, tuple[Held, ...]] = field(default_factory=dict)
     # module-level `name = <value>` bindings that are references (`ckpt = partial(checkpoint, ...)`)
     aliases: dict[str, tuple[Held, ...]] = field(default_factory=dict)
@@ -192,34 +192,75 @@ class ModuleFacts:
     # the qualified name of every name or attribute chain the file reads, recorded only
     # where a checkpoint region can be referenced (see `read_names`); resolved later by
     # the index, which is what `CheckpointSiteRule.uses_checkpointing` asks about
-    read_names: frozenset[str] = frozenset()
+    read_names: tuple[str, ...] = ()
+    # False when summarized without `class_facts` and `function_returns`' values (see
+    # `summarize`): the index extracts them from `ProjectIndex.sources` on first need
+    structured: bool = True
 
 
 @dataclass
 class ProjectIndex:
     modules: dict[str, ModuleFacts] = field(default_factory=dict)
-    _classes: dict[str, ClassFacts] = field(default_factory=dict, repr=False, compare=False)
+    # module -> (source, is_package), for the modules whose facts are not `structured`
+    sources: dict[str, tuple[bytes, bool]] = field(default_factory=dict, repr=False, compare=False)
+    _structured: dict[str, ModuleFacts | None] = field(default_factory=dict, repr=False, compare=False)
+    _class_tables: dict[str, dict[str, ClassFacts]] = field(default_factory=dict, repr=False, compare=False)
+    _consulted: set[str] = field(default_factory=set, repr=False, compare=False)
     _running_stat_paths: dict[tuple[str, str], tuple[str, ...] | None] = field(
         default_factory=dict, repr=False, compare=False
     )
 
-    def __post_init__(self) -> None:
-        for facts in self.modules.values():
-            for cls in facts.class_facts:
-                self._classes[cls.qualified_name] = cls
-
     def __getstate__(self):
-        # memo tables are rebuilt on demand; the cache key pickles `modules` only
-        return {"modules": self.modules}
+        # memo tables are rebuilt on demand
+        return {"modules": self.modules, "sources": self.sources}
 
     def __setstate__(self, state) -> None:
-        self.modules = state["modules"]
-        self._classes, self._running_stat_paths = {}, {}
-        self.__post_init__()
+        self.modules, self.sources = state["modules"], state["sources"]
+        self._structured, self._class_tables, self._running_stat_paths = {}, {}, {}
 
     @classmethod
-    def from_facts(cls, facts: list[ModuleFacts]) -> "ProjectIndex":
-        return cls({f.module_name: f for f in facts})
+    def from_facts(cls, facts: list[ModuleFacts], sources: dict[str, tuple[bytes, bool]] | None = None) -> "ProjectIndex":
+        return cls({f.module_name: f for f in facts}, dict(sources or {}))
+
+    def with_module(self, facts: ModuleFacts) -> "ProjectIndex":
+        """This index with one module's facts replaced, keeping the others' extracted facts."""
+        index = ProjectIndex({**self.modules, facts.module_name: facts}, self.sources)
+        index._structured = {m: f for m, f in self._structured.items() if m != facts.module_name}
+        index._class_tables = {m: t for m, t in self._class_tables.items() if m != facts.module_name}
+        return index
+
+    def start_recording(self) -> None:
+        """Start recording the modules whose on-demand facts are read (what one file's
+        findings depend on beyond `modules`, for the result cache). Answers derived from
+        such facts are forgotten, so that every read is seen again."""
+        self._running_stat_paths = {}
+        self._consulted = set()
+
+    def consulted_modules(self) -> list[str]:
+        """The modules whose on-demand facts were read since `start_recording`."""
+        return sorted(m for m in self._consulted if m in self.sources)
+
+    def _structure(self, module: str) -> ModuleFacts | None:
+        """The module's facts with its class facts and function returns. Most modules'
+        classes are never asked about (only what a checkpointed region may reach is), so
+        the runner indexes without them and they are extracted here, once, on demand."""
+        self._consulted.add(module)
+        if module not in self._structured:
+            facts = self.modules.get(module)
+            if facts is not None and not facts.structured:
+                source, is_package = self.sources[module]
+                facts = summarize(module, source, is_package)
+            self._structured[module] = facts
+        return self._structured[module]
+
+    def _class(self, qualified: str) -> ClassFacts | None:
+        """The facts of the module-level class named by the resolved name `qualified`."""
+        module, _, name = qualified.rpartition(".")
+        self._consulted.add(module)
+        if module not in self._class_tables:
+            facts = self._structure(module)
+            self._class_tables[module] = {c.name: c for c in facts.class_facts} if facts else {}
+        return self._class_tables[module].get(name)
 
     # -- names ---------------------------------------------------------------------------
 
@@ -268,7 +309,7 @@ class ProjectIndex:
         return self.resolve(f"{base}.{rest}" if rest else base)
 
     def class_facts(self, qualified: str) -> ClassFacts | None:
-        return self._classes.get(self.resolve(qualified))
+        return self._class(self.resolve(qualified))
 
     def mro(self, qualified: str) -> list[ClassFacts]:
         """The class and its project-defined ancestors, nearest first."""
@@ -278,7 +319,7 @@ class ProjectIndex:
             if name in seen:
                 continue
             seen.add(name)
-            facts = self._classes.get(name)
+            facts = self._class(name)
             if facts is not None:
                 order.append(facts)
                 pending.extend(self.resolve(b) for b in facts.bases)
@@ -322,7 +363,7 @@ class ProjectIndex:
         for facts in chain:
             for base in facts.bases:
                 resolved = self.resolve(base)
-                if resolved not in self._classes and builtin_running_stat_kind(resolved, None):
+                if self._class(resolved) is None and builtin_running_stat_kind(resolved, None):
                     return () if state == RUNNING_STATS else None
             running = [b for b in facts.updated_buffers if is_running_stat_buffer(b)]
             if running if state == RUNNING_STATS else len(running) < len(facts.updated_buffers):
@@ -377,7 +418,7 @@ class ProjectIndex:
 
     def _function_returns(self, qualified: str) -> tuple[Held, ...]:
         module, _, name = self.resolve(qualified).rpartition(".")
-        facts = self.modules.get(module)
+        facts = self._structure(module)
         return facts.function_returns.get(name, ()) if facts else ()
 
     def member_path(
@@ -422,9 +463,11 @@ class ProjectIndex:
 # ---------------------------------------------------------------------------------------
 
 
-def summarize(module_name: str, source: bytes, is_package: bool = False) -> ModuleFacts:
+def summarize(module_name: str, source: bytes, is_package: bool = False, structure: bool = True) -> ModuleFacts:
     """Facts for one file (`is_package`: it is a package's `__init__.py`, the base of its
-    relative imports). Raises SyntaxError (or ValueError for NUL bytes) when it does not parse."""
+    relative imports); with `structure=False`, without the class facts and function returns
+    (over half the cost), which `ProjectIndex` then extracts when it needs them. Raises
+    SyntaxError (or ValueError for NUL bytes) when it does not parse."""
     tree = ast.parse(source)
     nodes = list(ast.walk(tree))  # walked once, read by every structural fact below
     imports: dict[str, str] = {}
@@ -450,7 +493,7 @@ def summarize(module_name: str, source: bytes, is_package: bool = False) -> Modu
         node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
     ]
     scope = ModuleScope(module_name, imports, set(classes), {f.name for f in functions}, bool(star_imports))
-    function_returns = {f.name: LocalValues(scope, f).returns() for f in functions}
+    function_returns = {f.name: LocalValues(scope, f).returns() if structure else () for f in functions}
     aliases: dict[str, tuple[Held, ...]] = {}
     module_env = LocalValues(scope, None)
     for node in tree.body:
@@ -459,7 +502,7 @@ def summarize(module_name: str, source: bytes, is_package: bool = False) -> Modu
             if refs:
                 aliases[node.targets[0].id] = tuple(sorted(refs))
     class_facts = tuple(
-        _summarize_class(scope, node) for node in tree.body if isinstance(node, ast.ClassDef)
+        _summarize_class(scope, node) for node in tree.body if structure and isinstance(node, ast.ClassDef)
     )
     # Every entry point's name contains "checkpoint" and `uses_checkpointing` reads these
     # names only after finding that word in the text it searched: the source itself when
@@ -476,19 +519,21 @@ def summarize(module_name: str, source: bytes, is_package: bool = False) -> Modu
         may_hold_recurrence(nodes),
         may_hold_momentum_correction(nodes),
         calls_backward(nodes),
-        read_names(nodes, scope) if mentions_checkpoint else frozenset(),
+        read_names(nodes, scope) if mentions_checkpoint else (),
+        structure,
     )
 
 
-def read_names(nodes: list[ast.AST], scope: "ModuleScope") -> frozenset[str]:
-    """Qualified names of the names and attribute chains (each prefix too) read anywhere."""
+def read_names(nodes: list[ast.AST], scope: "ModuleScope") -> tuple[str, ...]:
+    """Qualified names of the names and attribute chains (each prefix too) read anywhere,
+    sorted: facts pickle the same for the same source (the result cache's key)."""
     dotted = set()
     for node in nodes:
         if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Load):
             name = dotted_name(node)
             if name is not None:
                 dotted.add(name)
-    return frozenset(scope.qualify(name) for name in dotted)
+    return tuple(sorted({scope.qualify(name) for name in dotted}))
 
 
 def calls_backward(nodes: list[ast.AST]) -> bool:

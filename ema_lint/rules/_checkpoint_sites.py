@@ -61,7 +61,7 @@ class CheckpointSiteRule(Rule):
         if facts is None:
             # checked alone (no runner): index this file by itself
             facts = summarize(context.module_name, context.module.bytes)
-            context.project = ProjectIndex.from_facts([*context.project.modules.values(), facts])
+            context.project = context.project.with_module(facts)
         self.project = context.project
         self.scope = ModuleScope(
             context.module_name,
