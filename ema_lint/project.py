@@ -508,6 +508,7 @@ def summarize(module_name: str, source: bytes, is_package: bool = False, structu
     # names only after finding that word in the text it searched: the source itself when
     # ASCII, its NFKC form otherwise (which may add ASCII the bytes lack).
     mentions_checkpoint = b"checkpoint" in source or not source.isascii()
+    trains = calls_backward(nodes)
     return ModuleFacts(
         module_name,
         imports,
@@ -516,9 +517,9 @@ def summarize(module_name: str, source: bytes, is_package: bool = False, structu
         function_returns,
         aliases,
         tuple(star_imports),
-        may_hold_recurrence(nodes),
+        may_hold_recurrence(nodes, trains),
         may_hold_momentum_correction(nodes),
-        calls_backward(nodes),
+        trains,
         read_names(nodes, scope) if mentions_checkpoint else (),
         structure,
     )
@@ -560,7 +561,7 @@ def may_hold_momentum_correction(nodes: list[ast.AST]) -> bool:
     )
 
 
-def may_hold_recurrence(nodes: list[ast.AST]) -> bool:
+def may_hold_recurrence(nodes: list[ast.AST], trains: bool) -> bool:
     """A loose, structural superset of the statements the EMA2xx/EMA301 recognisers accept
     (`rules/_autograd.py`): an assignment of a sum, difference or `lerp` (possibly in a
     conditional's branch) whose target reappears in its value, `+=`/`-=` on a
@@ -571,8 +572,7 @@ def may_hold_recurrence(nodes: list[ast.AST]) -> bool:
     something named `backward` (a variable carried across a training loop); a forward's
     `x = x + f(x)` is neither. Compared as `ast.dump`, which ignores spacing and parentheses,
     so it is looser than the recognisers' textual comparison, never stricter. Most files have
-    no such statement and skip libcst for these rules."""
-    trains = calls_backward(nodes)
+    no such statement and skip libcst for these rules. `trains`: `calls_backward(nodes)`."""
     loop_names = {
         name.id
         for node in nodes

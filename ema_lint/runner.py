@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import hashlib
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -19,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 from ema_lint import __version__
 from ema_lint.diagnostics import Diagnostic
-from ema_lint.engine import FileResult, check_source, tool_diagnostic, undecodable
+from ema_lint.engine import FileResult, check_source, tool_diagnostic, triage, undecodable
 from ema_lint.project import ModuleFacts, ProjectIndex, module_name_for, summarize
 from ema_lint.rule import Rule
 
@@ -193,14 +194,20 @@ def check_files(
     loaded, project = load_and_index(files, jobs=jobs, cache=cache)
     results: dict[str, FileResult] = {}
     todo: list[_Loaded] = []
+    unparsed: list[tuple[_Loaded, tuple[FileResult, list[str]]]] = []
     for item in loaded:
         if item.problem is not None:
             results[item.file.path] = FileResult(item.file.path, [item.problem])
         elif cache is not None and (hit := cache.result(item, project)) is not None:
             results[item.file.path] = hit
+        elif (final := _unparsed_result(item, rules, project)) is not None:
+            unparsed.append((item, final))
+            if progress:
+                progress(1)
         else:
             todo.append(item)
-    for item, (result, consulted) in _run_phase_two(todo, rules, project, jobs, progress):
+    checked = itertools.chain(unparsed, _run_phase_two(todo, rules, project, jobs, progress))
+    for item, (result, consulted) in checked:
         result = _prefer_reference_parser(item, result)
         results[item.file.path] = result
         if cache is not None:
@@ -208,6 +215,18 @@ def check_files(
     if cache is not None:
         cache.save()
     return Report([results[f.path] for f in files])
+
+
+def _unparsed_result(item: _Loaded, rules, project: ProjectIndex) -> tuple[FileResult, list[str]] | None:
+    """The result of a file no rule can report on (with the on-demand facts that showed
+    it), decided here: most files, which then cost no trip to a worker. None: the file
+    goes to a worker (a pre-filter that raises is a rule bug, reported there as EMA005)."""
+    project.start_recording()
+    try:
+        result, triggered = triage(item.file.path, item.source, rules, project, item.file.module_name)
+    except Exception:
+        return None
+    return None if triggered else (result, project.consulted_modules())
 
 
 def _map_in_place(items: list[_Loaded], needed, function, jobs: int) -> None:
