@@ -469,11 +469,19 @@ def summarize(module_name: str, source: bytes, is_package: bool = False, structu
     (over half the cost), which `ProjectIndex` then extracts when it needs them. Raises
     SyntaxError (or ValueError for NUL bytes) when it does not parse."""
     tree = ast.parse(source)
-    nodes = list(ast.walk(tree))  # walked once, read by every structural fact below
+    nodes = _walk(tree)  # walked once; each structural fact below reads the kinds it needs
+    of_kind: dict[type, list[ast.AST]] = {}
+    for node in nodes:
+        of_kind.setdefault(type(node), []).append(node)
+
+    def kinds(*wanted: type) -> list[ast.AST]:
+        return [node for kind in wanted for node in of_kind.get(kind, ())]
+
     imports: dict[str, str] = {}
     star_imports: list[str] = []
     package = module_name if is_package else module_name.rpartition(".")[0]
-    for node in nodes:
+    # in walk order: a later import of a name replaces an earlier one
+    for node in (n for n in nodes if type(n) is ast.Import or type(n) is ast.ImportFrom):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.asname:
@@ -508,7 +516,8 @@ def summarize(module_name: str, source: bytes, is_package: bool = False, structu
     # names only after finding that word in the text it searched: the source itself when
     # ASCII, its NFKC form otherwise (which may add ASCII the bytes lack).
     mentions_checkpoint = b"checkpoint" in source or not source.isascii()
-    trains = calls_backward(nodes)
+    names = kinds(ast.Name, ast.Attribute)
+    trains = calls_backward(names)
     return ModuleFacts(
         module_name,
         imports,
@@ -517,12 +526,25 @@ def summarize(module_name: str, source: bytes, is_package: bool = False, structu
         function_returns,
         aliases,
         tuple(star_imports),
-        may_hold_recurrence(nodes, trains),
-        may_hold_momentum_correction(nodes),
+        may_hold_recurrence(kinds(ast.For, ast.AsyncFor, ast.comprehension, ast.Assign, ast.AugAssign, ast.Call), trains),
+        may_hold_momentum_correction(kinds(ast.BinOp)),
         trains,
-        read_names(nodes, scope) if mentions_checkpoint else (),
+        read_names(names, scope) if mentions_checkpoint else (),
         structure,
     )
+
+
+def _walk(tree: ast.AST) -> list[ast.AST]:
+    """`list(ast.walk(tree))`, same order, about twice as fast: no generators per node."""
+    nodes = [tree]
+    for node in nodes:  # grows while iterated: breadth first, as `ast.walk`
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, ast.AST):
+                nodes.append(value)
+            elif isinstance(value, list):
+                nodes.extend(item for item in value if isinstance(item, ast.AST))
+    return nodes
 
 
 def read_names(nodes: list[ast.AST], scope: "ModuleScope") -> tuple[str, ...]:
@@ -538,7 +560,8 @@ def read_names(nodes: list[ast.AST], scope: "ModuleScope") -> tuple[str, ...]:
 
 
 def calls_backward(nodes: list[ast.AST]) -> bool:
-    """Something named `backward` is referenced (every training step calls one)."""
+    """Something named `backward` is referenced (every training step calls one). Reads the
+    `Name` and `Attribute` nodes among `nodes`, as the next three facts read their kinds."""
     return any(
         (isinstance(node, ast.Attribute) and node.attr == "backward")
         or (isinstance(node, ast.Name) and node.id == "backward")

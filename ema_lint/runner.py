@@ -253,8 +253,10 @@ def _run_phase_two(todo, rules, project, jobs, progress) -> Iterable[tuple[_Load
         with concurrent.futures.ProcessPoolExecutor(
             jobs, mp_context=_context(), initializer=_Worker.setup, initargs=(rules, project)
         ) as pool:
+            # largest first: a long file started last would leave the other workers idle
             futures = {
-                pool.submit(_Worker.check, i.file.path, i.source, i.file.module_name): i for i in todo
+                pool.submit(_Worker.check, i.file.path, i.source, i.file.module_name): i
+                for i in sorted(todo, key=lambda i: len(i.source), reverse=True)
             }
             for future in concurrent.futures.as_completed(futures):
                 item = futures[future]
