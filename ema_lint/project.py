@@ -586,11 +586,11 @@ def may_hold_momentum_correction(nodes: list[ast.AST]) -> bool:
 
 def may_hold_recurrence(nodes: list[ast.AST], trains: bool) -> bool:
     """A loose, structural superset of the statements the EMA2xx/EMA301 recognisers accept
-    (`rules/_autograd.py`): an assignment of a sum, difference or `lerp` (possibly in a
-    conditional's branch) whose target reappears in its value, `+=`/`-=` on a
-    target that reappears in the value or was scaled (`*=`, `.mul_`), or an in-place step
-    call (`lerp_`; `copy_`, `add_`, `sub_` mentioning their receiver, or `add_` to a scaled
-    receiver). A plain-name target counts only where such a
+    (`rules/_autograd.py`, `_Shapes`): an assignment of a step-shaped value (see
+    `_step_shaped`) whose target reappears in it, `+=`/`-=` of a product the target
+    reappears in (`w * (x - avg)`) or on a target that was scaled (`*=`, `.mul_`), or an
+    in-place step call (`lerp_`; `copy_` mentioning its receiver; `add_`/`sub_` of one product
+    mentioning it; `add_` to a scaled receiver). A plain-name target counts only where such a
     name can be state: a `for` target (an EMA loop's tensor), or any name in a file that calls
     something named `backward` (a variable carried across a training loop); a forward's
     `x = x + f(x)` is neither. Compared as `ast.dump`, which ignores spacing and parentheses,
@@ -623,7 +623,8 @@ def may_hold_recurrence(nodes: list[ast.AST], trains: bool) -> bool:
             if isinstance(node.op, ast.Mult):
                 scaled.add(target)
             elif isinstance(node.op, (ast.Add, ast.Sub)):
-                if _appears_in(target, node.value):
+                # without a scaling before it, the step is `+= w * (x - avg)` / `-= w * (avg - x)`
+                if _is_product(node.value) and _appears_in(target, node.value):
                     return True
                 increments.append(target)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
@@ -633,25 +634,41 @@ def may_hold_recurrence(nodes: list[ast.AST], trains: bool) -> bool:
             if method == "mul_":
                 scaled.add(_plain_dump(receiver))
             elif method in ("copy_", "add_", "sub_"):
-                # every recognised `copy_` / `add_` / `sub_` step either mentions its receiver
-                # in the arguments, or adds to a receiver that was scaled first
-                if any(_appears_in(_plain_dump(receiver), arg) for arg in node.args):
+                # a recognised `copy_` step mentions its receiver in its argument; an `add_` /
+                # `sub_` step takes one product mentioning it (`w * (x - avg)`), or adds to a
+                # receiver that was scaled first
+                state = _plain_dump(receiver)
+                if method == "copy_":
+                    if any(_appears_in(state, arg) for arg in node.args):
+                        return True
+                elif len(node.args) == 1 and _is_product(node.args[0]) and _appears_in(state, node.args[0]):
                     return True
                 if method == "add_" and isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Attribute) and receiver.func.attr == "mul_":
                     return True
                 if method == "add_":
-                    increments.append(_plain_dump(receiver))
+                    increments.append(state)
     return any(target in scaled for target in increments)
 
 
 def _step_shaped(value: ast.AST) -> bool:
-    """The value forms an EMA step can take: a sum or difference, `lerp`, or either in a
-    conditional expression's branch."""
+    """The value forms an EMA step can take (`_Shapes.value_recurrence`): `lerp`; a sum
+    with a product on either side (`d * avg + (1 - d) * x`, `avg + w * (x - avg)`) or a
+    difference taking a product (`avg - w * (avg - x)`), since every such step scales the
+    state or a difference; or either in a conditional expression's branch."""
     if isinstance(value, ast.IfExp):
         return _step_shaped(value.body) or _step_shaped(value.orelse)
     if isinstance(value, ast.BinOp):
-        return isinstance(value.op, (ast.Add, ast.Sub))
+        if isinstance(value.op, ast.Add):
+            return _is_product(value.left) or _is_product(value.right)
+        return isinstance(value.op, ast.Sub) and _is_product(value.right)
     return isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "lerp"
+
+
+def _is_product(node: ast.AST) -> bool:
+    """`a * b` or `a.mul(b)`: what `_factors` in the recognisers splits."""
+    if isinstance(node, ast.BinOp):
+        return isinstance(node.op, ast.Mult)
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "mul"
 
 
 def _plain_dump(node: ast.AST) -> str:
