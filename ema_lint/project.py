@@ -217,6 +217,7 @@ class ProjectIndex:
     def __setstate__(self, state) -> None:
         self.modules, self.sources = state["modules"], state["sources"]
         self._structured, self._class_tables, self._running_stat_paths = {}, {}, {}
+        self._consulted = set()
 
     @classmethod
     def from_facts(cls, facts: list[ModuleFacts], sources: dict[str, tuple[bytes, bool]] | None = None) -> "ProjectIndex":
