@@ -572,17 +572,27 @@ def calls_backward(nodes: list[ast.AST]) -> bool:
 
 def may_hold_momentum_correction(nodes: list[ast.AST]) -> bool:
     """A structural superset of EMA102's `1 - sqrt(d)` / `1 - d ** 0.5` / `1 - pow(d, 0.5)`:
-    a subtraction from the number 1 of a power or a call. Attention scaling (`d ** -0.5`)
-    and `gradient_checkpointing` flags, everywhere in model code, do not have this shape."""
+    a subtraction from the number 1 of a power or of a call to something named `sqrt`,
+    `pow` or `power` (the names EMA102's `_square_root_of` accepts, from any module).
+    Attention scaling (`d ** -0.5`), `1 - torch.exp(...)` and `gradient_checkpointing`
+    flags, everywhere in model code, do not have this shape."""
     return any(
         isinstance(node, ast.BinOp)
         and isinstance(node.op, ast.Sub)
         and isinstance(node.left, ast.Constant)
         and type(node.left.value) in (int, float)
         and node.left.value == 1
-        and (isinstance(node.right, ast.Call) or (isinstance(node.right, ast.BinOp) and isinstance(node.right.op, ast.Pow)))
+        and (_calls_square_root(node.right) or (isinstance(node.right, ast.BinOp) and isinstance(node.right.op, ast.Pow)))
         for node in nodes
     )
+
+
+def _calls_square_root(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    return name in ("sqrt", "pow", "power")
 
 
 def may_hold_recurrence(nodes: list[ast.AST], trains: bool) -> bool:

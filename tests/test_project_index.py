@@ -240,3 +240,24 @@ def test_every_documented_ema_step_passes_the_step_pre_filter() -> None:
     for rule in rules:
         for example in rule.INVALID:
             assert summarize("example", example.source.encode()).may_hold_recurrence, (rule.code, example.source)
+
+
+def test_momentum_correction_shapes() -> None:
+    shapes = {
+        "1 - math.sqrt(1 - m)": True,
+        "1 - (1 - m) ** 0.5": True,
+        "1 - pow(1 - m, 0.5)": True,
+        "1 - np.power(d, 0.5)": True,
+        "1 - torch.exp(x)": False,
+        "d ** -0.5": False,
+        "2 - math.sqrt(d)": False,
+    }
+    for value, expected in shapes.items():
+        assert summarize("m", f"y = {value}\n".encode()).may_hold_momentum_correction is expected, value
+
+
+def test_every_documented_momentum_correction_passes_its_pre_filter() -> None:
+    from ema_lint.registry import rule_for
+
+    for example in rule_for("EMA102").INVALID:
+        assert summarize("example", example.source.encode()).may_hold_momentum_correction, example.source
