@@ -130,11 +130,7 @@ def check_source(
 ) -> FileResult:
     """`honour_noqa=False` keeps findings a `# noqa` comment covers, for hosts such as
     flake8 that apply their own `# noqa` (and `--disable-noqa`)."""
-    result = FileResult(path)
-    if SKIP_FILE.search(source):
-        result.skipped = True
-        return result
-    triggered = rules_triggered(source, rules, project, module_name)
+    result, triggered = triage(path, source, rules, project, module_name)
     if not triggered:
         return result
     module = parse(path, source)
@@ -154,6 +150,22 @@ def check_source(
         )
     result.diagnostics.sort(key=Diagnostic.sort_key)
     return result
+
+
+def triage(
+    path: str,
+    source: bytes,
+    rules: Sequence[type[Rule]],
+    project: ProjectIndex | None = None,
+    module_name: str = "",
+) -> tuple[FileResult, list[type[Rule]]]:
+    """The start of a file's result and the rules to run on it. With no rule to run, the
+    result is final: the file need not be parsed, nor sent to a worker process."""
+    result = FileResult(path)
+    if SKIP_FILE.search(source):
+        result.skipped = True
+        return result, []
+    return result, rules_triggered(source, rules, project, module_name)
 
 
 def is_suppressed(diagnostic: Diagnostic, lines: Sequence[str]) -> bool:

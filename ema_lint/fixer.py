@@ -202,4 +202,4 @@ def _with_own_facts(project: ProjectIndex | None, module_name: str, source: byte
         facts = summarize(module_name, source)
     except (SyntaxError, ValueError):
         return project
-    return ProjectIndex({**project.modules, module_name: facts})
+    return project.with_module(facts)

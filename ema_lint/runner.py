@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import hashlib
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -19,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 from ema_lint import __version__
 from ema_lint.diagnostics import Diagnostic
-from ema_lint.engine import FileResult, check_source, tool_diagnostic, undecodable
+from ema_lint.engine import FileResult, check_source, tool_diagnostic, triage, undecodable
 from ema_lint.project import ModuleFacts, ProjectIndex, module_name_for, summarize
 from ema_lint.rule import Rule
 
@@ -92,13 +93,18 @@ def _summarize(loaded: _Loaded) -> _Loaded:
         loaded.facts = summarize(
             loaded.file.module_name,
             loaded.source,
-            is_package=os.path.basename(loaded.file.path) == "__init__.py",
+            is_package=_is_package(loaded),
+            structure=False,
         )
     except SyntaxError as error:
         loaded.syntax_error = tool_diagnostic(
             "EMA001", loaded.file.path, f"cannot parse: {error.msg}", error.lineno or 1, error.offset or 1
         )
     return loaded
+
+
+def _is_package(loaded: _Loaded) -> bool:
+    return os.path.basename(loaded.file.path) == "__init__.py"
 
 
 def _prefer_reference_parser(item: _Loaded, result: FileResult) -> FileResult:
@@ -121,15 +127,17 @@ class _Worker:
         cls.rules, cls.project = rules, project
 
     @classmethod
-    def check(cls, path: str, source: bytes, module_name: str) -> FileResult:
+    def check(cls, path: str, source: bytes, module_name: str) -> tuple[FileResult, list[str]]:
+        """The file's result, and the modules whose on-demand facts it read."""
+        cls.project.start_recording()
         try:
-            return check_source(path, source, cls.rules, cls.project, module_name)
+            result = check_source(path, source, cls.rules, cls.project, module_name)
         except Exception as error:  # a rule bug must cost one file, not the run
             result = FileResult(path)
             result.diagnostics.append(
                 tool_diagnostic("EMA005", path, f"internal error: {type(error).__name__}: {error}")
             )
-            return result
+        return result, cls.project.consulted_modules()
 
 
 def _crashed(path: str, exitcode: int | None) -> FileResult:
@@ -140,7 +148,7 @@ def _crashed(path: str, exitcode: int | None) -> FileResult:
     return result
 
 
-def _check_alone(loaded: _Loaded, rules, project) -> FileResult:
+def _check_alone(loaded: _Loaded, rules, project) -> tuple[FileResult, list[str]]:
     """Re-run one file in a process of its own, to tell the file that kills a worker."""
     context = multiprocessing.get_context("fork")
     with context.Pool(1, initializer=_Worker.setup, initargs=(rules, project)) as pool:
@@ -154,7 +162,7 @@ def _check_alone(loaded: _Loaded, rules, project) -> FileResult:
             except multiprocessing.TimeoutError:
                 dead = [p for p in processes if p.exitcode not in (None, 0)]
                 if dead:
-                    return _crashed(loaded.file.path, dead[0].exitcode)
+                    return _crashed(loaded.file.path, dead[0].exitcode), []
 
 
 def load_and_index(
@@ -170,7 +178,9 @@ def load_and_index(
     )
     if cache is not None:
         cache.store_facts(loaded)
-    return loaded, ProjectIndex.from_facts([item.facts for item in loaded if item.facts is not None])
+    indexed = [item for item in loaded if item.facts is not None]
+    sources = {item.facts.module_name: (item.source, _is_package(item)) for item in indexed}
+    return loaded, ProjectIndex.from_facts([item.facts for item in indexed], sources)
 
 
 def check_files(
@@ -184,21 +194,39 @@ def check_files(
     loaded, project = load_and_index(files, jobs=jobs, cache=cache)
     results: dict[str, FileResult] = {}
     todo: list[_Loaded] = []
+    unparsed: list[tuple[_Loaded, tuple[FileResult, list[str]]]] = []
     for item in loaded:
         if item.problem is not None:
             results[item.file.path] = FileResult(item.file.path, [item.problem])
         elif cache is not None and (hit := cache.result(item, project)) is not None:
             results[item.file.path] = hit
+        elif (final := _unparsed_result(item, rules, project)) is not None:
+            unparsed.append((item, final))
+            if progress:
+                progress(1)
         else:
             todo.append(item)
-    for item, result in _run_phase_two(todo, rules, project, jobs, progress):
+    checked = itertools.chain(unparsed, _run_phase_two(todo, rules, project, jobs, progress))
+    for item, (result, consulted) in checked:
         result = _prefer_reference_parser(item, result)
         results[item.file.path] = result
         if cache is not None:
-            cache.store_result(item, project, result)
+            cache.store_result(item, project, result, consulted)
     if cache is not None:
         cache.save()
     return Report([results[f.path] for f in files])
+
+
+def _unparsed_result(item: _Loaded, rules, project: ProjectIndex) -> tuple[FileResult, list[str]] | None:
+    """The result of a file no rule can report on (with the on-demand facts that showed
+    it), decided here: most files, which then cost no trip to a worker. None: the file
+    goes to a worker (a pre-filter that raises is a rule bug, reported there as EMA005)."""
+    project.start_recording()
+    try:
+        result, triggered = triage(item.file.path, item.source, rules, project, item.file.module_name)
+    except Exception:
+        return None
+    return None if triggered else (result, project.consulted_modules())
 
 
 def _map_in_place(items: list[_Loaded], needed, function, jobs: int) -> None:
@@ -225,14 +253,16 @@ def _run_phase_two(todo, rules, project, jobs, progress) -> Iterable[tuple[_Load
         with concurrent.futures.ProcessPoolExecutor(
             jobs, mp_context=_context(), initializer=_Worker.setup, initargs=(rules, project)
         ) as pool:
+            # largest first: a long file started last would leave the other workers idle
             futures = {
-                pool.submit(_Worker.check, i.file.path, i.source, i.file.module_name): i for i in todo
+                pool.submit(_Worker.check, i.file.path, i.source, i.file.module_name): i
+                for i in sorted(todo, key=lambda i: len(i.source), reverse=True)
             }
             for future in concurrent.futures.as_completed(futures):
                 item = futures[future]
-                result = future.result()
+                checked = future.result()
                 unfinished.remove(item)
-                yield item, result
+                yield item, checked
                 if progress:
                     progress(1)
     except concurrent.futures.process.BrokenProcessPool:
@@ -268,7 +298,9 @@ class ResultCache:
     """Content-hash cache in one pickle file per (tool version, rule set, settings).
 
     Phase-1 facts are keyed by content alone; phase-2 results also by the project index,
-    since cross-file facts can change a file's findings.
+    since cross-file facts can change a file's findings: by the phase-1 facts of every
+    module, and, stored with each result, the contents of the modules whose further facts
+    (class facts, function returns) were extracted on demand while checking it.
     """
 
     def __init__(self, directory: str, settings_key: str) -> None:
@@ -278,7 +310,7 @@ class ResultCache:
         self.path = os.path.join(directory, f"{key}.pickle")
         self.directory = directory
         self._facts: dict[tuple[str, str], tuple[ModuleFacts | None, Diagnostic | None]] = {}
-        self._results: dict[tuple[str, str, str], FileResult] = {}
+        self._results: dict[tuple[str, str, str], tuple[FileResult, tuple[tuple[str, str], ...]]] = {}
         self._dirty = False
         try:
             with open(self.path, "rb") as handle:
@@ -286,6 +318,7 @@ class ResultCache:
         except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError):
             pass
         self._project_keys: dict[int, str] = {}
+        self._module_digests: dict[tuple[int, str], str] = {}
         # entries this run read or wrote; the rest belong to old file contents and are dropped
         self._live_facts: set = set()
         self._live_results: set = set()
@@ -293,8 +326,12 @@ class ResultCache:
     def _project_key(self, project: ProjectIndex) -> str:
         ident = id(project)
         if ident not in self._project_keys:
-            blob = pickle.dumps(sorted(project.modules.items()), protocol=5)
-            self._project_keys[ident] = hashlib.blake2b(blob, digest_size=12).hexdigest()
+            # `repr`, not `pickle`: pickle's bytes depend on which equal strings are one
+            # object, which differs between facts just extracted and facts read back
+            digest = hashlib.blake2b(digest_size=12)
+            for name in sorted(project.modules):
+                digest.update(repr(project.modules[name]).encode())
+            self._project_keys[ident] = digest.hexdigest()
         return self._project_keys[ident]
 
     def fill_facts(self, loaded: list[_Loaded]) -> None:
@@ -312,16 +349,27 @@ class ResultCache:
                 self._live_facts.add(key)
                 self._dirty = True
 
+    def _module_digest(self, project: ProjectIndex, module: str) -> str:
+        key = (id(project), module)
+        if key not in self._module_digests:
+            source = project.sources.get(module)
+            self._module_digests[key] = "" if source is None else hashlib.blake2b(source[0], digest_size=16).hexdigest()
+        return self._module_digests[key]
+
     def result(self, item: _Loaded, project: ProjectIndex) -> FileResult | None:
         key = (item.file.path, item.digest, self._project_key(project))
-        if key in self._results:
-            self._live_results.add(key)
-        return self._results.get(key)
+        if key not in self._results:
+            return None
+        result, consulted = self._results[key]
+        if any(self._module_digest(project, module) != digest for module, digest in consulted):
+            return None
+        self._live_results.add(key)
+        return result
 
-    def store_result(self, item: _Loaded, project: ProjectIndex, result: FileResult) -> None:
+    def store_result(self, item: _Loaded, project: ProjectIndex, result: FileResult, consulted: list[str]) -> None:
         if not any(d.code == "EMA005" for d in result.diagnostics):
             key = (item.file.path, item.digest, self._project_key(project))
-            self._results[key] = result
+            self._results[key] = (result, tuple((m, self._module_digest(project, m)) for m in consulted))
             self._live_results.add(key)
             self._dirty = True
 

@@ -167,3 +167,97 @@ def test_children_added_under_computed_names() -> None:
     )
     assert index.member_path("m.Net", "layer0") == ("Net.layer0", "Block.bn")
     assert index.member_path("m.Net", "head") is None
+
+
+def test_facts_extracted_on_demand_match_facts_extracted_up_front() -> None:
+    modules = {"pkg.blocks": dedent(BLOCKS).encode(), "pkg.model": dedent(MODEL).encode()}
+    lazy = ProjectIndex.from_facts(
+        [summarize(name, source, structure=False) for name, source in modules.items()],
+        {name: (source, False) for name, source in modules.items()},
+    )
+    assert [f.class_facts for f in lazy.modules.values()] == [(), ()]
+    lazy.start_recording()
+    assert lazy.running_stat_path("pkg.model.Net") == ("Net.stages", "Bottleneck.bn1")
+    assert lazy.consulted_modules() == ["pkg.blocks", "pkg.model"]
+    eager = _index(pkg__blocks=BLOCKS, pkg__model=MODEL)
+    assert lazy.class_facts("pkg.blocks.Bottleneck") == eager.class_facts("pkg.blocks.Bottleneck")
+    assert pickle.loads(pickle.dumps(lazy)).running_stat_path("pkg.model.Net") == ("Net.stages", "Bottleneck.bn1")
+
+
+def test_read_names_are_recorded_where_a_checkpoint_call_can_be() -> None:
+    source = b"import torch.utils.checkpoint as cp\nfrom .ops import ckpt\n\ny = cp.checkpoint(f, x)\nz = ckpt(g, x)\n"
+    facts = summarize("pkg.net", source, structure=False)
+    assert facts.read_names == (
+        "f", "g", "pkg.ops.ckpt", "torch.utils.checkpoint", "torch.utils.checkpoint.checkpoint", "x"
+    )
+    assert summarize("pkg.net", b"y = f(x)\n").read_names == ()
+
+
+STEPS = {
+    "d * avg + (1 - d) * x": True,
+    "avg + w * (x - avg)": True,
+    "avg - w * (avg - x)": True,
+    "avg.mul(d) + x": True,
+    "torch.lerp(avg, x, w)": True,
+    "x if avg is None else avg.lerp(x, w)": True,
+    "avg + x": False,
+    "avg - x * w": True,
+    "avg * w - x": False,
+}
+
+
+def test_step_shapes_need_a_product_or_lerp() -> None:
+    for value, expected in STEPS.items():
+        source = f"self.avg = {value.replace('avg', 'self.avg')}\n".encode()
+        assert summarize("m", source).may_hold_recurrence is expected, value
+
+
+def test_in_place_and_augmented_steps() -> None:
+    shapes = {
+        "avg += w * (x - avg)": True,
+        "avg += x": False,
+        "avg *= d\n    avg += (1 - d) * x": True,
+        "avg.add_(w * (x - avg))": True,
+        "avg.sub_(w * (avg - x))": True,
+        "avg.add_(x)": False,
+        "avg.mul_(d).add_(x)": True,
+        "avg.copy_(d * avg + x)": True,
+        "avg.lerp_(x, w)": True,
+    }
+    for statement, expected in shapes.items():
+        source = f"for avg, x in pairs:\n    {statement}\n".encode()
+        assert summarize("m", source).may_hold_recurrence is expected, statement
+
+
+def test_every_documented_ema_step_passes_the_step_pre_filter() -> None:
+    """The pre-filter must keep every file a recurrence rule reports on: here, every
+    INVALID example of those rules."""
+    from ema_lint.registry import SOURCE_RULES
+    from ema_lint.rules._autograd import RecurrenceRule
+
+    rules = [rule for rule in SOURCE_RULES if issubclass(rule, RecurrenceRule)]
+    assert rules
+    for rule in rules:
+        for example in rule.INVALID:
+            assert summarize("example", example.source.encode()).may_hold_recurrence, (rule.code, example.source)
+
+
+def test_momentum_correction_shapes() -> None:
+    shapes = {
+        "1 - math.sqrt(1 - m)": True,
+        "1 - (1 - m) ** 0.5": True,
+        "1 - pow(1 - m, 0.5)": True,
+        "1 - np.power(d, 0.5)": True,
+        "1 - torch.exp(x)": False,
+        "d ** -0.5": False,
+        "2 - math.sqrt(d)": False,
+    }
+    for value, expected in shapes.items():
+        assert summarize("m", f"y = {value}\n".encode()).may_hold_momentum_correction is expected, value
+
+
+def test_every_documented_momentum_correction_passes_its_pre_filter() -> None:
+    from ema_lint.registry import rule_for
+
+    for example in rule_for("EMA102").INVALID:
+        assert summarize("example", example.source.encode()).may_hold_momentum_correction, example.source

@@ -97,3 +97,58 @@ def test_cache_serves_unchanged_files_and_rechecks_changed_ones(tmp_path: Path, 
 
     other_settings = check_files(files, [ReportsEveryCall], cache=ResultCache(cache_dir, "other"))
     assert len(calls) == 1 + len(files) and _summary(other_settings) == _summary(third)
+
+
+_BLOCK = """\
+import torch.nn as nn
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.{norm}(8)
+
+    def forward(self, x):
+        return self.norm(x)
+"""
+_NET = """\
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+from pkg.blocks import Block
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = Block()
+
+    def forward(self, x):
+        return checkpoint(self.block, x, use_reentrant=False)
+"""
+
+
+def test_cache_rechecks_a_file_when_a_class_it_reached_in_another_file_changes(tmp_path: Path, monkeypatch) -> None:
+    """The edit leaves every phase-1 fact of `blocks.py` as it was; the finding in `net.py`
+    came from `Block`'s class facts, which the index extracted on demand, so it must go."""
+    from ema_lint.registry import rule_for
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "blocks.py").write_text(_BLOCK.format(norm="BatchNorm2d"))
+    (package / "net.py").write_text(_NET)
+    (package / "other.py").write_text("x = 1\n")
+    files = [SourceFile(str(package / name), str(tmp_path)) for name in ("blocks.py", "net.py", "other.py")]
+    rules = [rule_for("EMA101")]
+    cache_dir = str(tmp_path / "cache")
+
+    first = check_files(files, rules, cache=ResultCache(cache_dir, "k"))
+    assert [(Path(d.path).name, d.code, d.start.line) for d in first.diagnostics] == [("net.py", "EMA101", 11)]
+
+    import ema_lint.runner as runner
+
+    calls = []
+    original = runner.check_source
+    monkeypatch.setattr(runner, "check_source", lambda *a, **k: calls.append(Path(a[0]).name) or original(*a, **k))
+    (package / "blocks.py").write_text(_BLOCK.format(norm="LayerNorm"))
+    second = check_files(files, rules, cache=ResultCache(cache_dir, "k"))
+    assert second.diagnostics == []
+    # `blocks.py` changed too, but no checkpoint call in it: settled without the rules
+    assert calls == ["net.py"]

@@ -483,16 +483,6 @@ def names_in(node: cst.CSTNode) -> set[str]:
     return {n.value for n in names_and_attributes(node) if isinstance(n, cst.Name)}
 
 
-@dataclass
-class _Query:
-    """Memo of one `may_carry_graph` question: each name is judged once per question, so
-    chains of bindings cost linear, not exponential, time."""
-
-    answers: dict[str, bool] = field(default_factory=dict)
-    active: set[str] = field(default_factory=set)
-    cycles: int = 0
-
-
 class FileFacts:
     """Everything the autograd rules read about one module."""
 
@@ -503,6 +493,7 @@ class FileFacts:
         self.calls = collector.calls
         self.frozen = {code_of(module, node) for node in collector.frozen}
         self._code: dict[int, str] = {}
+        self._carrying: dict[Function, tuple[tuple[int, int], set[str]]] = {}
         self._propagate_grad_free(collector.calls)
         self._mark_backpropagated_outputs()
         self._propagate_graph_params(collector.calls)
@@ -584,32 +575,64 @@ class FileFacts:
                     function.backward_names.add(name)
 
     def may_carry_graph(self, node: cst.BaseExpression, function: Function) -> bool:
-        return self._carries(node, function, _Query())
+        names: set[str] = set()
+        return self._sources(node, names) or not names.isdisjoint(self._carrying_names(function))
 
-    def _carries(self, node: cst.BaseExpression, function: Function, query: "_Query") -> bool:
+    def _carrying_names(self, function: Function) -> set[str]:
+        """The local names that may carry autograd history: the least set holding the graph
+        parameters and backpropagated names, and every name with a binding that carries
+        history itself or reads a name of the set. Solved once per function (a chain or cycle
+        of bindings costs linear time); graph parameters and backpropagated names only grow,
+        so their sizes tell when to solve again."""
+        state = (len(function.graph_params), len(function.backward_names))
+        known, carrying = self._carrying.get(function, (None, set()))
+        if known == state:
+            return carrying
+        carrying = function.graph_params | function.backward_names
+        readers: dict[str, list[str]] = {}
+        for name, bindings in function.bindings.items():
+            if name in carrying:
+                continue
+            for binding in bindings:
+                read: set[str] = set()
+                if self._binding_sources(binding, read):
+                    carrying.add(name)
+                    break
+                for source in read:
+                    readers.setdefault(source, []).append(name)
+        pending = list(carrying)
+        while pending:
+            for reader in readers.get(pending.pop(), ()):
+                if reader not in carrying:
+                    carrying.add(reader)
+                    pending.append(reader)
+        self._carrying[function] = (state, carrying)
+        return carrying
+
+    def _binding_sources(self, binding: Binding, names: set[str]) -> bool:
+        """Like `_sources`, for the value one binding gives its name."""
+        if binding.element_of:
+            kind = collection_kind(binding.value)
+            if kind in PARAMETER_SOURCES:
+                owner = strip_parens(binding.value)
+                while isinstance(owner, cst.Call) and attribute_name(owner.func) in ("list", "tuple"):
+                    owner = owner.args[0].value
+                return self.code(owner.func.value) not in self.frozen
+            if kind in DETACHED_SOURCES:
+                return False
+        return self._sources(binding.value, names)
+
+    def _sources(self, node: cst.BaseExpression, names: set[str]) -> bool:
+        """True when `node` carries autograd history whatever its names hold; else adds to
+        `names` the local names it carries history from, if they carry any."""
         node = strip_parens(node)
         if isinstance(node, cst.Name):
-            name = node.value
-            if name in function.graph_params or name in function.backward_names:
-                return True
-            if name in query.answers:
-                return query.answers[name]
-            if name in query.active:
-                query.cycles += 1
-                return False
-            query.active.add(name)
-            cycles_before = query.cycles
-            answer = self._name_carries(name, function, query)
-            query.active.discard(name)
-            # A name whose answer leaned on a name still being evaluated may be "no" only
-            # along this path; "yes" holds along any path.
-            if answer or query.cycles == cycles_before:
-                query.answers[name] = answer
-            return answer
+            names.add(node.value)
+            return False
         if isinstance(node, cst.Attribute):
             if node.attr.value in CUT_ATTRIBUTES or root_name(node) == "self":
                 return False
-            return self._carries(node.value, function, query)
+            return self._sources(node.value, names)
         if isinstance(node, cst.Call):
             name = attribute_name(node.func)
             if isinstance(node.func, cst.Name) and name in SCALAR_CASTS:
@@ -623,40 +646,19 @@ class FileFacts:
                     return False
                 if name in PARAMETER_SOURCES:
                     return self.code(node.func.value) not in self.frozen
-                if self._carries(node.func.value, function, query):
+                if self._sources(node.func.value, names):
                     return True
-            return any(self._carries(a.value, function, query) for a in node.args)
+            return any(self._sources(a.value, names) for a in node.args)
         if isinstance(node, cst.Subscript):
-            return self._carries(node.value, function, query)
+            return self._sources(node.value, names)
         if isinstance(node, cst.BinaryOperation):
-            return self._carries(node.left, function, query) or self._carries(
-                node.right, function, query
-            )
+            return self._sources(node.left, names) or self._sources(node.right, names)
         if isinstance(node, cst.UnaryOperation):
-            return self._carries(node.expression, function, query)
+            return self._sources(node.expression, names)
         if isinstance(node, cst.IfExp):
-            return self._carries(node.body, function, query) or self._carries(
-                node.orelse, function, query
-            )
+            return self._sources(node.body, names) or self._sources(node.orelse, names)
         if isinstance(node, (cst.Tuple, cst.List)):
-            return any(self._carries(e.value, function, query) for e in node.elements)
-        return False
-
-    def _name_carries(self, name: str, function: Function, query: "_Query") -> bool:
-        for binding in function.bindings.get(name, ()):
-            if binding.element_of:
-                kind = collection_kind(binding.value)
-                if kind in PARAMETER_SOURCES:
-                    owner = strip_parens(binding.value)
-                    while isinstance(owner, cst.Call) and attribute_name(owner.func) in ("list", "tuple"):
-                        owner = owner.args[0].value
-                    if self.code(owner.func.value) not in self.frozen:
-                        return True
-                    continue
-                if kind in DETACHED_SOURCES:
-                    continue
-            if self._carries(binding.value, function, query):
-                return True
+            return any(self._sources(e.value, names) for e in node.elements)
         return False
 
     def reads(self, scope: cst.CSTNode, target: str) -> list[tuple[cst.CSTNode, bool]]:

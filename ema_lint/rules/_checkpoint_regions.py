@@ -105,7 +105,8 @@ class FunctionRegions:
             owner = node.value
             if isinstance(owner, ast.Name) and owner.id == self.self_name and self.class_name:
                 return self.project.member_path(self.class_name, node.attr, state=self.state)
-            for held in self.values.values(owner):
+            # sorted: a set's order follows string hashing, which changes with every run
+            for held in sorted(self.values.values(owner)):
                 if held.kind == BUILT and self.project.class_facts(held.target) is not None:
                     path = self.project.member_path(held.target, node.attr, state=self.state)
                     if path is not None:
@@ -206,7 +207,7 @@ class FunctionRegions:
             if isinstance(node, ast.Call) and dotted_name(node.func) == "isinstance" and len(node.args) == 2:
                 kinds = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
                 for kind in kinds:
-                    classes.extend(h.target for h in self.values.references(kind))
+                    classes.extend(sorted(h.target for h in self.values.references(kind)))
         return classes
 
 

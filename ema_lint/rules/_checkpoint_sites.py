@@ -71,7 +71,7 @@ class CheckpointSiteRule(Rule):
         if facts is None:
             # checked alone (no runner): index this file by itself
             facts = summarize(context.module_name, context.module.bytes)
-            context.project = ProjectIndex.from_facts([*context.project.modules.values(), facts])
+            context.project = context.project.with_module(facts)
         self.project = context.project
         self.scope = ModuleScope(
             context.module_name,
@@ -85,7 +85,12 @@ class CheckpointSiteRule(Rule):
         self.no_grad_depth = 0
         self._regions: dict[int, FunctionRegions] = {}
         self._module_tree: ast.Module | None = None
-        self._functions_by_line: dict[int, ast.AST] = {}
+        # every `def` of the file in source order, in both trees: a libcst function is
+        # matched to its `ast` twin by its position in that order, which needs no positions
+        # metadata (a code generation pass over the whole file)
+        self._ast_functions: list[ast.AST] = []
+        self._functions_seen = 0
+        self._outermost_function = 0
         self._aliases: dict[str, Region] = {}
 
     @classmethod
@@ -98,7 +103,7 @@ class CheckpointSiteRule(Rule):
         entry point named in this file: directly, through an import of this file, or in a
         local alias (`partial(checkpoint, ...)`), so every one is a reference that resolves
         to an entry point. Files mentioning "checkpoint" (often only `grad_checkpointing`
-        flags and comments) are checked with the stdlib parser, far cheaper than libcst."""
+        flags and comments) are checked against the names phase 1 recorded they read."""
         facts = project.modules.get(module_name)
         if facts is None:
             return True
@@ -110,7 +115,7 @@ class CheckpointSiteRule(Rule):
             return True
         if b"checkpoint" not in source:
             return False
-        return _references_region(source, project, facts)
+        return any(project.resolve(name) in REGIONS for name in facts.read_names)
 
     # -- scope tracking ------------------------------------------------------------------
 
@@ -121,6 +126,9 @@ class CheckpointSiteRule(Rule):
         self.classes.pop()
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        if not self.functions:
+            self._outermost_function = self._functions_seen
+        self._functions_seen += 1
         self.functions.append(node)
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
@@ -149,9 +157,12 @@ class CheckpointSiteRule(Rule):
             self._module_tree = ast.parse(self.context.text or self.context.module.code)
             for node in ast.walk(self._module_tree):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    self._functions_by_line[node.lineno] = node
+                    self._ast_functions.append(node)
                 elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
                     self._record_alias(node)
+            # one `def` per line at most, so line and column order is source order, the
+            # order libcst visits them in (decorators and defaults hold no `def`)
+            self._ast_functions.sort(key=lambda node: (node.lineno, node.col_offset))
         return self._module_tree
 
     def _record_alias(self, node: ast.Assign | ast.AnnAssign) -> None:
@@ -180,7 +191,7 @@ class CheckpointSiteRule(Rule):
         class_name = f"{self.context.module_name}.{self.classes[0]}" if len(self.classes) == 1 else None
         function = None
         if self.functions:
-            function = self._functions_by_line.get(self.range_of(self.functions[0].name).start.line)
+            function = self._ast_functions[self._outermost_function]
         key = id(function)
         if key not in self._regions:
             if function is None:
@@ -388,20 +399,6 @@ def dotted_text(node: cst.BaseExpression) -> str | None:
         parts.append(node.value)
         return ".".join(reversed(parts))
     return None
-
-
-def _references_region(source: bytes, project: ProjectIndex, facts) -> bool:
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return True  # the engine reports it
-    scope = ModuleScope(facts.module_name, facts.imports, set(facts.classes), set(facts.function_returns), bool(facts.star_imports))
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Load):
-            dotted = dotted_name(node)
-            if dotted is not None and project.resolve(scope.qualify(dotted)) in REGIONS:
-                return True
-    return False
 
 
 def _names_defined(project: ProjectIndex, module: str) -> list[str]:
