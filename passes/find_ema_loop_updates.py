@@ -111,8 +111,9 @@ def find_ema_loop_updates(trace: Trace) -> list[Diagnostic]:
 
 def update_groups(graph: torch.fx.Graph) -> list[UpdateGroup]:
     """Runs of >= 2 per-tensor updates with one form, decay, weight, grad mode, region and
-    calling module, with nothing but their own nodes and `get_attr` nodes from the first node
-    of the run to the last: fusing a run after its last node reorders only the updates."""
+    calling module, with nothing but their own nodes and attribute reads (`get_attr`, `.data`,
+    `detach()`) from the first node of the run to the last: fusing a run after its last node
+    reorders only the updates."""
     owner: dict[Node, TensorUpdate] = {}
     for node in graph.nodes:
         update = _match(node)
@@ -134,7 +135,9 @@ def update_groups(graph: torch.fx.Graph) -> list[UpdateGroup]:
         pending.clear()
 
     for node in graph.nodes:
-        if node.op == "get_attr":
+        if _attribute(node) is not None:
+            # Reads of an attribute, directly or through `.data` / `detach()`, change nothing:
+            # moving updates past them is safe. `state_dict()` makes all its detached reads first.
             continue
         update = owner.get(node)
         if update is None or update.last in spoiled:

@@ -280,6 +280,7 @@ class EmaTracer(torch.fx.Tracer):
         for cls in classes:
             for method in ("named_parameters", "named_buffers"):
                 planned.append((cls, method, self._member_iteration(getattr(cls, method))))
+            planned.append((cls, "state_dict", self._state_dict(getattr(cls, "state_dict"))))
             if not custom_setattr:
                 planned.append((cls, "__setattr__", self._module_setattr(module_setattr)))
         if custom_setattr:
@@ -297,6 +298,37 @@ class EmaTracer(torch.fx.Tracer):
             return ((name, tracer._member_proxy(tensor)) for name, tensor in members)
 
         return named_members
+
+    def _state_dict(self, original: Callable[..., dict[str, Any]]) -> Callable[..., Any]:
+        """`state_dict()` of a traced module holds proxies for its parameters and buffers
+        (detached unless `keep_vars=True`, as the real one): an EMA loop over its values is then
+        graph nodes, not writes into the live model at trace time."""
+        tracer = self
+
+        def state_dict(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+            result = original(module, *args, **kwargs)
+            if tracer._internal_lookups or id(module) not in tracer._traced_module_ids:
+                return result
+            prefix = kwargs.get("prefix", "")
+            keep_vars = kwargs.get("keep_vars", False)
+            for key, value in list(result.items()):
+                if not (isinstance(value, torch.Tensor) and key.startswith(prefix)):
+                    continue
+                member = _resolve_attribute(module, key[len(prefix):])
+                if not isinstance(member, torch.Tensor):
+                    continue
+                proxy = tracer._member_proxy(member)
+                if proxy is member:
+                    continue
+                if not keep_vars:
+                    proxy = tracer.create_proxy(
+                        "call_method", "detach", (proxy,), {},
+                        proxy_factory_fn=lambda node, real=member: MemberProxy(node, tracer, real),
+                    )
+                result[key] = proxy
+            return result
+
+        return state_dict
 
     def _member_proxy(self, tensor: torch.Tensor) -> Any:
         assigned = self._assigned.get(id(tensor))

@@ -412,3 +412,50 @@ def test_the_analysis_itself_adds_no_nodes():
     traced = trace(AliasedCheckpoint())
     assert [n.target for n in traced.graph.nodes if n.op == "get_attr" and not n.users] == []
     assert [n.op for n in traced.graph.nodes].count("call_module") == 3
+
+
+class StateDictTeacher(nn.Module):
+    """timm `ModelEmaV2`'s loop over `state_dict()` values, run from forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.student = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        self.teacher = copy.deepcopy(self.student).requires_grad_(False)
+
+    @torch.no_grad()
+    def update_teacher(self):
+        for ema, current in zip(self.teacher.state_dict().values(), self.student.state_dict().values()):
+            if ema.dtype.is_floating_point:
+                ema.copy_(ema * 0.99 + current * 0.01)
+            else:
+                ema.copy_(current)
+
+    def forward(self, x):
+        self.update_teacher()
+        return self.student(x) + self.teacher(x)
+
+
+def test_a_state_dict_loop_is_traced_without_touching_the_live_model_and_fused_exactly():
+    model = StateDictTeacher().train()
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.add_(1)  # so that an update at trace time would show
+    before = copy.deepcopy(model.state_dict())
+    found = ema_lint.check_model(model)
+    assert [(d.code, d.module, d.message) for d in found] == [
+        (
+            "EMA301",
+            "",
+            "6 tensors of `teacher` are updated toward `student` one at a time, one kernel per tensor "
+            "instead of one `torch._foreach_*` call",
+        )
+    ]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    fused = ema_lint.transform(model, fuse_ema_updates=True).model
+    assert isinstance(fused, torch.fx.GraphModule)
+    generator = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        x = torch.randn(5, 4, generator=generator)
+        assert torch.equal(fused(x), model(x))
+        expected = model.state_dict()
+        assert all(torch.equal(v, expected[k]) for k, v in fused.state_dict().items())
