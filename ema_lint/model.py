@@ -38,11 +38,18 @@ class TransformResult:
     modified: bool = False
 
 
-def check_model(model: torch.nn.Module) -> list[Diagnostic]:
-    """Diagnostics for `model`'s hazards, found by tracing; `model` is not changed."""
+def check_model(model: torch.nn.Module, example_inputs: tuple[Any, ...] | None = None) -> list[Diagnostic]:
+    """Diagnostics for `model`'s hazards, found by tracing; `model` is not changed.
+
+    When torch.fx cannot trace `model`, EMA003 says why; with `example_inputs`, two real
+    training steps on a copy (the audit) then report the hazards instead.
+    """
     traced = _trace_or_reason(model)
     if isinstance(traced, str):
-        return [_not_traceable(model, traced)]
+        found = [_not_traceable(model, traced)]
+        if example_inputs is not None:
+            found += _audit(copy.deepcopy(model), default_step(example_inputs))
+        return found
     return _analyse(traced)
 
 

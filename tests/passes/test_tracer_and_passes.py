@@ -286,6 +286,12 @@ def test_untraceable_model_falls_back_and_keeps_the_finding():
     assert (reason.code, reason.severity.value) == ("EMA003", "info")
     assert reason.message.startswith("model could not be traced: TraceError: ")
     x = (torch.randn(3, 4),)
+    state = copy.deepcopy(model.state_dict())
+    assert [(d.code, d.module) for d in ema_lint.check_model(model, example_inputs=x)] == [
+        ("EMA003", ""),
+        ("EMA101", "norm"),
+    ]
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # the audit ran on a copy
     result = ema_lint.transform(model, example_inputs=x)
     assert [(d.code, d.module) for d in result.diagnostics] == [("EMA003", ""), ("EMA101", "norm")]
     assert result.modified
