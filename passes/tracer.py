@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -41,6 +42,10 @@ from torch.fx.node import Argument, Node, Target
 
 # One definition of "running-stat module" for the runtime and the analyses.
 from ema_lint.runtime.running_stats import is_running_stat_module
+
+# Tracing patches classes and module namespaces process-wide, so traces on two threads would
+# undo each other's patches out of order.
+_TRACING = threading.RLock()
 
 REGIONS_META = "ema_lint.checkpoint_regions"
 GRAD_ENABLED_META = "ema_lint.grad_enabled"
@@ -117,9 +122,9 @@ class TracingProxy(torch.fx.Proxy):
 
 
 class MemberProxy(TracingProxy):
-    """A parameter or buffer reached through `parameters()` / `buffers()`: its dtype, device and
-    shape are the real tensor's, so loops that branch on them (`if b.dtype.is_floating_point:`)
-    trace the way they run."""
+    """A parameter or buffer reached through `parameters()` / `buffers()` / `state_dict()`: its
+    dtype, device, shape and the like are the real tensor's, so code that branches on them
+    (`if b.dtype.is_floating_point:`, `if next(self.parameters()).is_cuda:`) traces the way it runs."""
 
     def __init__(self, node: Node, tracer: torch.fx.proxy.TracerBase, tensor: torch.Tensor) -> None:
         super().__init__(node, tracer)
@@ -140,6 +145,29 @@ class MemberProxy(TracingProxy):
     @property
     def ndim(self) -> int:
         return self._tensor.ndim
+
+    @property
+    def is_cuda(self) -> bool:
+        return self._tensor.is_cuda
+
+    @property
+    def layout(self) -> torch.layout:
+        return self._tensor.layout
+
+    def is_floating_point(self) -> bool:
+        return self._tensor.is_floating_point()
+
+    def is_complex(self) -> bool:
+        return self._tensor.is_complex()
+
+    def dim(self) -> int:
+        return self._tensor.dim()
+
+    def numel(self) -> int:
+        return self._tensor.numel()
+
+    def size(self, dim: int | None = None) -> Any:
+        return self._tensor.size() if dim is None else self._tensor.size(dim)
 
 
 def _qualified_name(value: Any) -> str:
@@ -250,6 +278,11 @@ class EmaTracer(torch.fx.Tracer):
     # ---- the trace -----------------------------------------------------------------------
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> torch.fx.Graph:
+        # The patches are process-wide and undone in reverse order: traces take turns.
+        with _TRACING:
+            return self._trace(root, concrete_args)
+
+    def _trace(self, root: Any, concrete_args: dict[str, Any] | None) -> torch.fx.Graph:
         if isinstance(root, torch.nn.Module):
             self._traced_module_ids = {id(m) for m in root.modules()}
             scope_roots = list(root.modules())
@@ -404,7 +437,9 @@ class EmaTracer(torch.fx.Tracer):
         }
         for namespace, keys in _checkpoint_aliases(originals):
             for key in keys:
-                patches.set_item(namespace, key, originals[id(namespace[key])])
+                interceptor = originals.get(id(namespace[key]))
+                if interceptor is not None:
+                    patches.set_item(namespace, key, interceptor)
         for module in modules:
             for key, value in list(vars(module).items()):
                 if isinstance(value, functools.partial) and id(value.func) in originals:
@@ -523,10 +558,14 @@ def _scan_namespaces(modules: list[Any], originals: dict[int, Any]) -> _AliasSca
     cache = _alias_cache
     namespaces: list[dict[str, Any]] = []
     found: list[tuple[dict[str, Any], tuple[str, ...]]] = []
+    seen: set[int] = set()
     for module in modules:
         namespace = getattr(module, "__dict__", None)
-        if not isinstance(namespace, dict):
+        # One module can sit under two names (`__main__` and `__mp_main__` once torch is
+        # imported); its namespace is patched once.
+        if not isinstance(namespace, dict) or id(namespace) in seen:
             continue
+        seen.add(id(namespace))
         namespaces.append(namespace)
         name = namespace.get("__name__")
         cached = cache.get(name) if isinstance(name, str) else None

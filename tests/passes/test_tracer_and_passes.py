@@ -465,3 +465,48 @@ def test_a_state_dict_loop_is_traced_without_touching_the_live_model_and_fused_e
         assert torch.equal(fused(x), model(x))
         expected = model.state_dict()
         assert all(torch.equal(v, expected[k]) for k, v in fused.state_dict().items())
+
+
+def test_a_module_registered_under_two_names_is_patched_once(monkeypatch):
+    """`python train.py` puts the script in `sys.modules` as `__main__` and, once torch is
+    imported, as `__mp_main__` too."""
+    import sys
+    import types
+
+    script = types.ModuleType("twice_registered_script")
+    exec(
+        "import torch.nn as nn\n"
+        "from torch.utils.checkpoint import checkpoint\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.bn = nn.BatchNorm1d(4)\n"
+        "    def forward(self, x):\n"
+        "        return checkpoint(self.bn, x, use_reentrant=False)\n",
+        script.__dict__,
+    )
+    monkeypatch.setitem(sys.modules, "twice_registered_script", script)
+    monkeypatch.setitem(sys.modules, "twice_registered_script_alias", script)
+    traced = trace(script.Net())
+    assert len(traced.regions) == 1
+    assert script.checkpoint is torch.utils.checkpoint.checkpoint
+
+
+class ChecksItsParameters(nn.Module):
+    """Code that looks at its own parameters' properties in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x):
+        weight = next(self.parameters())
+        if weight.is_cuda or not weight.is_floating_point() or weight.dim() != 2:
+            x = x * 2
+        return self.linear(x) / sum(p.numel() for p in self.parameters()) * weight.size(0)
+
+
+def test_parameter_properties_are_concrete_while_tracing():
+    model = ChecksItsParameters()
+    x = torch.randn(3, 4)
+    assert torch.equal(trace(model).graph_module(x), model(x))
