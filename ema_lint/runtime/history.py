@@ -34,11 +34,9 @@ class DetachAfterForward:
             value = getattr(owner, name, None)
             if not isinstance(value, torch.Tensor) or value.grad_fn is None:
                 continue
-            if value._base is None:
-                # In place keeps the tensor's identity, so every holder of the buffer
-                # (another module sharing it, a user's reference) sees the cut too.
-                value.detach_()
-            elif name in owner._buffers:
+            # A new detached tensor on the same storage, never `detach_()`: the step's graph
+            # may have saved this very tensor, or the forward may return it.
+            if name in owner._buffers:
                 owner._buffers[name] = value.detach()
             else:
                 object.__setattr__(owner, name, value.detach())

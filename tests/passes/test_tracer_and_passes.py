@@ -510,3 +510,39 @@ def test_parameter_properties_are_concrete_while_tracing():
     model = ChecksItsParameters()
     x = torch.randn(3, 4)
     assert torch.equal(trace(model).graph_module(x), model(x))
+
+
+class ReadsItsAverageBack(nn.Module):
+    """The new average is saved by the step's graph (`y * average`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.register_buffer("average", torch.zeros(4))
+
+    def forward(self, x):
+        y = self.linear(x)
+        self.average = 0.9 * self.average + 0.1 * y.mean(0)
+        return y * self.average
+
+
+class KeepsItsOutput(nn.Module):
+    """The attribute is the very tensor the forward returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.average = torch.zeros(3, 4)
+
+    def forward(self, x):
+        y = self.linear(x)
+        self.average = y
+        return y
+
+
+@pytest.mark.parametrize("model_class", [ReadsItsAverageBack, KeepsItsOutput])
+def test_cutting_history_leaves_the_steps_own_graph_alone(model_class):
+    model = Holder(model_class())
+    result = ema_lint.transform(model)
+    assert [d.code for d in result.diagnostics] == ["EMA201"]
+    assert_steps_equal_a_reference_detached_after_each_forward(result.model, model, "inner")
