@@ -18,12 +18,12 @@ from ema_lint.passes import (
     RunningStatsOncePerStepPass,
     Trace,
     history_keeping_attributes,
-    stateful_modules_in_checkpoint,
+    replay_targets,
     trace,
 )
 from ema_lint.passes import audit as _audit
 from ema_lint.passes.audit import run_audit
-from ema_lint.passes.findings import GRAPH_CODES, class_location, owner_of
+from ema_lint.passes.findings import GRAPH_CODES, class_location
 from ema_lint.runtime import convert_running_stats, detach_after_forward, replay_on_recompute
 from ema_lint.runtime.running_stats import is_converted, is_running_stat_module
 
@@ -65,8 +65,9 @@ def transform(
     The caller's `model` is deep-copied first unless `inplace=True`. The result is the model
     itself (its class, its `forward`, so its checkpointing): recomputed running-stat modules
     are converted in place (EMA101), other recomputed modules that write buffers replay them
-    (EMA103, `ema_lint.runtime.replay_on_recompute`), and each attribute that keeps autograd
-    history (EMA201) is detached after its module's forward (`detach_after_forward`).
+    (EMA103, `ema_lint.runtime.replay_on_recompute`, when a module's forward is what the
+    checkpoint recomputes), and each attribute that keeps autograd history (EMA201) is
+    detached after the forward that writes it (`detach_after_forward`).
 
     `fuse_ema_updates=True` also replaces per-tensor EMA updates in the forward (EMA301) by
     fused `torch._foreach_*` calls, bit for bit, when the model has no checkpoint regions; the
@@ -90,17 +91,17 @@ def transform(
         fused = FuseEmaUpdatesPass()(traced.graph_module)
         if fused.modified:
             result_model, modified = fused.graph_module, True
-    for module in stateful_modules_in_checkpoint(traced).values():
+    for module in replay_targets(traced).values():
         replay_on_recompute(module)
         modified = True
     history = history_keeping_attributes(traced)
     if result_model is not target and history:
-        # The graph module runs the owners' forwards inline, so their hooks would never fire.
+        # The graph module runs every forward inline, so only its own hook would fire.
         detach_after_forward(result_model, history)
         modified = True
     elif history:
-        for owner, names in _by_owner(history).items():
-            detach_after_forward(target.get_submodule(owner), names)
+        for writer, names in _by_writer(history).items():
+            detach_after_forward(target.get_submodule(writer), names)
         modified = True
     return TransformResult(result_model, diagnostics, modified)
 
@@ -126,11 +127,14 @@ def default_step(example_inputs: tuple[Any, ...]) -> Callable[[torch.nn.Module],
     return step
 
 
-def _by_owner(attributes: list[str]) -> dict[str, list[str]]:
+def _by_writer(history: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Writer module -> the attributes to detach after its forward, named relative to it."""
     names: dict[str, list[str]] = {}
-    for attribute in attributes:
-        owner, name = owner_of(attribute)
-        names.setdefault(owner, []).append(name)
+    for attribute, writers in history.items():
+        for writer in sorted(writers):
+            if not attribute.startswith(writer + "."):
+                writer = ""  # written into a module outside its own: the root's forward encloses it
+            names.setdefault(writer, []).append(attribute[len(writer) + 1 :] if writer else attribute)
     return names
 
 
@@ -171,8 +175,10 @@ def _fall_back(target: torch.nn.Module, reason: str, example_inputs: tuple[Any, 
         for name in found.buffer_writers_in_backward:
             replay_on_recompute(target.get_submodule(name))
             modified = True
-        for name, attributes in found.attributes_with_history.items():
-            detach_after_forward(target.get_submodule(name), attributes)
+        # The audit knows owners, not writers: the root's forward encloses every write.
+        history = [f"{owner}.{name}" if owner else name for owner, names in found.attributes_with_history.items() for name in names]
+        if history:
+            detach_after_forward(target, history)
             modified = True
     return TransformResult(target, diagnostics, modified)
 

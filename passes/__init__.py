@@ -11,6 +11,7 @@ from ema_lint.passes.find_ema_loop_updates import find_ema_loop_updates
 from ema_lint.passes.find_running_stats_in_checkpoint import find_running_stats_in_checkpoint
 from ema_lint.passes.find_stateful_modules_in_checkpoint import (
     find_stateful_modules_in_checkpoint,
+    replay_targets,
     stateful_modules_in_checkpoint,
 )
 from ema_lint.passes.fuse_ema_updates import FuseEmaUpdatesPass
@@ -50,6 +51,7 @@ __all__ = [
     "find_running_stats_in_checkpoint",
     "find_stateful_modules_in_checkpoint",
     "history_keeping_attributes",
+    "replay_targets",
     "stateful_modules_in_checkpoint",
     "trace",
 ]

@@ -9,9 +9,9 @@ The attribute keeps the step's graph alive: memory grows every step, and the nex
 through it fails with "Trying to backward through the graph a second time".
 
 ## Fix safety
-`transform` registers `ema_lint.runtime.detach_after_forward` on the owning module: the
-attribute holds the same values, the step's own gradients are unchanged, and no graph
-outlives the step. `DetachHistoryPass` instead detaches the written value in the graph, which
+`transform` registers `ema_lint.runtime.detach_after_forward` on each module whose forward
+writes the attribute: the attribute holds the same values, the step's own gradients are
+unchanged, and no graph outlives the step. `DetachHistoryPass` instead detaches the written value in the graph, which
 also stops the gradient that flows through the new value within the step. Both are unsafe
 when the model meant the gradient to reach across steps (use `DifferentiableEMA` then).
 """
@@ -20,19 +20,21 @@ from __future__ import annotations
 
 from ema_lint.diagnostics import Applicability, Diagnostic, Fix
 from ema_lint.passes.findings import module_diagnostic, owner_of, state_writes
-from ema_lint.passes.tracer import CARRIES_GRAD_META, GRAD_ENABLED_META, Trace
+from ema_lint.passes.tracer import CARRIES_GRAD_META, GRAD_ENABLED_META, MODULE_META, Trace
 
 FIX = Fix("Detach the attribute after each forward", Applicability.UNSAFE)
 
 
-def history_keeping_attributes(trace: Trace) -> list[str]:
+def history_keeping_attributes(trace: Trace) -> dict[str, set[str]]:
     """Qualified names (`inner.average`) of the attributes written with grad on from a value
-    that carries autograd history, in the order the forward first writes them."""
-    attributes: dict[str, None] = {}
+    that carries autograd history, in the order the forward first writes them, each with the
+    modules whose forwards write it (`inner`, or `""` when the root's forward writes
+    `self.inner.average`): the history is complete when such a forward returns."""
+    attributes: dict[str, set[str]] = {}
     for node, attribute in state_writes(trace.graph):
         if node.meta.get(GRAD_ENABLED_META) and node.meta.get(CARRIES_GRAD_META):
-            attributes.setdefault(attribute)
-    return list(attributes)
+            attributes.setdefault(attribute, set()).add(node.meta.get(MODULE_META, ""))
+    return attributes
 
 
 def find_ema_history(trace: Trace) -> list[Diagnostic]:

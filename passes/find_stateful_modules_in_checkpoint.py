@@ -12,10 +12,11 @@ Recomputation replays the forward, so the buffers are written twice per step and
 recomputed forward reads state the first forward already advanced.
 
 ## Fix safety
-`transform` applies `ema_lint.runtime.replay_on_recompute` to the module: recomputation runs
-from the buffers the real forward started with and leaves those it left. Unsafe: exact when
-the module runs once per step; a module called several times needs
-`context_fn=ema_lint.runtime.replay_buffers` at its checkpoint call site.
+`transform` applies `ema_lint.runtime.replay_on_recompute` to the module whose forward the
+checkpoint recomputes: recomputation runs from the buffers the real forward started with and
+leaves those it left. Unsafe: exact when the module runs once per step. A write made by the
+checkpointed function itself (`checkpoint(self._inner, x)`) reruns without any module forward,
+so only `context_fn=ema_lint.runtime.replay_buffers` at the call site fixes it (display only).
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ import torch
 
 from ema_lint.diagnostics import Applicability, Diagnostic, Fix
 from ema_lint.passes.findings import in_recomputed_region, module_diagnostic, owner_of, state_writes
-from ema_lint.passes.tracer import Trace, is_running_stat_module
+from ema_lint.passes.tracer import MODULE_META, REGIONS_META, Trace, is_running_stat_module
 
 FIX = Fix("Replay the module's buffers when checkpoint recomputes it", Applicability.UNSAFE)
+CALL_SITE_HINT = Fix(
+    "Checkpoint the region with `context_fn=ema_lint.runtime.replay_buffers`", Applicability.DISPLAY_ONLY
+)
 
 
 def stateful_modules_in_checkpoint(trace: Trace) -> dict[str, torch.nn.Module]:
@@ -48,7 +52,34 @@ def stateful_modules_in_checkpoint(trace: Trace) -> dict[str, torch.nn.Module]:
     return found
 
 
+def replay_targets(trace: Trace) -> dict[str, torch.nn.Module]:
+    """Qualified name -> module for the modules `ema_lint.runtime.replay_on_recompute` makes
+    exact: modules whose own forward the checkpoint recomputes and whose buffers (with their
+    submodules') hold what that forward writes. A write made by the function checkpoint was
+    given, such as a method (`checkpoint(self._inner, x)`), belongs to the module that called
+    checkpoint, whose forward recomputation does not rerun: only the call site can fix it."""
+    root = trace.root
+    targets: dict[str, torch.nn.Module] = {}
+    for node in trace.graph.nodes:
+        if node.op == "call_module" and in_recomputed_region(node):
+            module = root.get_submodule(str(node.target))
+            if not is_running_stat_module(module) and _writes_buffers_invisibly(module):
+                targets.setdefault(str(node.target), module)
+    for node, attribute in state_writes(trace.graph):
+        if not in_recomputed_region(node):
+            continue
+        owner, _ = owner_of(attribute)
+        if is_running_stat_module(root.get_submodule(owner)):
+            continue
+        writer = node.meta.get(MODULE_META, "")
+        innermost = trace.regions[node.meta[REGIONS_META][-1]]
+        if writer != innermost.module and _within(owner, writer):
+            targets.setdefault(writer, root.get_submodule(writer))
+    return targets
+
+
 def find_stateful_modules_in_checkpoint(trace: Trace) -> list[Diagnostic]:
+    replayed = replay_targets(trace)
     return [
         module_diagnostic(
             "EMA103",
@@ -56,10 +87,14 @@ def find_stateful_modules_in_checkpoint(trace: Trace) -> list[Diagnostic]:
             "so checkpoint recomputation writes them again in backward",
             module,
             name,
-            FIX,
+            FIX if any(_within(name, target) for target in replayed) else CALL_SITE_HINT,
         )
         for name, module in stateful_modules_in_checkpoint(trace).items()
     ]
+
+
+def _within(name: str, ancestor: str) -> bool:
+    return not ancestor or name == ancestor or name.startswith(ancestor + ".")
 
 
 def _writes_buffers_invisibly(module: torch.nn.Module) -> bool:

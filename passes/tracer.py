@@ -191,7 +191,7 @@ class EmaTracer(torch.fx.Tracer):
         self._region_stack: list[int] = []
         self._graph_grad_enabled = True
         self._saved_grad_mode: Node | None = None
-        self._assigned: dict[tuple[int, str], Any] = {}
+        self._assigned: dict[int, Any] = {}  # id(tensor) -> the proxy last stored into it
         self._traced_module_ids: set[int] = set()
         # torch.fx looks parameters up through `named_parameters` itself; those calls must see
         # the real tensors, so they run with this depth above zero.
@@ -520,6 +520,9 @@ class _Patches:
 # module name -> (namespace, namespace size, keys bound to a checkpoint entry point).
 # Scanning every imported module's namespace costs ~0.1 s with timm loaded; a namespace
 # that is the same dict at the same size is not rescanned, only its known keys rechecked.
+# So a name rebound to a checkpoint function without the namespace growing (`ckpt = None`
+# at import, `ckpt = checkpoint` later) is missed. The caches hold the namespaces, which
+# sys.modules holds anyway.
 _alias_cache: dict[str, tuple[dict[str, Any], int, tuple[str, ...]]] = {}
 
 

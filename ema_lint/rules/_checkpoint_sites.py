@@ -33,14 +33,15 @@ REPLAY_HINT = (
 _NO_GRAD = frozenset({"torch.no_grad", "torch.inference_mode", "torch.autograd.grad_mode.no_grad"})
 # What the runtime fixes put in place. Running statistics are exact under either context_fn
 # (replay restores every buffer); other buffers only under replay.
-_RUNTIME = ("ema_lint.runtime.", "ema_lint.runtime.running_stats.", "ema_lint.runtime.replay.")
-_RUNNING_STATS_CONTEXT_FNS = frozenset(prefix + "running_stats_context_fn" for prefix in _RUNTIME)
-_REPLAY_CONTEXT_FNS = frozenset(prefix + "replay_buffers" for prefix in _RUNTIME)
+_RUNNING_STATS_CONTEXT_FNS = frozenset(
+    {"ema_lint.runtime.running_stats_context_fn", "ema_lint.runtime.running_stats.running_stats_context_fn"}
+)
+_REPLAY_CONTEXT_FNS = frozenset({"ema_lint.runtime.replay_buffers", "ema_lint.runtime.replay.replay_buffers"})
 _SAFE_CONTEXT_FNS = {
     RUNNING_STATS: _RUNNING_STATS_CONTEXT_FNS | _REPLAY_CONTEXT_FNS,
     OTHER_BUFFERS: _REPLAY_CONTEXT_FNS,
 }
-_SAFE_WRAPPERS = frozenset(prefix + "recompute_aware" for prefix in _RUNTIME)
+_SAFE_WRAPPERS = frozenset({"ema_lint.runtime.recompute_aware", "ema_lint.runtime.running_stats.recompute_aware"})
 CHECKPOINT_SEQUENTIAL = "checkpoint_sequential"
 _GROWING_METHODS = frozenset({"add_module", "register_module", "append", "extend", "insert"})
 _SEQUENTIAL = frozenset({"torch.nn.Sequential", "torch.nn.modules.container.Sequential"})

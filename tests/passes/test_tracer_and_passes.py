@@ -546,3 +546,48 @@ def test_cutting_history_leaves_the_steps_own_graph_alone(model_class):
     result = ema_lint.transform(model)
     assert [d.code for d in result.diagnostics] == ["EMA201"]
     assert_steps_equal_a_reference_detached_after_each_forward(result.model, model, "inner")
+
+
+class ParentWritesChildAverage(nn.Module):
+    """The root's forward writes a child's buffer after calling the child."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = Holder(nn.Linear(4, 4))
+        self.inner.register_buffer("average", torch.zeros(4))
+
+    def forward(self, x):
+        y = self.inner(x)
+        self.inner.average = 0.9 * self.inner.average + 0.1 * y.mean(0)
+        return y
+
+
+def test_history_is_cut_after_the_forward_that_writes_it():
+    model = ParentWritesChildAverage()
+    result = ema_lint.transform(model)
+    assert [(d.code, d.module) for d in result.diagnostics] == [("EMA201", "inner")]
+    assert_steps_equal_a_reference_detached_after_each_forward(result.model, model, "inner")
+
+
+class CheckpointsItsOwnMethod(nn.Module):
+    """`checkpoint(self._inner, x)`: recomputation reruns the method, not a module forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.register_buffer("average", torch.zeros(4))
+
+    def _inner(self, x):
+        self.average.mul_(0.5).add_(x.detach().mean(0))
+        return self.linear(x)
+
+    def forward(self, x):
+        return checkpoint(self._inner, x, use_reentrant=False)
+
+
+def test_a_write_in_a_checkpointed_method_is_reported_with_the_call_site_fix_only():
+    [found] = ema_lint.check_model(CheckpointsItsOwnMethod())
+    assert (found.code, found.module, found.fix.applicability.value) == ("EMA103", "", "display-only")
+    assert "replay_buffers" in found.fix.title
+    result = ema_lint.transform(CheckpointsItsOwnMethod())
+    assert not result.modified
