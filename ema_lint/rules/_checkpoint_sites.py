@@ -84,7 +84,7 @@ class CheckpointSiteRule(Rule):
         self.classes: list[str] = []
         self.functions: list[cst.FunctionDef] = []
         self.no_grad_depth = 0
-        self._regions: dict[int, FunctionRegions] = {}
+        self._regions: dict[tuple[int, str], FunctionRegions] = {}
         self._module_tree: ast.Module | None = None
         # every `def` of the file in source order, in both trees: a libcst function is
         # matched to its `ast` twin by its position in that order, which needs no positions
@@ -185,7 +185,7 @@ class CheckpointSiteRule(Rule):
             if name is not None:
                 self._aliases[name] = region
 
-    def _function_regions(self) -> FunctionRegions:
+    def _function_regions(self, state: str) -> FunctionRegions:
         """Resolution context: the outermost function of the innermost class (where `self`
         is bound; nested closures are part of its body), or the module body."""
         tree = self._tree()
@@ -193,12 +193,12 @@ class CheckpointSiteRule(Rule):
         function = None
         if self.functions:
             function = self._ast_functions[self._outermost_function]
-        key = id(function)
+        key = (id(function), state)
         if key not in self._regions:
             if function is None:
-                self._regions[key] = FunctionRegions(self.project, self.scope, tree, None, self.STATE)
+                self._regions[key] = FunctionRegions(self.project, self.scope, tree, None, state)
             else:
-                self._regions[key] = FunctionRegions(self.project, self.scope, function, class_name, self.STATE)
+                self._regions[key] = FunctionRegions(self.project, self.scope, function, class_name, state)
         return self._regions[key]
 
     # -- sites ---------------------------------------------------------------------------
@@ -226,16 +226,7 @@ class CheckpointSiteRule(Rule):
         target = argument(call, region.callable_keyword)
         if target is None or self._is_protected(call, target):
             return None
-        regions = self._function_regions()
-        expression = parse_expression(self.context.module.code_for_node(target))
-        if expression is None:
-            return None
-        if region.name == APPLY_ACTIVATION_CHECKPOINTING and (check_fn := argument(call, "check_fn", 99)):
-            path = self._selected_path(regions, check_fn)
-        elif region.name == CHECKPOINT_SEQUENTIAL:
-            path = self._sequential_path(call, regions, expression)
-        else:
-            path = regions.path(expression)
+        path = self._path(call, region, target, self.STATE)
         if path is None:
             return None
         callable_text = self.context.module.code_for_node(target).strip()
@@ -243,7 +234,26 @@ class CheckpointSiteRule(Rule):
             path = path[1:]
         return CheckpointSite(call, region, direct, callable_text, path)
 
-    def _sequential_path(self, call: cst.Call, regions: FunctionRegions, functions: ast.AST) -> tuple[str, ...] | None:
+    def _path(self, call: cst.Call, region: Region, target: cst.BaseExpression, state: str) -> tuple[str, ...] | None:
+        """The steps from the region's callable to a module holding `state`, if it runs one."""
+        regions = self._function_regions(state)
+        expression = parse_expression(self.context.module.code_for_node(target))
+        if expression is None:
+            return None
+        if region.name == APPLY_ACTIVATION_CHECKPOINTING and (check_fn := argument(call, "check_fn", 99)):
+            return self._selected_path(regions, check_fn, state)
+        if region.name == CHECKPOINT_SEQUENTIAL:
+            return self._sequential_path(call, regions, expression, state)
+        return regions.path(expression)
+
+    def also_holds(self, site: CheckpointSite, state: str) -> bool:
+        """Whether the region of `site` also runs a module holding `state`."""
+        target = argument(site.call, site.region.callable_keyword)
+        return target is not None and self._path(site.call, site.region, target, state) is not None
+
+    def _sequential_path(
+        self, call: cst.Call, regions: FunctionRegions, functions: ast.AST, state: str
+    ) -> tuple[str, ...] | None:
         """torch runs the last of `segments` segments without checkpointing: only the first
         `len // segments * (segments - 1)` children are recomputed. When the children or
         the segment count are not literal, any child counts."""
@@ -251,7 +261,7 @@ class CheckpointSiteRule(Rule):
         segments = int(segments_node.value) if isinstance(segments_node, cst.Integer) else None
         if segments == 1:
             return None
-        found = self._sequence_items(regions, functions)
+        found = self._sequence_items(regions, functions, state)
         if found is None or segments is None:
             return regions.path(functions)
         items, owner = found
@@ -262,7 +272,9 @@ class CheckpointSiteRule(Rule):
                 return path
         return None
 
-    def _sequence_items(self, regions: FunctionRegions, node: ast.AST) -> tuple[list[ast.AST], FunctionRegions] | None:
+    def _sequence_items(
+        self, regions: FunctionRegions, node: ast.AST, state: str
+    ) -> tuple[list[ast.AST], FunctionRegions] | None:
         """The literal children of `nn.Sequential(a, b, c)` / `[a, b, c]`, written at the call,
         bound once to a local name, or assigned once to `self.<attr>` in this class."""
         owner = regions
@@ -276,7 +288,7 @@ class CheckpointSiteRule(Rule):
             if len(assigned) != 1:
                 return None
             method, node = assigned[0]
-            owner = FunctionRegions(self.project, self.scope, method, regions.class_name, self.STATE)
+            owner = FunctionRegions(self.project, self.scope, method, regions.class_name, state)
         if isinstance(node, ast.Call):
             callee = dotted_name(node.func)
             if callee is None or self.project.resolve(self.scope.qualify(callee)) not in _SEQUENTIAL or node.keywords:
@@ -329,12 +341,12 @@ class CheckpointSiteRule(Rule):
             and self.qualified(target.func) in _SAFE_WRAPPERS
         )
 
-    def _selected_path(self, regions: FunctionRegions, check_fn: cst.CSTNode) -> tuple[str, ...] | None:
+    def _selected_path(self, regions: FunctionRegions, check_fn: cst.CSTNode, state: str) -> tuple[str, ...] | None:
         expression = parse_expression(self.context.module.code_for_node(check_fn))
         if expression is None:
             return None
         for qualified in regions.isinstance_classes(expression):
-            path = self.project.running_stat_path(qualified, state=self.STATE)
+            path = self.project.running_stat_path(qualified, state=state)
             if path is not None:
                 return path or (qualified.rpartition(".")[2],)
         return None
@@ -342,10 +354,11 @@ class CheckpointSiteRule(Rule):
     def site_fix(self, site: CheckpointSite) -> Fix:
         """The exact fix for one site: the `context_fn` that makes the region's state exact
         (`running_stats_context_fn` for running statistics, `replay_buffers` for other
-        buffers) where the call can take it, SAFE when the call is already non-reentrant;
-        else a module-level hint."""
+        buffers, and for a region holding both) where the call can take it, SAFE when the call
+        is already non-reentrant; else a module-level hint."""
         running_stats = self.STATE == RUNNING_STATS
-        required = CONTEXT_FN if running_stats else REPLAY
+        replay = not running_stats or self.also_holds(site, OTHER_BUFFERS)
+        required = REPLAY if replay else CONTEXT_FN
         name = required.name
         hint = Fix(CONVERT_HINT if running_stats else REPLAY_HINT, Applicability.DISPLAY_ONLY)
         call = site.call
