@@ -21,6 +21,8 @@ so only `context_fn=ema_lint.runtime.replay_buffers` at the call site fixes it (
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 from ema_lint.diagnostics import Applicability, Diagnostic, Fix
@@ -36,13 +38,8 @@ CALL_SITE_HINT = Fix(
 def stateful_modules_in_checkpoint(trace: Trace) -> dict[str, torch.nn.Module]:
     """Qualified name -> module, for the non-running-stat modules that write buffers inside a
     recomputed region, in graph order."""
-    found: dict[str, torch.nn.Module] = {}
+    found = dict(_recomputed_hidden_writers(trace))
     root = trace.root
-    for node in trace.graph.nodes:
-        if node.op == "call_module" and in_recomputed_region(node):
-            module = root.get_submodule(str(node.target))
-            if not is_running_stat_module(module) and _writes_buffers_invisibly(module):
-                found.setdefault(str(node.target), module)
     for node, attribute in state_writes(trace.graph):
         if in_recomputed_region(node):
             owner, _ = owner_of(attribute)
@@ -59,12 +56,7 @@ def replay_targets(trace: Trace) -> dict[str, torch.nn.Module]:
     given, such as a method (`checkpoint(self._inner, x)`), belongs to the module that called
     checkpoint, whose forward recomputation does not rerun: only the call site can fix it."""
     root = trace.root
-    targets: dict[str, torch.nn.Module] = {}
-    for node in trace.graph.nodes:
-        if node.op == "call_module" and in_recomputed_region(node):
-            module = root.get_submodule(str(node.target))
-            if not is_running_stat_module(module) and _writes_buffers_invisibly(module):
-                targets.setdefault(str(node.target), module)
+    targets = dict(_recomputed_hidden_writers(trace))
     for node, attribute in state_writes(trace.graph):
         if not in_recomputed_region(node):
             continue
@@ -91,6 +83,15 @@ def find_stateful_modules_in_checkpoint(trace: Trace) -> list[Diagnostic]:
         )
         for name, module in stateful_modules_in_checkpoint(trace).items()
     ]
+
+
+def _recomputed_hidden_writers(trace: Trace) -> Iterator[tuple[str, torch.nn.Module]]:
+    """Leaves called in a recomputed region whose hooks or parametrizations may write buffers."""
+    for node in trace.graph.nodes:
+        if node.op == "call_module" and in_recomputed_region(node):
+            module = trace.root.get_submodule(str(node.target))
+            if not is_running_stat_module(module) and _writes_buffers_invisibly(module):
+                yield str(node.target), module
 
 
 def _within(name: str, ancestor: str) -> bool:

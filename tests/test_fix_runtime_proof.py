@@ -41,15 +41,13 @@ def _state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {**net.state_dict(), **grads}
 
 
-def test_fixed_checkpoint_call_matches_the_uncheckpointed_reference(tmp_path: Path) -> None:
-    source = CASE.read_bytes()
-    project = ProjectIndex.from_facts([summarize(CASE.stem, source)])
-    fixed = fix_source(str(CASE), source, [rule_for("EMA101")], project=project, module_name=CASE.stem)
-    assert (dict(fixed.applied), fixed.problem) == ({"EMA101": 1}, None)
-    assert b"context_fn=running_stats_context_fn" in fixed.fixed
-
-    original = _load(source, tmp_path, "original_model")
-    repaired = _load(fixed.fixed, tmp_path, "fixed_model")
+def _train_all_three(source: bytes, fixed: bytes, folder: Path, stem: str):
+    """Train the original without checkpointing (the reference), the original checkpointed
+    (broken) and the fixed source checkpointed, from the same weights on the same batches.
+    Asserts the fixed one equals the reference bit for bit; returns the reference's and the
+    broken one's final state."""
+    original = _load(source, folder, f"original_{stem}")
+    repaired = _load(fixed, folder, f"fixed_{stem}")
     torch.manual_seed(0)
     reference = original.Net(use_checkpoint=False)
     broken = original.Net(use_checkpoint=True)
@@ -63,11 +61,21 @@ def test_fixed_checkpoint_call_matches_the_uncheckpointed_reference(tmp_path: Pa
     expected, actual = _state(reference), _state(candidate)
     assert expected.keys() == actual.keys()
     assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
-    assert int(actual["blocks.0.bn.num_batches_tracked"]) == STEPS
-
     _train(broken, batches)
-    assert int(broken.state_dict()["blocks.0.bn.num_batches_tracked"]) == 2 * STEPS
-    assert not torch.equal(broken.state_dict()["blocks.0.bn.running_var"], expected["blocks.0.bn.running_var"])
+    return expected, _state(broken)
+
+
+def test_fixed_checkpoint_call_matches_the_uncheckpointed_reference(tmp_path: Path) -> None:
+    source = CASE.read_bytes()
+    project = ProjectIndex.from_facts([summarize(CASE.stem, source)])
+    fixed = fix_source(str(CASE), source, [rule_for("EMA101")], project=project, module_name=CASE.stem)
+    assert (dict(fixed.applied), fixed.problem) == ({"EMA101": 1}, None)
+    assert b"context_fn=running_stats_context_fn" in fixed.fixed
+
+    expected, broken = _train_all_three(source, fixed.fixed, tmp_path, "model")
+    assert int(expected["blocks.0.bn.num_batches_tracked"]) == STEPS
+    assert int(broken["blocks.0.bn.num_batches_tracked"]) == 2 * STEPS
+    assert not torch.equal(broken["blocks.0.bn.running_var"], expected["blocks.0.bn.running_var"])
 
 
 SPECTRAL_CASE = CASE.parent.parent / "EMA103" / "fix_proof_spectral_blocks.py"
@@ -87,21 +95,6 @@ def test_region_with_batchnorm_and_spectral_norm_fixed_by_both_rules_matches_the
     again = fix_source(str(SPECTRAL_CASE), fixed.fixed, rules, project=project, module_name=SPECTRAL_CASE.stem)
     assert again.fixed == fixed.fixed
 
-    original = _load(source, tmp_path, "original_spectral")
-    repaired = _load(fixed.fixed, tmp_path, "fixed_spectral")
-    torch.manual_seed(0)
-    reference = original.Net(use_checkpoint=False)
-    broken = original.Net(use_checkpoint=True)
-    candidate = repaired.Net(use_checkpoint=True)
-    broken.load_state_dict(reference.state_dict())
-    candidate.load_state_dict(reference.state_dict())
-    batches = [torch.randn(4, 4, 6, 6) for _ in range(STEPS)]
-
-    expected_outputs = _train(reference, batches)
-    assert all(torch.equal(a, b) for a, b in zip(_train(candidate, batches), expected_outputs, strict=True))
-    expected, actual = _state(reference), _state(candidate)
-    assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
-
-    _train(broken, batches)
-    drifted = {name for name, value in _state(broken).items() if not torch.equal(value, expected[name])}
+    expected, broken = _train_all_three(source, fixed.fixed, tmp_path, "spectral")
+    drifted = {name for name, value in broken.items() if not torch.equal(value, expected[name])}
     assert {"blocks.0.conv.weight_u", "blocks.0.bn.num_batches_tracked"} <= drifted
