@@ -16,6 +16,10 @@ from ema_lint.rules._autograd import (
 )
 
 
+_CONTAINER_LITERALS = (
+    cst.List, cst.Tuple, cst.Dict, cst.Set, cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp
+)
+
 class LossAccumulatedWithGraph(AutogradRule):
     """## What it does
     Finds a value with autograd history (the loss, or something computed from it) added to an
@@ -116,11 +120,15 @@ class LossAccumulatedWithGraph(AutogradRule):
         value = one_line(module, strip_parens(found.value))
         root = root_name(found.accumulator)
         escapes = root == "self" or root in found.site.function.returned_names
-        fix = Fix(
-            f"Accumulate `{value}.detach()`" if len(value) < 40 else "Detach the accumulated value",
-            Applicability.UNSAFE if escapes else Applicability.SAFE,
-            (self.edit_replacing(found.value, detached(module, found.value)),),
-        )
+        if isinstance(strip_parens(found.value), _CONTAINER_LITERALS):
+            # `[a, b].detach()` is no method of a list: which items are tensors is a person's call.
+            fix = Fix("Detach the tensors in the accumulated value", Applicability.DISPLAY_ONLY)
+        else:
+            fix = Fix(
+                f"Accumulate `{value}.detach()`" if len(value) < 40 else "Detach the accumulated value",
+                Applicability.UNSAFE if escapes else Applicability.SAFE,
+                (self.edit_replacing(found.value, detached(module, found.value)),),
+            )
         self.report(
             found.site.statement,
             f"`{accumulator}` accumulates `{value}` with its autograd graph, so every step's graph stays in memory",
