@@ -72,6 +72,24 @@ def detached(module: cst.Module, node: cst.BaseExpression) -> str:
     return f"{text}.detach()" if is_atom(node) else f"({text}).detach()"
 
 
+_SCALAR_TYPES = frozenset({"int", "float", "bool", "str", "complex"})
+
+
+def _is_scalar_type(annotation: cst.BaseExpression) -> bool:
+    """`float`, `Optional[int]`, `int | None`, `Union[int, float]`: a declared plain value."""
+    annotation = strip_parens(annotation)
+    if isinstance(annotation, cst.Name):
+        return annotation.value in _SCALAR_TYPES or annotation.value == "None"
+    if isinstance(annotation, cst.BinaryOperation) and isinstance(annotation.operator, cst.BitOr):
+        return _is_scalar_type(annotation.left) and _is_scalar_type(annotation.right)
+    if isinstance(annotation, cst.Subscript) and attribute_name(annotation.value) in ("Optional", "Union"):
+        return all(
+            isinstance(element.slice, cst.Index) and _is_scalar_type(element.slice.value)
+            for element in annotation.slice
+        )
+    return False
+
+
 def attribute_name(func: cst.BaseExpression) -> str | None:
     if isinstance(func, cst.Attribute):
         return func.attr.value
@@ -163,6 +181,8 @@ class Function:
     graph_params: set[str] = field(default_factory=set)
     returned_names: set[str] = field(default_factory=set)
     grad_free: bool = False
+    # parameters annotated as plain numbers or strings (`real_acc: float`): never graph params
+    scalar_params: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -236,10 +256,8 @@ class _Collector(cst.CSTVisitor):
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         params = node.params
-        names = tuple(
-            p.name.value
-            for p in (*params.posonly_params, *params.params, *params.kwonly_params)
-        )
+        declared = (*params.posonly_params, *params.params, *params.kwonly_params)
+        names = tuple(p.name.value for p in declared)
         # a method is a function whose innermost enclosing scope is a class body
         class_name = self._scopes[-1] if self._scopes and isinstance(self._scopes[-1], str) else None
         function = Function(
@@ -247,9 +265,12 @@ class _Collector(cst.CSTVisitor):
             class_name,
             names,
             any(is_grad_off_decorator(d) for d in node.decorators),
+            scalar_params=frozenset(
+                p.name.value for p in declared if p.annotation is not None and _is_scalar_type(p.annotation.annotation)
+            ),
         )
         if node.name.value in FORWARD_METHODS:
-            function.graph_params.update(n for n in names if n not in ("self", "cls"))
+            function.graph_params.update(n for n in names if n not in ("self", "cls", *function.scalar_params))
         self.functions.append(function)
         self._functions.append(function)
         self._scopes.append(function)
@@ -341,6 +362,13 @@ class _Collector(cst.CSTVisitor):
         elif isinstance(target, (cst.Tuple, cst.List)):
             elements = [e.value for e in target.elements]
             paired = None
+            if element_of and len(elements) == 2 and m.matches(value, m.Call(func=m.Name("enumerate"))):
+                positional = [a.value for a in value.args if a.keyword is None]
+                if positional:
+                    # `for i, x in enumerate(items)`: `i` is a count, `x` an element of `items`.
+                    self._bind_target(elements[0], cst.Integer("0"), element_of=False)
+                    self._bind_target(elements[1], positional[0], element_of=True)
+                    return
             if element_of and m.matches(value, m.Call(func=m.Name("zip"))):
                 positional = [a.value for a in value.args if a.keyword is None]
                 if len(positional) == len(elements):
@@ -548,6 +576,8 @@ class FileFacts:
                         continue
                     else:
                         name = params[index]
+                    if name in callee.scalar_params:
+                        continue
                     if name not in callee.graph_params and self.may_carry_graph(arg.value, call.caller):
                         callee.graph_params.add(name)
                         changed = True
