@@ -181,7 +181,8 @@ class Function:
     graph_params: set[str] = field(default_factory=set)
     returned_names: set[str] = field(default_factory=set)
     grad_free: bool = False
-    # parameters annotated as plain numbers or strings (`real_acc: float`): never graph params
+    # parameters annotated as plain numbers or strings (`real_acc: float`): not assumed to carry
+    # a graph just because the function is a `forward` (a caller passing a tensor still counts)
     scalar_params: frozenset[str] = frozenset()
 
     @property
@@ -576,8 +577,6 @@ class FileFacts:
                         continue
                     else:
                         name = params[index]
-                    if name in callee.scalar_params:
-                        continue
                     if name not in callee.graph_params and self.may_carry_graph(arg.value, call.caller):
                         callee.graph_params.add(name)
                         changed = True

@@ -5,6 +5,7 @@ import libcst as cst
 from ema_lint.diagnostics import Applicability, Fix, Severity
 from ema_lint.rule import Example
 from ema_lint.rules._autograd import (
+    Function,
     one_line,
     AutogradRule,
     Accumulation,
@@ -14,6 +15,17 @@ from ema_lint.rules._autograd import (
     root_name,
     strip_parens,
 )
+
+
+def _is_container(value: cst.BaseExpression, function: Function) -> bool:
+    """A container literal, or a name every binding of which is one (`extra = [out.max()]`)."""
+    value = strip_parens(value)
+    if isinstance(value, cst.Name):
+        bindings = function.bindings.get(value.value, ())
+        return bool(bindings) and all(
+            not b.element_of and isinstance(strip_parens(b.value), _CONTAINER_LITERALS) for b in bindings
+        )
+    return isinstance(value, _CONTAINER_LITERALS)
 
 
 _CONTAINER_LITERALS = (
@@ -120,7 +132,7 @@ class LossAccumulatedWithGraph(AutogradRule):
         value = one_line(module, strip_parens(found.value))
         root = root_name(found.accumulator)
         escapes = root == "self" or root in found.site.function.returned_names
-        if isinstance(strip_parens(found.value), _CONTAINER_LITERALS):
+        if _is_container(found.value, found.site.function):
             # `[a, b].detach()` is no method of a list: which items are tensors is a person's call.
             fix = Fix("Detach the tensors in the accumulated value", Applicability.DISPLAY_ONLY)
         else:
