@@ -54,7 +54,8 @@ def replay_targets(trace: Trace) -> dict[str, torch.nn.Module]:
     exact: modules whose own forward the checkpoint recomputes and whose buffers (with their
     submodules') hold what that forward writes. A write made by the function checkpoint was
     given, such as a method (`checkpoint(self._inner, x)`), belongs to the module that called
-    checkpoint, whose forward recomputation does not rerun: only the call site can fix it."""
+    checkpoint, whose forward recomputation does not rerun: only the call site can fix it. So
+    can only the call site fix a module whose forward runs more than once per step."""
     root = trace.root
     targets = dict(_recomputed_hidden_writers(trace))
     for node, attribute in state_writes(trace.graph):
@@ -67,7 +68,9 @@ def replay_targets(trace: Trace) -> dict[str, torch.nn.Module]:
         innermost = trace.regions[node.meta[REGIONS_META][-1]]
         if writer != innermost.module and _within(owner, writer):
             targets.setdefault(writer, root.get_submodule(writer))
-    return targets
+    # One snapshot per module: a module run more than once a step would replay every call
+    # from its last call's state.
+    return {name: module for name, module in targets.items() if trace.module_calls[name] == 1}
 
 
 def find_stateful_modules_in_checkpoint(trace: Trace) -> list[Diagnostic]:

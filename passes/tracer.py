@@ -28,6 +28,7 @@ afterwards, even when tracing fails:
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import sys
@@ -98,6 +99,8 @@ class Trace:
     root: torch.nn.Module
     graph: torch.fx.Graph
     regions: dict[int, CheckpointRegion]
+    # qualified module name -> how many times its forward ran in the traced forward
+    module_calls: collections.Counter[str] = field(default_factory=collections.Counter)
 
     @functools.cached_property
     def graph_module(self) -> torch.fx.GraphModule:
@@ -188,6 +191,7 @@ class EmaTracer(torch.fx.Tracer):
         self.proxy_buffer_attributes = True
         self.inputs_require_grad = inputs_require_grad
         self.regions: dict[int, CheckpointRegion] = {}
+        self.module_calls: collections.Counter[str] = collections.Counter()
         self._region_stack: list[int] = []
         self._graph_grad_enabled = True
         self._saved_grad_mode: Node | None = None
@@ -200,6 +204,12 @@ class EmaTracer(torch.fx.Tracer):
         self._member_proxies: dict[str, MemberProxy] = {}
 
     # ---- leaves, proxies, nodes ----------------------------------------------------------
+
+    def call_module(
+        self, m: torch.nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        self.module_calls[self.path_of_module(m)] += 1
+        return super().call_module(m, forward, args, kwargs)
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         return is_running_stat_module(m) or super().is_leaf_module(m, module_qualified_name)
@@ -633,4 +643,4 @@ def trace(model: torch.nn.Module, inputs_require_grad: bool = False) -> Trace:
     """Trace `model` with `EmaTracer`; raises whatever torch.fx raises when it cannot."""
     tracer = EmaTracer(inputs_require_grad=inputs_require_grad)
     graph = tracer.trace(model)
-    return Trace(model, graph, tracer.regions)
+    return Trace(model, graph, tracer.regions, tracer.module_calls)

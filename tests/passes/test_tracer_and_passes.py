@@ -591,3 +591,22 @@ def test_a_write_in_a_checkpointed_method_is_reported_with_the_call_site_fix_onl
     assert "replay_buffers" in found.fix.title
     result = ema_lint.transform(CheckpointsItsOwnMethod())
     assert not result.modified
+
+
+class SharedSpectralBlock(nn.Module):
+    """One spectral_norm layer checkpointed three times a step (ALBERT-style sharing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.utils.spectral_norm(nn.Linear(4, 4))
+
+    def forward(self, x):
+        for _ in range(3):
+            x = checkpoint(self.block, x, use_reentrant=False)
+        return x
+
+
+def test_a_stateful_module_run_several_times_a_step_gets_the_call_site_fix_only():
+    [found] = ema_lint.check_model(SharedSpectralBlock())
+    assert (found.code, found.module, found.fix.applicability.value) == ("EMA103", "block", "display-only")
+    assert not ema_lint.transform(SharedSpectralBlock()).modified
