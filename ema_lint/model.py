@@ -67,7 +67,8 @@ def transform(
     are converted in place (EMA101), other recomputed modules that write buffers replay them
     (EMA103, `ema_lint.runtime.replay_on_recompute`, when a module's forward is what the
     checkpoint recomputes), and each attribute that keeps autograd history (EMA201) is
-    detached after the forward that writes it (`detach_after_forward`).
+    detached after the innermost forward that encloses its writes and reads
+    (`detach_after_forward`).
 
     `fuse_ema_updates=True` also replaces per-tensor EMA updates in the forward (EMA301) by
     fused `torch._foreach_*` calls, bit for bit, when the model has no checkpoint regions; the
@@ -97,11 +98,11 @@ def transform(
     history = history_keeping_attributes(traced)
     if result_model is not target and history:
         # The graph module runs every forward inline, so only its own hook would fire.
-        detach_after_forward(result_model, history)
+        detach_after_forward(result_model, [name for _, names in history.values() for name in names])
         modified = True
     elif history:
-        for writer, names in _by_writer(history).items():
-            detach_after_forward(target.get_submodule(writer), names)
+        for module, names in _by_module(history).items():
+            detach_after_forward(target.get_submodule(module), names)
         modified = True
     return TransformResult(result_model, diagnostics, modified)
 
@@ -127,14 +128,12 @@ def default_step(example_inputs: tuple[Any, ...]) -> Callable[[torch.nn.Module],
     return step
 
 
-def _by_writer(history: dict[str, set[str]]) -> dict[str, list[str]]:
-    """Writer module -> the attributes to detach after its forward, named relative to it."""
+def _by_module(history: dict[str, tuple[str, tuple[str, ...]]]) -> dict[str, list[str]]:
+    """Module -> the names to detach after its forward, relative to it."""
     names: dict[str, list[str]] = {}
-    for attribute, writers in history.items():
-        for writer in sorted(writers):
-            if not attribute.startswith(writer + "."):
-                writer = ""  # written into a module outside its own: the root's forward encloses it
-            names.setdefault(writer, []).append(attribute[len(writer) + 1 :] if writer else attribute)
+    for module, qualified in history.values():
+        for name in qualified:
+            names.setdefault(module, []).append(name[len(module) + 1 :] if module else name)
     return names
 
 

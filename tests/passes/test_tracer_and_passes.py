@@ -610,3 +610,44 @@ def test_a_stateful_module_run_several_times_a_step_gets_the_call_site_fix_only(
     [found] = ema_lint.check_model(SharedSpectralBlock())
     assert (found.code, found.module, found.fix.applicability.value) == ("EMA103", "block", "display-only")
     assert not ema_lint.transform(SharedSpectralBlock()).modified
+
+
+class ParentReadsChildAverage(nn.Module):
+    """The child writes its average; the parent reads it after the child's forward returned."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = ReadsItsAverageBack()
+
+    def forward(self, x):
+        y = self.inner(x)
+        return y * self.inner.average
+
+
+def test_history_is_cut_after_the_forward_that_also_encloses_later_reads():
+    model = ParentReadsChildAverage()
+    result = ema_lint.transform(model)
+    assert [(d.code, d.module) for d in result.diagnostics] == [("EMA201", "inner")]
+    assert_steps_equal_a_reference_detached_after_each_forward(result.model, model, "inner")
+
+
+class SharesTheAverage(nn.Module):
+    """A second module registers the writer's buffer as its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = Ema()
+        self.reader = nn.Module()
+        self.reader.register_buffer("average", self.inner.average)
+
+    def forward(self, x):
+        return self.inner(x) + self.reader.average
+
+
+def test_every_module_holding_the_buffer_is_cut():
+    result = ema_lint.transform(SharesTheAverage())
+    model = result.model
+    for _ in range(3):
+        model(torch.randn(3, 4)).sum().backward()  # the second step fails if history is kept
+        assert model.inner.average.grad_fn is None and model.reader.average.grad_fn is None
+    assert ema_lint.audit(model, lambda m: m(torch.randn(3, 4)).sum().backward()) == []
