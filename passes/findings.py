@@ -15,7 +15,7 @@ import torch
 from torch.fx.node import Node
 
 from ema_lint.diagnostics import Diagnostic, Fix, Location, Severity
-from ema_lint.passes.tracer import GRAD_ENABLED_META, REGIONS_META, writes_in_place
+from ema_lint.passes.tracer import RECOMPUTED_META, writes_in_place
 
 # A hazard keeps one code wherever it is found; these are the names the source rules use.
 GRAPH_CODES: dict[str, tuple[str, Severity]] = {
@@ -57,8 +57,8 @@ def module_diagnostic(
 
 
 def in_recomputed_region(node: Node) -> bool:
-    """Inside a checkpoint region and run with grad on: the forward that backward replays."""
-    return bool(node.meta.get(REGIONS_META)) and bool(node.meta.get(GRAD_ENABLED_META))
+    """Inside a checkpoint region entered with grad on: code that backward runs again."""
+    return bool(node.meta.get(RECOMPUTED_META))
 
 
 def written_attribute(node: Node) -> str | None:

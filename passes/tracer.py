@@ -52,6 +52,7 @@ REGIONS_META = "ema_lint.checkpoint_regions"
 GRAD_ENABLED_META = "ema_lint.grad_enabled"
 CARRIES_GRAD_META = "ema_lint.carries_grad"
 MODULE_META = "ema_lint.module"
+RECOMPUTED_META = "ema_lint.recomputed"
 
 # Ops whose outputs never carry autograd history, whatever their inputs.
 _NON_DIFFERENTIABLE_METHODS = frozenset(
@@ -88,6 +89,8 @@ class CheckpointRegion:
     options: dict[str, Any]
     parent: int | None
     module: str
+    # whether grad was on where checkpoint was called: torch recomputes only then
+    grad_enabled: bool = True
     context_fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
 
 
@@ -231,10 +234,17 @@ class EmaTracer(torch.fx.Tracer):
             self._record_grad_mode_switch(grad_enabled)
         node = super().create_node(kind, target, args, kwargs, name, type_expr)
         node.meta[REGIONS_META] = tuple(self._region_stack)
+        node.meta[RECOMPUTED_META] = self._recomputed()
         node.meta[GRAD_ENABLED_META] = grad_enabled
         node.meta[MODULE_META] = self._current_module_path()
         node.meta[CARRIES_GRAD_META] = self._carries_grad(node, grad_enabled)
         return node
+
+    def _recomputed(self) -> bool:
+        """Whether backward runs the code being traced again: it is inside a region entered
+        with grad on, even where it turns grad off itself (`with torch.no_grad():` blocks of a
+        checkpointed function rerun too)."""
+        return any(self.regions[r].grad_enabled for r in self._region_stack)
 
     def _current_module_path(self) -> str:
         if not self.module_stack:
@@ -255,6 +265,7 @@ class EmaTracer(torch.fx.Tracer):
         for node in (switch, self._saved_grad_mode):
             if node is not None and REGIONS_META not in node.meta:
                 node.meta[REGIONS_META] = tuple(self._region_stack)
+                node.meta[RECOMPUTED_META] = self._recomputed()
                 node.meta[GRAD_ENABLED_META] = False
                 node.meta[MODULE_META] = self._current_module_path()
                 node.meta[CARRIES_GRAD_META] = False
@@ -352,8 +363,9 @@ class EmaTracer(torch.fx.Tracer):
             result = original(module, *args, **kwargs)
             if tracer._internal_lookups or id(module) not in tracer._traced_module_ids:
                 return result
-            prefix = kwargs.get("prefix", "")
-            keep_vars = kwargs.get("keep_vars", False)
+            # The deprecated positional form is `state_dict(destination, prefix, keep_vars)`.
+            prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+            keep_vars = kwargs.get("keep_vars", args[2] if len(args) > 2 else False)
             for key, value in list(result.items()):
                 if not (isinstance(value, torch.Tensor) and key.startswith(prefix)):
                     continue
@@ -480,6 +492,7 @@ class EmaTracer(torch.fx.Tracer):
             options={k: (_qualified_name(v) if callable(v) else v) for k, v in options.items()},
             parent=self._region_stack[-1] if self._region_stack else None,
             module=self._current_module_path(),
+            grad_enabled=torch.is_grad_enabled(),
             context_fn=options.get("context_fn"),
         )
         self.regions[region.id] = region
@@ -610,13 +623,16 @@ def _resolve_attribute(root: torch.nn.Module, target: str) -> Any:
     patched to create proxies."""
     value: Any = root
     for part in target.split(".") if target else ():
+        namespace = getattr(value, "__dict__", None)
+        if namespace is None:
+            return None
         for table in ("_parameters", "_buffers", "_modules"):
-            members = vars(value).get(table, {})
+            members = namespace.get(table, {})
             if part in members:
                 value = members[part]
                 break
         else:
-            value = vars(value).get(part)
+            value = namespace.get(part)
     return value
 
 

@@ -651,3 +651,29 @@ def test_every_module_holding_the_buffer_is_cut():
         model(torch.randn(3, 4)).sum().backward()  # the second step fails if history is kept
         assert model.inner.average.grad_fn is None and model.reader.average.grad_fn is None
     assert ema_lint.audit(model, lambda m: m(torch.randn(3, 4)).sum().backward()) == []
+
+
+class PowerIterationUnderNoGrad(nn.Module):
+    """Writes its buffer under `torch.no_grad()` inside the checkpointed function: the
+    recomputation runs that block again."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.register_buffer("u", torch.ones(4))
+        self.checkpointed = True
+
+    def step(self, x):
+        with torch.no_grad():
+            self.u.mul_(0.5).add_(x.mean(0))
+        return self.linear(x) * self.u.clone()
+
+    def forward(self, x):
+        return checkpoint(self.step, x, use_reentrant=False) if self.checkpointed else self.step(x)
+
+
+def test_a_buffer_written_under_no_grad_inside_a_region_is_found():
+    [found] = ema_lint.check_model(PowerIterationUnderNoGrad())
+    assert (found.code, found.module) == ("EMA103", "")
+    truth = ema_lint.audit(PowerIterationUnderNoGrad(), lambda m: m(torch.randn(3, 4)).sum().backward())
+    assert [(d.code, d.module) for d in truth] == [("EMA103", "")]
