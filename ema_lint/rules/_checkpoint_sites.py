@@ -234,6 +234,19 @@ class CheckpointSiteRule(Rule):
             path = path[1:]
         return CheckpointSite(call, region, direct, callable_text, path)
 
+    def report_site(self, call: cst.Call, doubled: str) -> None:
+        """Report `call` when it opens a region running a module holding this rule's state;
+        `doubled` says what that module does twice (`updates running stats`)."""
+        site = self.site_at(call)
+        if site is None:
+            return
+        steps = "".join(f" → `{step}`" for step in site.path)
+        self.report(
+            call,
+            f"`{site.callable_text}`{steps} {doubled} twice under `{site.region.name}`",
+            fix=self.site_fix(site),
+        )
+
     def _path(self, call: cst.Call, region: Region, target: cst.BaseExpression, state: str) -> tuple[str, ...] | None:
         """The steps from the region's callable to a module holding `state`, if it runs one."""
         regions = self._function_regions(state)

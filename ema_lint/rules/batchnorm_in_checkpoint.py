@@ -138,12 +138,4 @@ class BatchnormInCheckpoint(CheckpointSiteRule):
     )
 
     def visit_Call(self, node: cst.Call) -> None:
-        site = self.site_at(node)
-        if site is None:
-            return
-        steps = "".join(f" → `{step}`" for step in site.path)
-        self.report(
-            node,
-            f"`{site.callable_text}`{steps} updates running stats twice under `{site.region.name}`",
-            fix=self.site_fix(site),
-        )
+        self.report_site(node, "updates running stats")

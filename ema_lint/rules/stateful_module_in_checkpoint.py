@@ -126,12 +126,4 @@ class StatefulModuleInCheckpoint(CheckpointSiteRule):
     )
 
     def visit_Call(self, node: cst.Call) -> None:
-        site = self.site_at(node)
-        if site is None:
-            return
-        steps = "".join(f" → `{step}`" for step in site.path)
-        self.report(
-            node,
-            f"`{site.callable_text}`{steps} mutates registered buffers twice under `{site.region.name}`",
-            fix=self.site_fix(site),
-        )
+        self.report_site(node, "mutates registered buffers")
