@@ -54,12 +54,12 @@ def main() -> None:
         (tree / "pyproject.toml").write_text("[tool.ema-lint]\n\n[tool.ruff]\n")
         files = python_files(tree)
         lines = count_lines(files)
-        cache = tree / ".ema_lint_cache"
+        cache = Path(scratch) / "cache"
 
         def drop_cache() -> None:
             shutil.rmtree(cache, ignore_errors=True)
 
-        check = [ema_lint, "check", "--quiet", "--output-format", "concise", "."]
+        check = [ema_lint, "check", "--quiet", "--output-format", "concise", "--cache-dir", str(cache), "."]
         cold = _wall(check, tree, args.repeat, before=drop_cache)
         subprocess.run(check, cwd=tree, capture_output=True)
         warm = _wall(check, tree, args.repeat)

@@ -90,15 +90,34 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Print findings only, no summary.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help="Worker processes (default: CPU count).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the result cache.")
+@click.option(
+    "--cache-dir",
+    # not validated here: a cache folder that cannot be used is a note, never a usage error
+    type=click.Path(),
+    envvar="EMA_LINT_CACHE_DIR",
+    help="Folder for the result cache (default: the user's cache folder; env EMA_LINT_CACHE_DIR).",
+)
 def check(
-    paths, select, ignore, extend_select, config, output_format, show_source, statistics, exit_zero, quiet, jobs, no_cache
+    paths,
+    select,
+    ignore,
+    extend_select,
+    config,
+    output_format,
+    show_source,
+    statistics,
+    exit_zero,
+    quiet,
+    jobs,
+    no_cache,
+    cache_dir,
 ) -> None:
     """Check PATHS (default: the current folder) without importing or running them."""
     workspace = Workspace.open(
         paths, select=select, ignore=ignore, extend_select=extend_select, config_path=config
     )
     jobs = jobs or os.cpu_count() or 1
-    cache = None if no_cache else workspace.cache()
+    cache = None if no_cache else workspace.cache(cache_dir)
     show_progress = (
         sys.stderr.isatty() and not os.environ.get("CI") and not quiet and len(workspace.files) >= PROGRESS_MIN_FILES
     )
@@ -108,6 +127,8 @@ def check(
     else:
         report = check_files(workspace.files, workspace.rules, jobs=jobs, cache=cache)
     diagnostics = sorted(workspace.keep([*workspace.problems, *report.diagnostics]), key=_display_order)
+    for note in cache.notes if cache is not None else ():
+        click.echo(f"note: {note}", err=True)
 
     if output_format == "text":
         style = _styler(use_colour())

@@ -9,19 +9,17 @@ content hash, and a worker that crashes costs one file a diagnostic, never the r
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import hashlib
 import itertools
 import multiprocessing
 import os
-import pickle
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from ema_lint import __version__
 from ema_lint.diagnostics import Diagnostic
 from ema_lint.engine import FileResult, check_source, tool_diagnostic, triage, undecodable
 from ema_lint.project import ModuleFacts, ProjectIndex, module_name_for, summarize
+from ema_lint.result_cache import ResultCache
 from ema_lint.rule import Rule
 
 # Past this size a file is generated data, not code a person wrote; parsing it would take
@@ -166,7 +164,7 @@ def _check_alone(loaded: _Loaded, rules, project) -> tuple[FileResult, list[str]
 
 
 def load_and_index(
-    files: Sequence[SourceFile], *, jobs: int = 1, cache: "ResultCache | None" = None
+    files: Sequence[SourceFile], *, jobs: int = 1, cache: ResultCache | None = None
 ) -> tuple[list[_Loaded], ProjectIndex]:
     """Phase 1: every file's bytes and facts (or the problem that ends its check), and the
     project index built from them."""
@@ -188,7 +186,7 @@ def check_files(
     rules: Sequence[type[Rule]],
     *,
     jobs: int = 1,
-    cache: "ResultCache | None" = None,
+    cache: ResultCache | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Report:
     loaded, project = load_and_index(files, jobs=jobs, cache=cache)
@@ -276,115 +274,3 @@ def _context():
     # fork: workers inherit the imported rules and start in milliseconds; the checker
     # starts no threads before forking.
     return multiprocessing.get_context("fork")
-
-
-@functools.lru_cache(maxsize=1)
-def _checker_fingerprint() -> str:
-    """Hash of the checker's own sources: an edited rule (or an upgrade that kept the version
-    number, as an editable install does) must not be answered from old results."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    digest = hashlib.blake2b(digest_size=12)
-    for folder, folders, names in os.walk(package):
-        folders[:] = sorted(f for f in folders if f not in ("__pycache__", "runtime"))
-        for name in sorted(n for n in names if n.endswith(".py")):
-            path = os.path.join(folder, name)
-            digest.update(os.path.relpath(path, package).encode())
-            with open(path, "rb") as handle:
-                digest.update(handle.read())
-    return digest.hexdigest()
-
-
-class ResultCache:
-    """Content-hash cache in one pickle file per (tool version, rule set, settings).
-
-    Phase-1 facts are keyed by content alone; phase-2 results also by the project index,
-    since cross-file facts can change a file's findings: by the phase-1 facts of every
-    module, and, stored with each result, the contents of the modules whose further facts
-    (class facts, function returns) were extracted on demand while checking it.
-    """
-
-    def __init__(self, directory: str, settings_key: str) -> None:
-        key = hashlib.blake2b(
-            f"{__version__}\0{_checker_fingerprint()}\0{settings_key}".encode(), digest_size=12
-        ).hexdigest()
-        self.path = os.path.join(directory, f"{key}.pickle")
-        self.directory = directory
-        self._facts: dict[tuple[str, str], tuple[ModuleFacts | None, Diagnostic | None]] = {}
-        self._results: dict[tuple[str, str, str], tuple[FileResult, tuple[tuple[str, str], ...]]] = {}
-        self._dirty = False
-        try:
-            with open(self.path, "rb") as handle:
-                self._facts, self._results = pickle.load(handle)
-        except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError):
-            pass
-        self._project_keys: dict[int, str] = {}
-        self._module_digests: dict[tuple[int, str], str] = {}
-        # entries this run read or wrote; the rest belong to old file contents and are dropped
-        self._live_facts: set = set()
-        self._live_results: set = set()
-
-    def _project_key(self, project: ProjectIndex) -> str:
-        ident = id(project)
-        if ident not in self._project_keys:
-            # `repr`, not `pickle`: pickle's bytes depend on which equal strings are one
-            # object, which differs between facts just extracted and facts read back
-            digest = hashlib.blake2b(digest_size=12)
-            for name in sorted(project.modules):
-                digest.update(repr(project.modules[name]).encode())
-            self._project_keys[ident] = digest.hexdigest()
-        return self._project_keys[ident]
-
-    def fill_facts(self, loaded: list[_Loaded]) -> None:
-        for item in loaded:
-            key = (item.file.path, item.digest)
-            if item.source is not None and key in self._facts:
-                item.facts, item.syntax_error = self._facts[key]
-                self._live_facts.add(key)
-
-    def store_facts(self, loaded: list[_Loaded]) -> None:
-        for item in loaded:
-            key = (item.file.path, item.digest)
-            if item.summarized and key not in self._facts:
-                self._facts[key] = (item.facts, item.syntax_error)
-                self._live_facts.add(key)
-                self._dirty = True
-
-    def _module_digest(self, project: ProjectIndex, module: str) -> str:
-        key = (id(project), module)
-        if key not in self._module_digests:
-            source = project.sources.get(module)
-            self._module_digests[key] = "" if source is None else hashlib.blake2b(source[0], digest_size=16).hexdigest()
-        return self._module_digests[key]
-
-    def result(self, item: _Loaded, project: ProjectIndex) -> FileResult | None:
-        key = (item.file.path, item.digest, self._project_key(project))
-        if key not in self._results:
-            return None
-        result, consulted = self._results[key]
-        if any(self._module_digest(project, module) != digest for module, digest in consulted):
-            return None
-        self._live_results.add(key)
-        return result
-
-    def store_result(self, item: _Loaded, project: ProjectIndex, result: FileResult, consulted: list[str]) -> None:
-        if not any(d.code == "EMA005" for d in result.diagnostics):
-            key = (item.file.path, item.digest, self._project_key(project))
-            self._results[key] = (result, tuple((m, self._module_digest(project, m)) for m in consulted))
-            self._live_results.add(key)
-            self._dirty = True
-
-    def save(self) -> None:
-        stale = len(self._facts) > len(self._live_facts) or len(self._results) > len(self._live_results)
-        if not (self._dirty or stale):
-            return
-        self._facts = {k: v for k, v in self._facts.items() if k in self._live_facts}
-        self._results = {k: v for k, v in self._results.items() if k in self._live_results}
-        os.makedirs(self.directory, exist_ok=True)
-        gitignore = os.path.join(self.directory, ".gitignore")
-        if not os.path.exists(gitignore):
-            with open(gitignore, "w") as handle:
-                handle.write("*\n")
-        temporary = f"{self.path}.{os.getpid()}.tmp"
-        with open(temporary, "wb") as handle:
-            pickle.dump((self._facts, self._results), handle, protocol=5)
-        os.replace(temporary, self.path)

@@ -13,9 +13,8 @@ from ema_lint.diagnostics import Diagnostic
 from ema_lint.discovery import discover
 from ema_lint.registry import TOOL_CODES, enabled_rules, is_enabled
 from ema_lint.rule import Rule
-from ema_lint.runner import ResultCache, SourceFile
-
-CACHE_FOLDER = ".ema_lint_cache"
+from ema_lint.result_cache import ResultCache, default_cache_dir
+from ema_lint.runner import SourceFile
 
 
 @dataclass
@@ -52,9 +51,11 @@ class Workspace:
             problems=[*settings.problems, *problems],
         )
 
-    def cache(self) -> ResultCache:
+    def cache(self, directory: str | None = None) -> ResultCache:
+        """The result cache for this rule set and project root, in `directory` (default: the
+        user's cache folder, never one the checked tree provides)."""
         key = ",".join(rule.code for rule in self.rules)
-        return ResultCache(os.path.join(self.settings.root, CACHE_FOLDER), key)
+        return ResultCache(directory or default_cache_dir(), key, self.settings.root)
 
     def keep(self, diagnostics: Sequence[Diagnostic]) -> list[Diagnostic]:
         """Drop findings of codes that are ignored (tool codes are on unless ignored) or
