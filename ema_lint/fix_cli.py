@@ -8,8 +8,11 @@ findings (EMA001/EMA004) here as there, so they exit 1.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -19,6 +22,26 @@ from ema_lint.fix_run import FileFix, fix_files, unified_diff, why_not_fixed
 from ema_lint.fixer import is_applicable
 from ema_lint.render import render_text
 from ema_lint.workspace import Workspace
+
+
+@contextlib.contextmanager
+def _signals_unwind():
+    """SIGTERM and SIGHUP end the run through `SystemExit`, so every `finally` runs and no
+    temporary file is left next to a user's source."""
+
+    def unwind(signum, frame):
+        raise SystemExit(128 + signum)
+
+    caught = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, unwind) for s in caught}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @main.command("fix")
@@ -31,14 +54,16 @@ from ema_lint.workspace import Workspace
 def fix_command(paths, select, ignore, extend_select, config, write, unsafe_fixes, quiet, jobs) -> None:
     """Fix PATHS (default: the current folder): show a unified diff, or apply it with --write."""
     workspace = Workspace.open(paths, select=select, ignore=ignore, extend_select=extend_select, config_path=config)
-    outcomes = fix_files(
-        workspace.files,
-        workspace.rules,
-        unsafe=unsafe_fixes,
-        write=write,
-        keep=workspace.keep,
-        jobs=jobs or os.cpu_count() or 1,
-    )
+    with _signals_unwind():
+        outcomes = fix_files(
+            workspace.files,
+            workspace.rules,
+            unsafe=unsafe_fixes,
+            write=write,
+            keep=workspace.keep,
+            jobs=jobs or os.cpu_count() or 1,
+            roots=paths or ["."],
+        )
     style = _styler(use_colour())
     if not write:
         for outcome in outcomes:

@@ -1,6 +1,6 @@
 """Fixing many files: which files may be written, the fix loop per file, atomic writes, diffs.
 
-Symbolic links are never written through. A link whose target is itself among the files
+Symbolic links are never written through, neither a linked file nor a linked folder. A link whose target is itself among the files
 being fixed is dropped (the target is fixed once, as itself); a link to anything else is
 checked but not fixed, because its target lies outside the given paths. A file reached
 twice (through a linked folder) is fixed once. Read-only files and files with several hard
@@ -61,9 +61,12 @@ def fix_files(
     write: bool = False,
     keep: Keep | None = None,
     jobs: int = 1,
+    roots: Sequence[str] = (),
 ) -> list[FileFix]:
-    """Fix `files`; with `write`, replace each changed file atomically. Never raises for bad input."""
-    targets, unwritable = _targets(files)
+    """Fix `files`; with `write`, replace each changed file atomically. Never raises for bad
+    input. `roots`: the paths the user named; a file whose real location is outside all of
+    them (reached through a linked folder) is checked but never written."""
+    targets, unwritable = _targets(files, roots)
     loaded, project = load_and_index(targets, jobs=jobs)
     keep = keep or list
     outcomes: dict[str, FileFix] = {}
@@ -101,8 +104,9 @@ def _outcome(result: FixedSource) -> FileFix:
     )
 
 
-def _targets(files: Sequence[SourceFile]) -> tuple[list[SourceFile], dict[str, str]]:
+def _targets(files: Sequence[SourceFile], roots: Sequence[str] = ()) -> tuple[list[SourceFile], dict[str, str]]:
     """The files to open, and for those that must not be written, why."""
+    real_roots = [os.path.realpath(root) for root in roots]
     regular_reals = {os.path.realpath(f.path) for f in files if not os.path.islink(f.path)}
     targets: list[SourceFile] = []
     unwritable: dict[str, str] = {}
@@ -121,6 +125,9 @@ def _targets(files: Sequence[SourceFile]) -> tuple[list[SourceFile], dict[str, s
             continue
         seen.add(real)
         targets.append(file)
+        if real_roots and not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in real_roots):
+            unwritable[file.path] = f"reached through a symbolic link to {real}, outside the given paths; not changed"
+            continue
         reason = _why_not_writable(file.path)
         if reason is not None:
             unwritable[file.path] = reason
@@ -178,35 +185,104 @@ def _fix_all(todo, rules, project, unsafe, keep, jobs):
         yield from zip(todo, results, strict=True)
 
 
+def _between_check_and_replace(path: str) -> None:
+    """Runs in the race window, between the last check and the rename: tests put a
+    concurrent edit here."""
+
+
 def write_atomically(path: str, expected: bytes, data: bytes) -> str | None:
-    """Replace `path`'s bytes `expected` with `data` through a temporary file in the same
-    folder and `os.replace`, keeping mode and owner. Returns why it did not, or None."""
+    """Replace `path`'s bytes `expected` with `data`: a temporary file created exclusively
+    next to it (mode, owner and extended attributes, ACLs included, copied over), then
+    `os.replace`, only if `path` still names the file that was read and it still holds
+    `expected`. Returns why it did not write, or None.
+
+    Compare-and-swap as far as POSIX allows: the check reads the original through a
+    descriptor opened before the temporary file exists, immediately before the rename, and
+    after the rename the old file is read again; an edit written into it in between is put
+    back and the fix reported as not applied. What remains is an editor's own atomic save
+    renamed over `path` in the microseconds between the check and our rename.
+    """
+    temporary = None
+    original = None
     try:
-        info = os.stat(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".ema-lint", dir=folder)
+        original = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        info = os.fstat(original)
+        if _read_all(original) != expected:
+            return "changed on disk since it was read; not overwritten"
+        temporary = _temporary_beside(path, data, original, info)
+        now = os.stat(path, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino) or _read_all(original) != expected:
+            return "changed on disk since it was read; not overwritten"
+        checked = os.fstat(original)
+        _between_check_and_replace(path)
+        os.replace(temporary, path)
+        temporary = None
+        late = os.fstat(original)
+        if (late.st_size, late.st_mtime_ns) != (checked.st_size, checked.st_mtime_ns) or _read_all(original) != expected:
+            # an edit landed in the old file between the check and the rename: it wins
+            temporary = _temporary_beside(path, _read_all(original), original, info)
+            os.replace(temporary, path)
+            temporary = None
+            return "changed on disk while being replaced; the edit was kept and the fix not applied"
     except OSError as error:
         return f"cannot write: {error.strerror or error}"
+    finally:
+        if original is not None:
+            os.close(original)
+        if temporary is not None:
+            try:
+                os.unlink(temporary)
+            except FileNotFoundError:
+                pass
+    return None
+
+
+def _temporary_beside(path: str, data: bytes, original: int, info: os.stat_result) -> str:
+    """A new file next to `path` (created exclusively) holding `data` and `original`'s metadata."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".ema-lint", dir=folder)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
+            _copy_metadata(original, info, stream.fileno())
             os.fsync(stream.fileno())
-        os.chmod(temporary, stat.S_IMODE(info.st_mode))
-        made = os.stat(temporary)
-        if (made.st_uid, made.st_gid) != (info.st_uid, info.st_gid):
-            os.chown(temporary, info.st_uid, info.st_gid)
-        # as late as possible, to leave the smallest window for another writer
-        with open(path, "rb") as current:
-            if current.read() != expected:
-                os.unlink(temporary)
-                return "changed on disk since it was read; not overwritten"
-        os.replace(temporary, path)
-    except OSError as error:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        return f"cannot write: {error.strerror or error}"
-    return None
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return temporary
+
+
+def _read_all(descriptor: int) -> bytes:
+    chunks, offset = [], 0
+    while chunk := os.pread(descriptor, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _copy_metadata(source: int, info: os.stat_result, target: int) -> None:
+    """Mode, owner and extended attributes (where POSIX ACLs live) of `source` onto
+    `target`. An attribute that cannot be kept stops the write (OSError): a fix must not
+    silently drop what the user set on the file."""
+    os.fchmod(target, stat.S_IMODE(info.st_mode))
+    made = os.fstat(target)
+    if (made.st_uid, made.st_gid) != (info.st_uid, info.st_gid):
+        os.fchown(target, info.st_uid, info.st_gid)
+    if not hasattr(os, "listxattr"):
+        return
+    try:
+        names = os.listxattr(source)
+    except OSError:
+        return  # the file system keeps no extended attributes
+    for name in names:
+        value = os.getxattr(source, name)
+        try:
+            if os.getxattr(target, name) == value:
+                continue
+        except OSError:
+            pass
+        os.setxattr(target, name, value)
 
 
 def unified_diff(path: str, before: bytes, after: bytes) -> str:
