@@ -141,8 +141,12 @@ def check_source(
     wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
     text = source.decode(tokenize.detect_encoding(io.BytesIO(source).readline)[0])
     context = FileContext(path, module_name, module, project or ProjectIndex(), text, wrapper)
+    for rule in triggered:
+        for kind in rule.COLLECTORS:
+            if kind not in context.collectors:
+                context.collectors[kind] = kind()
     visitors = [rule(context) for rule in triggered]
-    wrapper.visit_batched(visitors)
+    wrapper.visit_batched([*context.collectors.values(), *visitors])
     lines = re.split(r"\r\n|\r|\n", text)
     for visitor in visitors:
         result.diagnostics.extend(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Sequence, TypeVar
 
 import libcst as cst
 from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
@@ -19,6 +19,8 @@ from ema_lint.diagnostics import Diagnostic, Edit, Fix, Location, Severity
 
 if TYPE_CHECKING:
     from ema_lint.project import ProjectIndex
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,19 @@ class FileContext:
     text: str = ""
     wrapper: MetadataWrapper | None = field(default=None, repr=False)
     _positions: Mapping | None = field(default=None, repr=False)
+    # this file's fact collectors (see `Rule.COLLECTORS`) and the facts derived from them
+    collectors: dict[type, cst.BatchableCSTVisitor] = field(default_factory=dict, repr=False)
+    _derived: dict[object, object] = field(default_factory=dict, repr=False)
+
+    def collected(self, kind: type[T]) -> T:
+        """The collector of type `kind` that walked this file with the rules."""
+        return self.collectors[kind]  # type: ignore[return-value]
+
+    def derived(self, key: object, compute: Callable[[], T]) -> T:
+        """`compute()` once per file, shared by every rule that asks with the same `key`."""
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]  # type: ignore[return-value]
 
     @property
     def positions(self) -> Mapping:
@@ -75,6 +90,11 @@ class Rule(cst.BatchableCSTVisitor):
 
     # Positions are not declared here: they are resolved lazily, see `FileContext.positions`.
     METADATA_DEPENDENCIES: ClassVar[tuple] = ()
+    # Batchable visitors that gather per-file facts this rule reads. The engine makes one of
+    # each per file, shared by every rule that names it, and runs them in the same batched
+    # traversal ahead of the rules, so their `leave_Module` has run before any rule's. A
+    # rule's own `visit_*` methods never hide a node from them.
+    COLLECTORS: ClassVar[tuple[type[cst.BatchableCSTVisitor], ...]] = ()
 
     @classmethod
     def could_report(cls, source: bytes, project: "ProjectIndex", module_name: str) -> bool:

@@ -223,7 +223,7 @@ class Call:
     grad_off: bool
 
 
-class _Collector(cst.CSTVisitor):
+class _Collector(cst.BatchableCSTVisitor):
     def __init__(self) -> None:
         self.functions: list[Function] = []
         self.sites: list[Site] = []
@@ -737,29 +737,14 @@ class _ReadFinder(cst.CSTVisitor):
             self._inert -= 1
 
 
-class _Traversal:
-    """The collector of the file being traversed. The engine runs every enabled rule in one
-    batched traversal; the first autograd rule to enter the module drives the collector and
-    the others read the facts it built, so the facts cost one set of callbacks per file."""
-
-    module: cst.Module | None = None
-    driver: "AutogradRule | None" = None
-    collector: _Collector | None = None
-    facts: "FileFacts | None" = None
-
-
 class AutogradRule(Rule):
     """Base of the rules that read `FileFacts`; they judge the whole file in `check`."""
 
-    def visit_Module(self, node: cst.Module) -> None:
-        if _Traversal.module is not node or _Traversal.facts is not None:
-            _Traversal.module, _Traversal.driver = node, self
-            _Traversal.collector, _Traversal.facts = _Collector(), None
+    COLLECTORS = (_Collector,)
 
     def leave_Module(self, original_node: cst.Module) -> None:
-        if _Traversal.facts is None:
-            _Traversal.facts = FileFacts(original_node, _Traversal.collector)
-        self.check(_Traversal.facts)
+        context = self.context
+        self.check(context.derived(FileFacts, lambda: FileFacts(original_node, context.collected(_Collector))))
 
     def check(self, facts: FileFacts) -> None:
         raise NotImplementedError
@@ -773,20 +758,6 @@ class RecurrenceRule(AutogradRule):
     def structurally_possible(cls, project, module_name: str) -> bool:
         facts = project.modules.get(module_name)
         return facts is None or facts.may_hold_recurrence
-
-
-def _forward_to_collector(hook: str):
-    def forward(self: AutogradRule, node: cst.CSTNode) -> None:
-        if _Traversal.driver is self:
-            getattr(_Traversal.collector, hook)(node)
-
-    forward.__name__ = hook
-    return forward
-
-
-# The collector's hooks, exposed on every autograd rule so the batched traversal calls them.
-for _hook in [name for name in vars(_Collector) if name.startswith(("visit_", "leave_"))]:
-    setattr(AutogradRule, _hook, _forward_to_collector(_hook))
 
 
 @dataclass(eq=False)
