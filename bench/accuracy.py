@@ -160,6 +160,8 @@ def _fetch_pypi(source: Source, staging: Path) -> None:
 
 def _fetch_github(source: Source, staging: Path) -> None:
     mirror = MIRRORS / source.github.replace("/", "+") / "repo"
+    if (mirror / ".git").is_dir():
+        mirror = mirror / ".git"
     if mirror.is_dir():
         # file by file: a snapshot may lack large blobs, which `git archive` refuses
         listing = subprocess.run(
@@ -231,7 +233,7 @@ def score(corpus: Corpus, findings: dict[str, list[Finding]], show_unjudged: boo
         if case.source in findings:
             cases_by_source[case.source].append(case)
     hits: dict[str, list[bool]] = defaultdict(list)
-    true_errors = false_errors = 0
+    true_errors = false_errors = true_any = false_any = 0
     misses, false_positives, unjudged = [], [], []
     for source, found in findings.items():
         cases = cases_by_source[source]
@@ -248,6 +250,8 @@ def score(corpus: Corpus, findings: dict[str, list[Finding]], show_unjudged: boo
             covering = [c for c in cases if c.covers(f.path, f.line)]
             positive = [c for c in covering if c.hazard != "NEG" and f.code in FAMILIES[c.hazard]]
             negative = [c for c in covering if c.hazard == "NEG"]
+            true_any += bool(positive)
+            false_any += bool(negative and not positive)
             if f.severity == "error":
                 if positive:
                     true_errors += 1
@@ -266,6 +270,8 @@ def score(corpus: Corpus, findings: dict[str, list[Finding]], show_unjudged: boo
     precision = true_errors / judged if judged else float("nan")
     negatives = sum(1 for c in corpus.cases if c.hazard == "NEG" and c.source in findings)
     print(f"{'error findings that are real':<36} {precision:>8.0%}  {true_errors}/{judged} ({negatives} look-alike negatives)")
+    judged_any = true_any + false_any
+    print(f"{'findings of any severity that are real':<36} {true_any / judged_any if judged_any else float('nan'):>8.0%}  {true_any}/{judged_any}")
     print(f"unjudged findings: {len(unjudged)}")
     for case in misses:
         print(f"  miss {case.hazard} {case.source}:{case.path}:{case.spans[0][0]}  {case.why}")

@@ -148,12 +148,21 @@ def check_source(
     visitors = [rule(context) for rule in triggered]
     wrapper.visit_batched([*context.collectors.values(), *visitors])
     lines = re.split(r"\r\n|\r|\n", text)
+    found = [d for visitor in visitors for d in visitor.diagnostics]
     for visitor in visitors:
         result.diagnostics.extend(
-            d for d in visitor.diagnostics if not (honour_noqa and is_suppressed(d, lines))
+            d
+            for d in visitor.diagnostics
+            if not (honour_noqa and is_suppressed(d, lines)) and not _superseded(d, visitor.SUPERSEDED_BY, found)
         )
     result.diagnostics.sort(key=Diagnostic.sort_key)
     return result
+
+
+def _superseded(diagnostic: Diagnostic, by: Sequence[str], found: Sequence[Diagnostic]) -> bool:
+    return any(
+        other.code in by and other.start <= diagnostic.start and diagnostic.end <= other.end for other in found
+    )
 
 
 def triage(

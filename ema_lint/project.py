@@ -21,6 +21,14 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ema_lint.analysis.torch_names import (
+    BATCH_NORM_CONFIG_TYPES,
+    EMA_HELPER_WORDS,
+    OPENMMLAB_CONV_MODULES,
+    OPENMMLAB_NORM_CFG_POSITION,
+    OPENMMLAB_NORM_FACTORY,
+)
+
 REF, BUILT, RESULT, SELF_RESULT, PASSED = "ref", "built", "result", "self-result", "passed"
 
 # Containers whose constructor arguments are the modules they hold.
@@ -187,6 +195,8 @@ class ModuleFacts:
     may_hold_recurrence: bool = True
     # False only when no expression has the shape `1 - <power or call>` (EMA102's corrections)
     may_hold_momentum_correction: bool = True
+    # False only when no `for` loop writes anything a model-EMA loop could (see `may_hold_loop_update`)
+    may_hold_loop_update: bool = True
     # False only when nothing named `backward` is referenced: no training step in this file
     calls_backward: bool = True
     # the qualified name of every name or attribute chain the file reads, recorded only
@@ -440,7 +450,9 @@ class ProjectIndex:
                     inner = self.member_path(class_name, read, seen, state)
                     if inner is not None:
                         return (f"{owner}.{member}", *inner)
-                return None
+                # a property returning a child (`return getattr(self, self.norm1_name)`)
+                inner = self.values_path(class_name, facts.method_returns.get(member, ()), state=state)
+                return None if inner is None else (f"{owner}.{member}", *inner)
         for facts in chain:
             if member in facts.attributes:
                 if member in facts.frozen_attributes:
@@ -529,6 +541,7 @@ def summarize(module_name: str, source: bytes, is_package: bool = False, structu
         tuple(star_imports),
         may_hold_recurrence(kinds(ast.For, ast.AsyncFor, ast.comprehension, ast.Assign, ast.AugAssign, ast.Call), trains),
         may_hold_momentum_correction(kinds(ast.BinOp)),
+        may_hold_loop_update(kinds(ast.For, ast.AsyncFor)),
         trains,
         read_names(names, scope) if mentions_checkpoint else (),
         structure,
@@ -659,6 +672,27 @@ def may_hold_recurrence(nodes: list[ast.AST], trains: bool) -> bool:
                 if method == "add_":
                     increments.append(state)
     return any(target in scaled for target in increments)
+
+
+def may_hold_loop_update(loops: list[ast.AST]) -> bool:
+    """A structural superset of the statements `analysis.model_ema_loops` accepts: inside a
+    `for` loop, an in-place method call (a name ending in `_`), an augmented assignment, a
+    store to `.data` or to a subscript, or a call of a helper named like an EMA step."""
+    for loop in loops:
+        for statement in loop.body:
+            for node in ast.walk(statement):
+                if isinstance(node, ast.AugAssign):
+                    return True
+                if isinstance(node, ast.Assign) and any(
+                    isinstance(t, ast.Subscript) or (isinstance(t, ast.Attribute) and t.attr == "data")
+                    for t in node.targets
+                ):
+                    return True
+                if isinstance(node, ast.Call):
+                    name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                    if name.endswith("_") or any(word in name.lower() for word in EMA_HELPER_WORDS):
+                        return True
+    return False
 
 
 def _step_shaped(value: ast.AST) -> bool:
@@ -897,6 +931,21 @@ class LocalValues:
         func = call.func
         if self._callee_is(call, PARTIAL) or self._callee_is(call, NORM_LAYER_FACTORIES):
             return self.references(call)
+        callee = (dotted_name(func) or "").rpartition(".")[2]
+        if (
+            isinstance(func, ast.Name)
+            and func.id == "getattr"
+            and len(call.args) >= 2
+            and isinstance(call.args[0], ast.Name)
+            and call.args[0].id == self.self_name
+            and self.attributes is not None
+        ):
+            # `getattr(self, self.norm1_name)`: a child added under a computed name
+            name = call.args[1]
+            return self.attributes.get(name.value if isinstance(name, ast.Constant) and isinstance(name.value, str) else "")
+        if callee == OPENMMLAB_NORM_FACTORY:
+            config = call.args[0] if call.args else _keyword(call, "cfg")
+            return _OPENMMLAB_BATCH_NORM if config is not None and self._batch_norm_config(config) else frozenset()
         if (
             self.self_name
             and isinstance(func, ast.Attribute)
@@ -923,7 +972,40 @@ class LocalValues:
                 values |= self._passed_modules(ref.target, call)
         if isinstance(func, ast.Attribute) and func.attr in ("children", "modules", "values", "items"):
             values |= self.values(func.value)
+        if callee in OPENMMLAB_CONV_MODULES:
+            config = _keyword(call, "norm_cfg")
+            if config is None and len(call.args) > OPENMMLAB_NORM_CFG_POSITION:
+                config = call.args[OPENMMLAB_NORM_CFG_POSITION]
+            if config is not None and self._batch_norm_config(config):
+                values |= _OPENMMLAB_BATCH_NORM
         return frozenset(values)
+
+    def _batch_norm_config(self, node: ast.AST, depth: int = 0) -> bool:
+        """Whether an OpenMMLab norm config may name a BatchNorm: a `dict(type=...)` or
+        `{"type": ...}` literal, or a local name (a parameter's default included) bound to
+        one, through `copy.deepcopy`, `dict(cfg)` and `cfg.copy()`."""
+        if depth > 4:
+            return False
+        if isinstance(node, ast.Dict):
+            return any(
+                isinstance(k, ast.Constant) and k.value == "type" and _constant_in(v, BATCH_NORM_CONFIG_TYPES)
+                for k, v in zip(node.keys, node.values)
+            )
+        if isinstance(node, ast.Call):
+            kind = _keyword(node, "type")
+            if kind is not None and _constant_in(kind, BATCH_NORM_CONFIG_TYPES):
+                return True
+            if node.args and (dotted_name(node.func) or "").rpartition(".")[2] in ("dict", "deepcopy", "copy"):
+                return self._batch_norm_config(node.args[0], depth + 1)
+            if isinstance(node.func, ast.Attribute) and node.func.attr == "copy":
+                return self._batch_norm_config(node.func.value, depth + 1)
+            return False
+        if isinstance(node, ast.Name):
+            return any(
+                how == "value" and self._batch_norm_config(bound, depth + 1)
+                for how, bound in self.bindings.get(node.id, ())
+            )
+        return False
 
     def _passed_modules(self, target: str, call: ast.Call) -> set[Held]:
         passed = set()
@@ -942,6 +1024,17 @@ class LocalValues:
             if isinstance(node, ast.Return) and node.value is not None:
                 values |= self.values(node.value)
         return tuple(sorted(values))
+
+
+_OPENMMLAB_BATCH_NORM = frozenset({Held(BUILT, "torch.nn.BatchNorm2d")})
+
+
+def _keyword(call: ast.Call, name: str) -> ast.AST | None:
+    return next((kw.value for kw in call.keywords if kw.arg == name), None)
+
+
+def _constant_in(node: ast.AST, values: frozenset[str]) -> bool:
+    return isinstance(node, ast.Constant) and node.value in values
 
 
 def _walk_own_body(function):

@@ -95,6 +95,9 @@ class Rule(cst.BatchableCSTVisitor):
     # traversal ahead of the rules, so their `leave_Module` has run before any rule's. A
     # rule's own `visit_*` methods never hide a node from them.
     COLLECTORS: ClassVar[tuple[type[cst.BatchableCSTVisitor], ...]] = ()
+    # Codes whose finding, when it covers this rule's finding, is the one to show: one finding
+    # per site, declared here and applied by the engine (a rule never excludes another's site).
+    SUPERSEDED_BY: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def could_report(cls, source: bytes, project: "ProjectIndex", module_name: str) -> bool:

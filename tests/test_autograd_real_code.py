@@ -2,8 +2,8 @@
 
 The sources are located with `importlib.util.find_spec`, which finds a package without
 executing it; the checker only reads them. The expected set below was verified by reading
-the code (labelling notes in docs/rules-autograd.md): the two per-tensor EMA loops of timm's
-`ModelEma` and `ModelEmaV2` (EMA301), and no finding anywhere else, among 489 files that hold optimizer moment updates, residual
+the code (labelling notes in docs/rules-autograd.md): the per-tensor EMA loops of timm's
+`ModelEma`, `ModelEmaV2` and `ModelEmaV3(foreach=False)` (EMA301), and no finding anywhere else, among 489 files that hold optimizer moment updates, residual
 scalings, GRU updates and mixup blends written in the same `a * d + b * w` shapes.
 """
 
@@ -23,6 +23,13 @@ EXPECTED = {
     # ModelEma.update: `ema_v.copy_(ema_v * self.decay + (1. - self.decay) * model_v)` per tensor
     "timm/utils/model_ema.py:76:13 EMA301 EMA update of `ema_v` runs as a Python loop over "
     "`self.ema.state_dict().items()`, one kernel per tensor instead of one `torch._foreach_*` call",
+    # ModelEmaV3 with `foreach=False`: one `self._lerp_(ema_v, model_v, ...)` per tensor, over
+    # the state dict (with buffers) and over the parameters
+    "timm/utils/model_ema.py:324:13 EMA301 EMA update of `ema_v` runs as a Python loop over "
+    "`zip(self.module.state_dict().values(), model.state_dict().values())`, one kernel per tensor "
+    "instead of one `torch._foreach_*` call",
+    "timm/utils/model_ema.py:337:13 EMA301 EMA update of `ema_p` runs as a Python loop over "
+    "`zip(ema_params, model_params)`, one kernel per tensor instead of one `torch._foreach_*` call",
     # ModelEmaV2._update: `ema_v.copy_(update_fn(ema_v, model_v))`, `update` passing the EMA lambda
     "timm/utils/model_ema.py:120:13 EMA301 EMA update of `ema_v` runs as a Python loop over "
     "`zip(self.module.state_dict().values(), model.state_dict().values())`, one kernel per tensor "

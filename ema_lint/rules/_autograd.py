@@ -32,7 +32,21 @@ FORWARD_METHODS = frozenset({"forward", "__call__", "training_step", "compute_lo
 GRAD_OFF_CONTEXTS = frozenset({"no_grad", "inference_mode"})
 # `numel()`, `.shape` and friends describe a tensor; they are plain numbers, never graph nodes.
 CUT_METHODS = frozenset(
-    {"detach", "detach_", "item", "tolist", "numpy", "numel", "size", "dim", "is_floating_point", "argmax", "argmin"}
+    {
+        "detach",
+        "detach_",
+        "item",
+        "tolist",
+        "numpy",
+        "numel",
+        "size",
+        "dim",
+        "is_floating_point",
+        "argmax",
+        "argmin",
+        "get_lr",
+        "get_last_lr",
+    }
 )
 CUT_ATTRIBUTES = frozenset({"data", "grad", "shape", "ndim", "dtype", "device"})
 SCALAR_CASTS = frozenset({"float", "int", "len", "bool", "round", "str"})
@@ -167,6 +181,8 @@ class Binding:
     element_of: bool = False
     # the statement when the binding is a plain `name = value` at a loop body's top level
     statement: cst.CSTNode | None = None
+    # `a, b = f(...)`: the position of this name in the unpacked result of the call `value`
+    element_index: int | None = None
 
 
 @dataclass(eq=False)
@@ -180,6 +196,8 @@ class Function:
     # parameters that receive values carrying autograd history
     graph_params: set[str] = field(default_factory=set)
     returned_names: set[str] = field(default_factory=set)
+    # the values of its `return` statements
+    returns: list[cst.BaseExpression] = field(default_factory=list)
     grad_free: bool = False
     # parameters annotated as plain numbers or strings (`real_acc: float`): not assumed to carry
     # a graph just because the function is a `forward` (a caller passing a tensor still counts)
@@ -240,6 +258,8 @@ class _Collector(cst.BatchableCSTVisitor):
         self._single_body: list[cst.CSTNode | None] = [None]
         self._blocks: list[int] = []
         self._previous: dict[tuple, Site] = {}
+        # class name -> its bases as written (`torch.optim.Optimizer`)
+        self.class_bases: dict[str, tuple[str, ...]] = {}
 
     @property
     def function(self) -> Function:
@@ -251,6 +271,7 @@ class _Collector(cst.BatchableCSTVisitor):
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self._scopes.append(node.name.value)
+        self.class_bases[node.name.value] = tuple(_dotted(base.value) for base in node.bases)
 
     def leave_ClassDef(self, node: cst.ClassDef) -> None:
         self._scopes.pop()
@@ -353,12 +374,13 @@ class _Collector(cst.BatchableCSTVisitor):
         *,
         element_of: bool,
         statement: cst.CSTNode | None = None,
+        element_index: int | None = None,
     ) -> None:
         target = strip_parens(target)
         value = strip_parens(value)
         if isinstance(target, cst.Name):
             self.function.bindings.setdefault(target.value, []).append(
-                Binding(value, tuple(self._loops[-1]), self._next(), element_of, statement)
+                Binding(value, tuple(self._loops[-1]), self._next(), element_of, statement, element_index)
             )
         elif isinstance(target, (cst.Tuple, cst.List)):
             elements = [e.value for e in target.elements]
@@ -377,9 +399,13 @@ class _Collector(cst.BatchableCSTVisitor):
             elif isinstance(value, (cst.Tuple, cst.List)) and len(value.elements) == len(elements):
                 paired = [e.value for e in value.elements]
                 element_of = False
+            unpacked_call = not element_of and paired is None and isinstance(value, cst.Call)
             for index, element in enumerate(elements):
                 self._bind_target(
-                    element, paired[index] if paired else value, element_of=element_of
+                    element,
+                    paired[index] if paired else value,
+                    element_of=element_of,
+                    element_index=index if unpacked_call else None,
                 )
 
     def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> None:
@@ -401,6 +427,7 @@ class _Collector(cst.BatchableCSTVisitor):
                 self._bind_target(statement.target, statement.value, element_of=False)
             elif isinstance(statement, cst.Return) and statement.value is not None:
                 self.function.returned_names.update(names_in(statement.value))
+                self.function.returns.append(strip_parens(statement.value))
             self.sites.append(
                 Site(
                     statement,
@@ -448,6 +475,21 @@ class _Collector(cst.BatchableCSTVisitor):
             )
         elif isinstance(func, cst.Name):
             self.calls.append(Call(self.function, func.value, None, node.args, self._grad_off[-1] > 0))
+
+
+def _dotted(node: cst.BaseExpression) -> str:
+    parts = []
+    while isinstance(node, cst.Attribute):
+        parts.append(node.attr.value)
+        node = node.value
+    parts.append(node.value if isinstance(node, cst.Name) else "")
+    return ".".join(reversed(parts))
+
+
+def _names_a_count(attribute: str) -> bool:
+    """`batch.batch_size`, `x.num_frames`, `seq.lengths`: sizes and counts are integers, and
+    an integer tensor never requires grad."""
+    return attribute.endswith(("size", "_len", "_length", "_lengths", "_count")) or attribute.startswith(("num_", "n_"))
 
 
 def _creates_graph(call: cst.Call) -> bool:
@@ -520,6 +562,7 @@ class FileFacts:
         self.functions = collector.functions
         self.sites = collector.sites
         self.calls = collector.calls
+        self.class_bases = collector.class_bases
         self.frozen = {code_of(module, node) for node in collector.frozen}
         self._code: dict[int, str] = {}
         self._carrying: dict[Function, tuple[tuple[int, int], set[str]]] = {}
@@ -640,6 +683,8 @@ class FileFacts:
 
     def _binding_sources(self, binding: Binding, names: set[str]) -> bool:
         """Like `_sources`, for the value one binding gives its name."""
+        if binding.element_index is not None and self._unpacked_element_is_free(binding):
+            return False
         if binding.element_of:
             kind = collection_kind(binding.value)
             if kind in PARAMETER_SOURCES:
@@ -651,6 +696,53 @@ class FileFacts:
                 return False
         return self._sources(binding.value, names)
 
+    def _unpacked_element_is_free(self, binding: Binding) -> bool:
+        """`loss, info = compute_loss(...)`: `info` carries no graph when the function is in
+        this file and what it returns at that position never can (`info = Tracker()` filled
+        with `.item()` numbers), however the rest of its result is made."""
+        call = strip_parens(binding.value)
+        assert isinstance(call, cst.Call)
+        if isinstance(call.func, cst.Name):
+            key = (None, call.func.value)
+        elif m.matches(call.func, m.Attribute(value=m.Name("self"))):
+            key = (None, "")
+            for function in self.functions:
+                if function.node is not None and function.name == call.func.attr.value and function.class_name:
+                    key = (function.class_name, function.name)
+                    break
+        else:
+            return False
+        callees = [f for f in self.functions if f.node is not None and (f.class_name, f.name) == key]
+        if len(callees) != 1 or not callees[0].returns:
+            return False
+        callee, index = callees[0], binding.element_index
+        elements = []
+        for returned in callee.returns:
+            if not isinstance(returned, cst.Tuple) or index >= len(returned.elements):
+                return False
+            elements.append(returned.elements[index].value)
+        return all(self._never_carries(element, callee, set()) for element in elements)
+
+    def _never_carries(self, node: cst.BaseExpression, function: Function, seen: set[str]) -> bool:
+        """True when `node` is made only of values that cannot hold a graph: literals, cut
+        values, and local names bound only to such values (no parameter, no loop element)."""
+        names: set[str] = set()
+        if self._sources(node, names):
+            return False
+        for name in names - seen:
+            seen.add(name)
+            if name in function.params or name in function.graph_params or name in function.backward_names:
+                return False
+            bindings = function.bindings.get(name)
+            if not bindings:
+                return False
+            for binding in bindings:
+                if binding.element_of or binding.element_index is not None:
+                    return False
+                if not self._never_carries(binding.value, function, seen):
+                    return False
+        return True
+
     def _sources(self, node: cst.BaseExpression, names: set[str]) -> bool:
         """True when `node` carries autograd history whatever its names hold; else adds to
         `names` the local names it carries history from, if they carry any."""
@@ -659,7 +751,7 @@ class FileFacts:
             names.add(node.value)
             return False
         if isinstance(node, cst.Attribute):
-            if node.attr.value in CUT_ATTRIBUTES or root_name(node) == "self":
+            if node.attr.value in CUT_ATTRIBUTES or root_name(node) == "self" or _names_a_count(node.attr.value):
                 return False
             return self._sources(node.value, names)
         if isinstance(node, cst.Call):

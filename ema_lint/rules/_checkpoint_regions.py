@@ -45,6 +45,10 @@ REGIONS: dict[str, Region] = {
         "CheckpointWrapper", "mod"
     ),
     "deepspeed.checkpointing.checkpoint": _DEEPSPEED_CHECKPOINT,
+    "deepspeed.checkpointing.non_reentrant_checkpoint": _DEEPSPEED_CHECKPOINT,
+    "fairscale.nn.checkpoint.checkpoint_wrapper": Region("checkpoint_wrapper", "module"),
+    "fairscale.nn.checkpoint_wrapper": Region("checkpoint_wrapper", "module"),
+    "fairscale.nn.checkpoint.checkpoint_activations.checkpoint_wrapper": Region("checkpoint_wrapper", "module"),
     "deepspeed.runtime.activation_checkpointing.checkpointing.checkpoint": _DEEPSPEED_CHECKPOINT,
 }
 
@@ -52,7 +56,12 @@ REGIONS: dict[str, Region] = {
 _PASS_THROUGH = frozenset(
     {"enumerate", "reversed", "list", "tuple", "iter", "zip", "functools.partial", "itertools.chain", "itertools.chain.from_iterable"}
 )
-_ITERATION_METHODS = frozenset({"children", "modules", "values", "items", "named_children", "named_modules", "forward"})
+_ITERATION_METHODS = frozenset(
+    {"children", "modules", "values", "items", "named_children", "named_modules", "forward", "__call__"}
+)
+# Hugging Face's implicit regions (see `analysis.torch_names`): the callee is the region.
+HF_GRADIENT_CHECKPOINTING = Region("gradient checkpointing", "")
+HF_CHECKPOINTING_FUNC_REGION = Region("gradient checkpointing", "function")
 _MAX_DEPTH = 10
 
 

@@ -14,10 +14,22 @@ from typing import ClassVar
 import libcst as cst
 
 from ema_lint.diagnostics import Applicability, Edit, Fix, Location, RequiredImport
-from ema_lint.project import OTHER_BUFFERS, PARTIAL, RUNNING_STATS, ModuleScope, ProjectIndex, dotted_name, summarize
+from ema_lint.project import (
+    BUILT,
+    OTHER_BUFFERS,
+    PARTIAL,
+    RUNNING_STATS,
+    ModuleScope,
+    ProjectIndex,
+    dotted_name,
+    summarize,
+)
 from ema_lint.rule import FileContext, Rule
+from ema_lint.analysis.torch_names import HF_CHECKPOINTING_FUNC, HF_CHECKPOINTING_LAYER
 from ema_lint.rules._checkpoint_regions import (
     APPLY_ACTIVATION_CHECKPOINTING,
+    HF_CHECKPOINTING_FUNC_REGION,
+    HF_GRADIENT_CHECKPOINTING,
     REGIONS,
     FunctionRegions,
     Region,
@@ -113,6 +125,8 @@ class CheckpointSiteRule(Rule):
             for star in facts.star_imports
             for name in _names_defined(project, star)
         ):
+            return True
+        if HF_CHECKPOINTING_LAYER.encode() in source or HF_CHECKPOINTING_FUNC.encode() in source:
             return True
         if b"checkpoint" not in source:
             return False
@@ -211,9 +225,35 @@ class CheckpointSiteRule(Rule):
         region = REGIONS.get(self.project.resolve(self.scope.qualify(dotted)))
         if region is not None:
             return region, True
+        if dotted.rpartition(".")[2] == HF_CHECKPOINTING_FUNC:
+            return HF_CHECKPOINTING_FUNC_REGION, False
         self._tree()
         region = self._aliases.get(dotted)
-        return None if region is None else (region, False)
+        if region is not None:
+            return region, False
+        return (HF_GRADIENT_CHECKPOINTING, False) if self._calls_checkpointing_layer(call) else None
+
+    def _calls_checkpointing_layer(self, call: cst.Call) -> bool:
+        """The callee may be an instance of a Hugging Face `GradientCheckpointingLayer`
+        subclass: its `__call__` checkpoints itself when gradient checkpointing is on."""
+        if HF_CHECKPOINTING_LAYER not in self.context.text:
+            return False
+        expression = parse_expression(self.context.module.code_for_node(call.func))
+        if expression is None:
+            return False
+        regions = self._function_regions(self.STATE)
+        if isinstance(expression, ast.Attribute) and regions._is_self(expression.value):
+            held = self.project.class_facts(regions.class_name)
+            values = () if held is None else held.attributes.get(expression.attr, ())
+        else:
+            values = regions.values.values(expression)
+        for value in values:
+            if value.kind != BUILT:
+                continue
+            for facts in self.project.mro(value.target):
+                if any(self.project.resolve(base).rpartition(".")[2] == HF_CHECKPOINTING_LAYER for base in facts.bases):
+                    return True
+        return False
 
     def site_at(self, call: cst.Call) -> CheckpointSite | None:
         """The checkpointed region `call` opens, when it runs an unprotected running-stat module."""
@@ -223,7 +263,7 @@ class CheckpointSiteRule(Rule):
         if found is None:
             return None
         region, direct = found
-        target = argument(call, region.callable_keyword)
+        target = call.func if region is HF_GRADIENT_CHECKPOINTING else argument(call, region.callable_keyword)
         if target is None or self._is_protected(call, target):
             return None
         path = self._path(call, region, target, self.STATE)
@@ -262,6 +302,8 @@ class CheckpointSiteRule(Rule):
     def also_holds(self, site: CheckpointSite, state: str) -> bool:
         """Whether the region of `site` also runs a module holding `state`."""
         target = argument(site.call, site.region.callable_keyword)
+        if site.region is HF_GRADIENT_CHECKPOINTING:
+            target = site.call.func
         return target is not None and self._path(site.call, site.region, target, state) is not None
 
     def _sequential_path(

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+from ema_lint.analysis.model_ema_loops import model_ema_loops
 from ema_lint.diagnostics import Severity
 from ema_lint.rule import Example
-from ema_lint.rules._autograd import FileFacts, RecurrenceRule, one_line, strip_parens, through_data
+from ema_lint.rules._autograd import AutogradRule, FileFacts, one_line, strip_parens, through_data
 from ema_lint.rules._parameter_loops import foreach_fix, parameter_loop
 
 IN_PLACE_FORMS = frozenset(
@@ -10,11 +11,14 @@ IN_PLACE_FORMS = frozenset(
 )
 
 
-class EmaUpdateInPythonLoop(RecurrenceRule):
+class EmaUpdateInPythonLoop(AutogradRule):
     """## What it does
-    Finds a model / teacher / momentum-encoder EMA written as a Python loop over a module's
-    tensors (`zip(ema.parameters(), model.parameters())`, `state_dict()` values, `buffers()`)
-    that updates each tensor in place with `mul_` / `add_`, `lerp_` or `copy_`.
+    Finds a model / teacher / momentum-encoder / Polyak EMA written as a Python loop that
+    moves each tensor of one model toward the matching tensor of another by a weight: over
+    `zip(ema.parameters(), model.parameters())`, `state_dict()` items or keys, lists kept on
+    `self` or passed in (`update_ema(target_params, source_params, rate)`), with `mul_` /
+    `add_`, `lerp_`, `copy_`, `*=` / `+=`, a `.data =` assignment or a per-tensor helper.
+    A loop written through `.data` is reported here, with a note, rather than as EMA203.
 
     ## Why is this bad?
     The loop launches a few kernels per tensor, hundreds per step for a real model, and on an
@@ -46,40 +50,62 @@ class EmaUpdateInPythonLoop(RecurrenceRule):
     `no_grad` that the loop lacks, which changes what autograd records (see EMA201). Only loops
     over `.parameters()` with a single-statement body are rewritten; `state_dict()` and
     `buffers()` hold integer tensors that a float `_foreach_mul_` cannot update in place.
-    Loops written through `.data` are reported as EMA203, which carries the same fix.
+    Loops written through `.data` get the same rewrite, and it is safe there: a `.data` write
+    records no graph, so the added `no_grad` changes no gradient. Other loop shapes are
+    reported without a fix.
     """
 
     code = "EMA301"
     name = "ema-update-in-python-loop"
     severity = Severity.INFO
     summary = "Model EMA updated one tensor at a time in a Python loop"
-    # A finding is a loop whose iterable is (or is a name bound to) a `.parameters()`,
-    # `.named_parameters()`, `.buffers()`, `.named_buffers()` or `.state_dict()` call; each
-    # of those spellings contains one of these words.
-    triggers = ("parameters", "buffers", "state_dict")
+
+    @classmethod
+    def could_report(cls, source: bytes, project, module_name: str) -> bool:
+        # every finding is inside a `for` loop
+        return b"for" in source
+
+    @classmethod
+    def structurally_possible(cls, project, module_name: str) -> bool:
+        facts = project.modules.get(module_name)
+        return facts is None or facts.may_hold_loop_update
 
     def check(self, facts: FileFacts) -> None:
-        reported: set[int] = set()
+        module = self.context.module
+        fixes = self._fixable_loops(facts)
+        for found in model_ema_loops(facts):
+            recurrence = fixes.get(id(found.loop))
+            fix = None
+            if recurrence is not None:
+                loop, data = recurrence
+                fix = foreach_fix(self, facts, loop, safe_when_wrapped=data)
+            notes = (
+                ("written through `.data`, which also bypasses autograd's version checks; "
+                 "the fused update belongs under `torch.no_grad()`",)
+                if found.through_data
+                else ()
+            )
+            self.report(
+                found.loop,
+                f"EMA update of `{one_line(module, strip_parens(found.target))}` runs as a Python loop over "
+                f"`{one_line(module, strip_parens(found.loop.iter))}`, one kernel per tensor "
+                "instead of one `torch._foreach_*` call",
+                fix=fix,
+                notes=notes,
+            )
+
+    @staticmethod
+    def _fixable_loops(facts: FileFacts) -> dict:
+        """Loops over `.parameters()` whose body is one recognised step: the ones a
+        `torch._foreach_*` rewrite can replace exactly."""
+        fixable = {}
         for recurrence in facts.recurrences:
-            if recurrence.form not in IN_PLACE_FORMS or through_data(recurrence.state):
+            if recurrence.form not in IN_PLACE_FORMS and not through_data(recurrence.state):
                 continue
             loop = parameter_loop(facts, recurrence)
-            if loop is None or id(loop.node) in reported:
-                continue
-            if any(
-                through_data(other.state) and other.site.loops and other.site.loops[-1].node is loop.node
-                for other in facts.recurrences
-            ):
-                continue  # EMA203 reports this loop with the same fix
-            reported.add(id(loop.node))
-            module = self.context.module
-            self.report(
-                loop.node,
-                f"EMA update of `{loop.state_name}` runs as a Python loop over "
-                f"`{one_line(module, strip_parens(loop.node.iter))}`, one kernel per tensor "
-                "instead of one `torch._foreach_*` call",
-                fix=foreach_fix(self, facts, loop, safe_when_wrapped=False),
-            )
+            if loop is not None and id(loop.node) not in fixable:
+                fixable[id(loop.node)] = (loop, through_data(recurrence.state))
+        return fixable
 
     VALID = (
         Example(

@@ -50,6 +50,8 @@ class EmaUpdateViaData(RecurrenceRule):
     # A finding's state expression ends in the attribute `data`. Python allows spaces around
     # the dot (`p . data`), so the provable trigger is the identifier itself.
     triggers = ("data",)
+    # a `.data` update inside a model-EMA loop is that loop's EMA301, which notes the `.data`
+    SUPERSEDED_BY = ("EMA301",)
 
     def check(self, facts: FileFacts) -> None:
         module = self.context.module

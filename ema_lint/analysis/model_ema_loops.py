@@ -1,0 +1,309 @@
+"""Is this loop an EMA of a model? Per-tensor model-average updates, in every spelling.
+
+A model EMA (teacher, momentum encoder, Polyak/SWA average) walks two models' tensors in
+step and moves each target tensor toward its source by a weight. Real code spells the walk
+and the step many ways: `zip(ema.parameters(), model.parameters())`, lists stored on
+`self`, plain function arguments (`update_ema(target_params, source_params, rate)`),
+`for k in msd: esd[k]...`, `for name, p in model_params.items(): ema_params[name]...`;
+`mul_().add_()`, `lerp_`, `copy_(p.lerp(p_ema, beta))`, `sub_(w * (s - p))`,
+`v *= d; v += w * msd[k]`, `.data = d * old + (1 - d) * new`, or a helper per tensor
+(`self.inplace_lerp(t, s, w)`, `self.avg_func(p_avg.data, src.data, steps)`).
+
+So the question asked is structural, not a list of spellings: inside a `for` loop, a
+statement writes a tensor that changes with the iteration (the target), from another tensor
+that changes with the iteration (the source), with a weight that is neither (a decay, a
+rate, `1 - m`). That excludes what only looks alike: a hard copy (`t.copy_(s)`: no weight),
+BatchNorm-style statistics (the source is a batch statistic, not a per-iteration tensor),
+recurrences over time (`range` loops) and optimizers (they read `.grad`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import libcst as cst
+
+from ema_lint.analysis.torch_names import (
+    ARITHMETIC_CALLS,
+    EMA_HELPER_WORDS,
+    GRADIENT_NAMES,
+    IN_PLACE_METHODS,
+    TRANSFER_METHODS,
+)
+from ema_lint.rules._autograd import FileFacts, Site, attribute_name, names_and_attributes, names_in, strip_parens
+
+
+@dataclass(frozen=True, eq=False)
+class ModelEmaLoop:
+    """A loop that updates a model EMA one tensor at a time."""
+
+    loop: cst.For
+    site: Site
+    target: cst.BaseExpression
+    # the target is written through `.data` (autograd's version checks bypassed as well)
+    through_data: bool
+
+
+def model_ema_loops(facts: FileFacts) -> list[ModelEmaLoop]:
+    """Every loop of the file that updates a model EMA per tensor, first site per loop."""
+    found: dict[int, ModelEmaLoop] = {}
+    for site in facts.sites:
+        loops = [loop.node for loop in site.loops if isinstance(loop.node, cst.For)]
+        if not loops:
+            continue
+        update = _Iteration(facts, site, loops).ema_update()
+        if update is None:
+            continue
+        loop, target, data = update
+        if id(loop) not in found:
+            found[id(loop)] = ModelEmaLoop(loop, site, target, data)
+    return list(found.values())
+
+
+class _Iteration:
+    """One statement seen from the loops around it."""
+
+    def __init__(self, facts: FileFacts, site: Site, loops: list[cst.For]) -> None:
+        self.facts = facts
+        self.site = site
+        self.loops = loops
+        self.loop_names = {name: loop for loop in loops for name in names_in(loop.target)}
+
+    def ema_update(self) -> tuple[cst.For, cst.BaseExpression, bool] | None:
+        written = self._written()
+        if written is None:
+            return None
+        target, parts, data = written
+        target_key = self._per_iteration(target)
+        if target_key is None:
+            return None
+        if self._in_optimizer():
+            return None
+        sources, weights = [], []
+        for part in parts:
+            if isinstance(part, _Scale):
+                weights.append(part.value)
+            else:
+                self._split(part, target_key, sources, weights)
+        # a helper per tensor takes the weight inside (`ema_updater.update_average(old, new)`)
+        parts = [part.value if isinstance(part, _Scale) else part for part in parts]
+        weighted = weights or any(_is_helper_call(part) for part in parts)
+        if not weighted or not any(self._in_step(target, source) for source in sources):
+            return None
+        loop = self._loop_of(target)
+        if loop is None or any(_mentions_gradient(node) for node in (*parts, target, loop.iter)):
+            return None
+        return loop, target, data
+
+    def _written(self) -> tuple[cst.BaseExpression, list[cst.BaseExpression], bool] | None:
+        """(target, the expressions its new value is made of, written through `.data`)."""
+        statement = self.site.statement
+        if isinstance(statement, cst.Expr) and isinstance(statement.value, cst.Call):
+            call = statement.value
+            parts: list[cst.BaseExpression] = []
+            node: cst.BaseExpression = call
+            while isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value in IN_PLACE_METHODS:
+                parts.extend(_Scale(a.value) if _scales(node, a) else a.value for a in node.args)
+                node = strip_parens(node.func.value)
+            if node is not call:
+                target, data = _bare(node)
+                return target, parts, data
+            if _is_helper_call(call):
+                arguments = [a.value for a in call.args]
+                for index, argument in enumerate(arguments):
+                    if self._per_iteration(argument) is not None:
+                        target, data = _bare(argument)
+                        return target, arguments[:index] + arguments[index + 1 :], data
+            return None
+        if isinstance(statement, cst.Assign) and len(statement.targets) == 1:
+            target = strip_parens(statement.targets[0].target)
+            if isinstance(target, cst.Attribute) and target.attr.value == "data":
+                return strip_parens(target.value), [statement.value], True
+            if isinstance(target, cst.Subscript):
+                return target, [statement.value], False
+            return None
+        if isinstance(statement, cst.AugAssign) and isinstance(
+            statement.operator, (cst.AddAssign, cst.SubtractAssign, cst.MultiplyAssign)
+        ):
+            target, data = _bare(statement.target)
+            return target, [statement.value], data
+        return None
+
+    def _per_iteration(self, node: cst.BaseExpression, depth: int = 0) -> str | None:
+        """A key naming the tensor `node` is when it changes with the loop's iteration
+        (a loop variable, a lookup by one, or a name bound to either inside the loop)."""
+        node, _ = _bare(node)
+        if isinstance(node, cst.Name):
+            if node.value in self.loop_names:
+                return node.value
+            if depth < 3:
+                for binding in self.site.function.bindings.get(node.value, ()):
+                    if binding.element_of or not binding.loops:
+                        continue
+                    if any(loop.node in self.loops for loop in binding.loops):
+                        key = self._per_iteration(binding.value, depth + 1)
+                        if key is not None:
+                            return key
+            return None
+        if isinstance(node, cst.Subscript):
+            # `d[k]` with `k` a loop variable over names, not a position or an expression
+            if len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Index):
+                index = strip_parens(node.slice[0].slice.value)
+                if isinstance(index, cst.Name) and index.value in self.loop_names and not self._counts(self.loop_names[index.value]):
+                    return self.facts.code(node.value) + "[]"
+            return None
+        if isinstance(node, cst.Attribute):
+            inner = self._per_iteration(node.value, depth)
+            return None if inner is None else f"{inner}.{node.attr.value}"
+        return None
+
+    def _in_optimizer(self) -> bool:
+        """An optimizer's loop: in a class named or derived like one, in a function taking
+        gradients, or a loop body that binds a gradient."""
+        function = self.site.function
+        bases = self.facts.class_bases.get(function.class_name or "", ())
+        if any("optim" in name.lower() for name in (function.class_name or "", *bases)):
+            return True
+        if GRADIENT_NAMES & set(function.params):
+            return True
+        return any(
+            binding.loops and any(loop.node in self.loops for loop in binding.loops)
+            for name in GRADIENT_NAMES & set(function.bindings)
+            for binding in function.bindings[name]
+        )
+
+    def _in_step(self, target: cst.BaseExpression, source: cst.BaseExpression) -> bool:
+        """Two tensors of one model walk, matched entry for entry: bound by the same loop
+        (`for e, p in zip(...)`, `for name, p in ...: ema[name]`), and when both are lookups,
+        by the same key (`esd[k]`, `msd[k]`; not `targets[i]`, `encoded[j]`)."""
+        first, second = self._anchor(target), self._anchor(source)
+        if first is None or second is None:
+            return False
+        (first_name, first_lookup), (second_name, second_lookup) = first, second
+        if first_lookup and second_lookup:
+            return first_name == second_name
+        return self.loop_names[first_name] is self.loop_names[second_name]
+
+    def _anchor(self, node: cst.BaseExpression, depth: int = 0) -> tuple[str, bool] | None:
+        """The loop variable a per-iteration tensor follows, and whether it is a lookup key."""
+        node, _ = _bare(node)
+        while isinstance(node, cst.Attribute):
+            node, _ = _bare(node.value)
+        if isinstance(node, cst.Subscript):
+            index = strip_parens(node.slice[0].slice.value)  # checked by `_per_iteration`
+            return index.value, True
+        if not isinstance(node, cst.Name):
+            return None
+        if node.value in self.loop_names:
+            return node.value, False
+        if depth < 3:
+            for binding in self.site.function.bindings.get(node.value, ()):
+                if not binding.element_of and binding.loops and any(loop.node in self.loops for loop in binding.loops):
+                    if self._per_iteration(binding.value) is not None:
+                        return self._anchor(binding.value, depth + 1)
+        return None
+
+    def _counts(self, loop: cst.For) -> bool:
+        """A loop over `range(...)` / `enumerate(range(...))`: its variable is a position."""
+        iterable = strip_parens(loop.iter)
+        while isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Name):
+            if iterable.func.value == "range":
+                return True
+            if iterable.func.value != "enumerate" or not iterable.args:
+                return False
+            iterable = strip_parens(iterable.args[0].value)
+        return False
+
+    def _split(self, node: cst.BaseExpression, target_key: str, sources: list, weights: list) -> None:
+        """Sort the leaves of `node` into other per-iteration tensors and weights."""
+        node = strip_parens(node)
+        key = self._per_iteration(node)
+        if key is not None:
+            if key != target_key:
+                sources.append(node)
+            return
+        if isinstance(node, (cst.Name, cst.Attribute, cst.Integer, cst.Float)):
+            weights.append(node)
+            return
+        if isinstance(node, cst.BinaryOperation):
+            self._split(node.left, target_key, sources, weights)
+            self._split(node.right, target_key, sources, weights)
+        elif isinstance(node, cst.UnaryOperation):
+            self._split(node.expression, target_key, sources, weights)
+        elif isinstance(node, cst.Call):
+            # only arithmetic is looked into: any other call (`resize(sd[k])`, `load(w[key])`)
+            # makes something new, which is not an average of the two tensors
+            method = attribute_name(node.func) or ""
+            if isinstance(node.func, cst.Attribute) and method in TRANSFER_METHODS:
+                self._split(node.func.value, target_key, sources, weights)
+            elif method in ARITHMETIC_CALLS or _is_helper_call(node):
+                if isinstance(node.func, cst.Attribute):
+                    # `p.lerp(p_ema, beta)`: the receiver may be the source; `torch.lerp`'s is no weight
+                    self._split(node.func.value, target_key, sources, [])
+                for argument in node.args:
+                    self._split(argument.value, target_key, sources, weights)
+
+    def _loop_of(self, target: cst.BaseExpression) -> cst.For | None:
+        """The innermost loop whose variable the target changes with."""
+        names = names_in(target)
+        for binding_name in list(names):
+            for binding in self.site.function.bindings.get(binding_name, ()):
+                if not binding.element_of and binding.loops:
+                    names |= names_in(binding.value)
+        for loop in reversed(self.loops):
+            if names & names_in(loop.target):
+                return loop
+        return None
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """An argument that only scales the target (`mul_(d)`, `alpha=w`): a weight, never a source."""
+
+    value: cst.BaseExpression
+
+
+def _scales(call: cst.Call, argument: cst.Arg) -> bool:
+    method = call.func.attr.value
+    positional = [a for a in call.args if a.keyword is None]
+    if argument.keyword is not None:
+        return argument.keyword.value in ("alpha", "value", "weight")
+    if method in ("mul_", "div_"):
+        return True
+    # the deprecated `add_(w, t)` and `lerp_(end, w)`: the weight is not the tensor
+    if method in ("add_", "sub_") and len(positional) == 2:
+        return argument is positional[0]
+    return method == "lerp_" and len(positional) == 2 and argument is positional[1]
+
+
+def _is_helper_call(node: cst.BaseExpression) -> bool:
+    node = strip_parens(node)
+    if not isinstance(node, cst.Call):
+        return False
+    name = (attribute_name(node.func) or "").lower()
+    return any(word in name for word in EMA_HELPER_WORDS)
+
+
+def _mentions_gradient(node: cst.CSTNode) -> bool:
+    for name in names_and_attributes(node):
+        word = (name.value if isinstance(name, cst.Name) else name.attr.value).lower()
+        if word in GRADIENT_NAMES or word.endswith("_grad") or word.startswith("grad_"):
+            return True
+    return False
+
+
+def _bare(node: cst.BaseExpression) -> tuple[cst.BaseExpression, bool]:
+    """`p` for `p.data`, `p.detach()`, `p.data.float()`, and whether `.data` was stripped."""
+    node = strip_parens(node)
+    data = False
+    while True:
+        if isinstance(node, cst.Attribute) and node.attr.value == "data":
+            node, data = strip_parens(node.value), True
+        elif (
+            isinstance(node, cst.Call)
+            and isinstance(node.func, cst.Attribute)
+            and node.func.attr.value in TRANSFER_METHODS
+        ):
+            node = strip_parens(node.func.value)
+        else:
+            return node, data

@@ -1,0 +1,37 @@
+"""What the analyses know about torch and the code people write around it, in one table.
+
+Plain data with no libcst or torch import, so the phase-1 summariser (stdlib `ast`) and the
+libcst analyses read the same names.
+"""
+
+from __future__ import annotations
+
+# Tensor methods that write their receiver.
+IN_PLACE_METHODS = frozenset({"mul_", "add_", "sub_", "lerp_", "copy_", "addcmul_", "div_", "set_"})
+# Calls that change a tensor's placement or type, not its value.
+TRANSFER_METHODS = frozenset(
+    {"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "type", "type_as", "detach", "clone", "contiguous"}
+)
+# Out-of-place arithmetic that can spell an EMA step (`torch.lerp(a, b, w)`, `a.mul(d)`).
+ARITHMETIC_CALLS = frozenset({"lerp", "mul", "add", "sub", "div", "addcmul", "lerp_", "mul_", "add_", "sub_", "div_"})
+# A per-tensor EMA helper is recognised by its name: these are the words such helpers use.
+EMA_HELPER_WORDS = ("lerp", "ema", "avg", "average", "momentum", "update", "accumulate", "interpolat", "polyak", "blend")
+# Names an optimizer or a gradient step reads; a model EMA never does.
+GRADIENT_NAMES = frozenset({"grad", "grads", "gradient", "gradients", "d_p", "param_groups"})
+
+# OpenMMLab builds its norm layers from config dicts: `build_norm_layer(cfg, channels)`
+# returns `(name, layer)` and `ConvModule(..., norm_cfg=cfg)` holds one; vendored copies of
+# mmcv keep the names. The layer has running statistics when `cfg["type"]` is one of these.
+OPENMMLAB_NORM_FACTORY = "build_norm_layer"
+OPENMMLAB_CONV_MODULES = frozenset({"ConvModule", "DepthwiseSeparableConvModule"})
+# `ConvModule(in, out, kernel, stride, padding, dilation, groups, bias, conv_cfg, norm_cfg)`
+OPENMMLAB_NORM_CFG_POSITION = 9
+BATCH_NORM_CONFIG_TYPES = frozenset(
+    {"BN", "BN1d", "BN2d", "BN3d", "SyncBN", "MMSyncBN", "NaiveSyncBN", "NaiveSyncBatchNorm", "TorchSyncBN"}
+)
+
+# Hugging Face: a call of a `GradientCheckpointingLayer` subclass instance is checkpointed
+# once `model.gradient_checkpointing_enable()` is called; older models call the layer
+# through `self._gradient_checkpointing_func(layer.__call__, ...)` instead.
+HF_CHECKPOINTING_LAYER = "GradientCheckpointingLayer"
+HF_CHECKPOINTING_FUNC = "_gradient_checkpointing_func"
