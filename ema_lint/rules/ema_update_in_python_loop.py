@@ -73,22 +73,26 @@ class EmaUpdateInPythonLoop(AutogradRule):
     def check(self, facts: FileFacts) -> None:
         module = self.context.module
         fixes = self._fixable_loops(facts)
-        for found in model_ema_loops(facts):
-            recurrence = fixes.get(id(found.loop))
+        found = {id(f.loop): (f.loop, f.target, f.through_data) for f in model_ema_loops(facts)}
+        # a recognised step over a module's tensors whose weight arrives as a function
+        # (`ema_v.copy_(step(ema_v, model_v))`) is one too
+        for key, (loop, data) in fixes.items():
+            found.setdefault(key, (loop.node, loop.recurrence.state, data))
+        for key, (loop, target, data) in found.items():
             fix = None
-            if recurrence is not None:
-                loop, data = recurrence
-                fix = foreach_fix(self, facts, loop, safe_when_wrapped=data)
+            if key in fixes:
+                fixable, data_write = fixes[key]
+                fix = foreach_fix(self, facts, fixable, safe_when_wrapped=data_write)
             notes = (
                 ("written through `.data`, which also bypasses autograd's version checks; "
                  "the fused update belongs under `torch.no_grad()`",)
-                if found.through_data
+                if data
                 else ()
             )
             self.report(
-                found.loop,
-                f"EMA update of `{one_line(module, strip_parens(found.target))}` runs as a Python loop over "
-                f"`{one_line(module, strip_parens(found.loop.iter))}`, one kernel per tensor "
+                loop,
+                f"EMA update of `{one_line(module, _bare_state(target))}` runs as a Python loop over "
+                f"`{one_line(module, strip_parens(loop.iter))}`, one kernel per tensor "
                 "instead of one `torch._foreach_*` call",
                 fix=fix,
                 notes=notes,
@@ -148,3 +152,11 @@ class EmaUpdateInPythonLoop(AutogradRule):
             """,
         ),
     )
+
+
+def _bare_state(node):
+    """`ema_v` for `ema_v.data`: the tensor, as the message names it."""
+    node = strip_parens(node)
+    while through_data(node):
+        node = strip_parens(node.value)
+    return node
