@@ -76,7 +76,14 @@ def load_settings(start: str = ".", config_path: str | None = None) -> Settings:
     except tomllib.TOMLDecodeError as error:
         line = int(m.group(1)) if (m := re.search(r"line (\d+)", str(error))) else 1
         return Settings(root, path, problems=(tool_diagnostic("EMA002", path, f"invalid TOML: {error}", line),))
-    table = document.get("tool", {}).get(SECTION, {})
+    except RecursionError:
+        return Settings(root, path, problems=(tool_diagnostic("EMA002", path, "invalid TOML: nested too deeply"),))
+    tool = document.get("tool", {})
+    table = tool.get(SECTION, {}) if isinstance(tool, dict) else None
+    if not isinstance(table, dict):
+        where = "`tool`" if not isinstance(tool, dict) else "[tool.ema-lint]"
+        message = f"{where} must be a table; settings ignored"
+        return Settings(root, path, problems=(tool_diagnostic("EMA002", path, message, _key_line(raw.decode("utf-8"), "tool")),))
     return _settings_from_table(table, root, path, raw.decode("utf-8"))
 
 
@@ -106,6 +113,8 @@ def _settings_from_table(table: dict, root: str, path: str, text: str) -> Settin
                 unknown = [v for v in value if not is_known_selector(v)]
                 for selector in unknown:
                     problem(key, f"`{key}` names unknown rule selector `{selector}`")
+                if key == "select" and value and len(unknown) == len(value):
+                    continue  # a selection of typos alone would silently run no rule
                 value = [v for v in value if v not in unknown]
             values[key.replace("-", "_")] = tuple(value)
         elif key == "per-file-ignores":

@@ -47,6 +47,8 @@ def compile_pattern(pattern: str, base: str) -> IgnorePattern | None:
     pattern = pattern[1:] if negated else pattern
     if pattern.startswith("\\"):
         pattern = pattern[1:]
+    # `**/**/` matches what `**/` does; collapsed, no pattern backtracks exponentially
+    pattern = re.sub(r"(?:\*\*/)+", "**/", pattern)
     folders_only = pattern.endswith("/")
     pattern = pattern.rstrip("/")
     anchored = "/" in pattern
@@ -73,7 +75,11 @@ def compile_pattern(pattern: str, base: str) -> IgnorePattern | None:
         else:
             regex += re.escape(pattern[i])
             i += 1
-    return IgnorePattern(base, re.compile(regex + "$"), negated, folders_only)
+    try:
+        compiled = re.compile(regex + "$")
+    except re.error:
+        return None  # `[z-a]`: git ignores a pattern it cannot use, and so do we
+    return IgnorePattern(base, compiled, negated, folders_only)
 
 
 def read_gitignore(folder: str) -> list[IgnorePattern]:
@@ -114,9 +120,15 @@ def _is_virtualenv(folder: str) -> bool:
 
 
 def discover(paths: list[str], root: str, exclude: tuple[str, ...] = ()) -> tuple[list[SourceFile], list[Diagnostic]]:
-    excluded = [p for line in exclude if (p := compile_pattern(line, root)) is not None]
     files: dict[str, SourceFile] = {}
     problems: list[Diagnostic] = []
+    excluded = []
+    for line in exclude:
+        pattern = compile_pattern(line, root)
+        if pattern is not None:
+            excluded.append(pattern)
+        elif line.strip() and not line.lstrip().startswith("#"):
+            problems.append(tool_diagnostic("EMA002", root, f"`exclude` pattern {line!r} is not a valid glob; ignored"))
     walked: set[str] = set()
 
     def add(path: str, module_root: str) -> None:

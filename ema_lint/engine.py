@@ -93,6 +93,8 @@ def undecodable(path: str, source: bytes) -> Diagnostic | None:
     try:
         encoding, _ = tokenize.detect_encoding(io.BytesIO(source).readline)
         source.decode(encoding)
+    except LookupError as error:  # `# coding: hex`: a codec, but not a text encoding
+        return tool_diagnostic("EMA004", path, f"cannot decode: {error}")
     except SyntaxError as error:
         return tool_diagnostic("EMA004", path, f"cannot decode: {error.msg if hasattr(error, 'msg') else error}")
     except UnicodeDecodeError as error:

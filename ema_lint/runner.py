@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import multiprocessing
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -66,16 +67,30 @@ class _Loaded:
 def _load(file: SourceFile) -> _Loaded:
     loaded = _Loaded(file)
     try:
-        size = os.path.getsize(file.path)
-        if size > MAX_FILE_BYTES:
+        # non-blocking: opening a FIFO named `*.py` must not wait for a writer
+        descriptor = os.open(file.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(descriptor, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                loaded.problem = tool_diagnostic(
+                    "EMA004", file.path, "not a regular file (a FIFO, device or socket); not checked"
+                )
+                return loaded
+            size = os.fstat(descriptor).st_size
+            if size > MAX_FILE_BYTES:
+                loaded.problem = tool_diagnostic(
+                    "EMA004",
+                    file.path,
+                    f"file is {size / 2**20:.1f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit; not checked",
+                )
+                return loaded
+            # the limit holds for the bytes actually read too: a size can lie (`/proc`, races)
+            loaded.source = handle.read(MAX_FILE_BYTES + 1)
+        if len(loaded.source) > MAX_FILE_BYTES:
+            loaded.source = None
             loaded.problem = tool_diagnostic(
-                "EMA004",
-                file.path,
-                f"file is {size / 2**20:.1f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit; not checked",
+                "EMA004", file.path, f"file is over the {MAX_FILE_BYTES // 2**20} MiB limit; not checked"
             )
             return loaded
-        with open(file.path, "rb") as handle:
-            loaded.source = handle.read()
     except OSError as error:
         loaded.problem = tool_diagnostic("EMA004", file.path, f"cannot read: {error.strerror or error}")
         return loaded
@@ -98,6 +113,9 @@ def _summarize(loaded: _Loaded) -> _Loaded:
         loaded.syntax_error = tool_diagnostic(
             "EMA001", loaded.file.path, f"cannot parse: {error.msg}", error.lineno or 1, error.offset or 1
         )
+    except (RecursionError, MemoryError):
+        # a 5,000-term `a + a + ...` exhausts the parser's stack: the file costs itself only
+        loaded.problem = tool_diagnostic("EMA004", loaded.file.path, "nested too deeply to parse; not checked")
     return loaded
 
 

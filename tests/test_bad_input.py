@@ -82,14 +82,14 @@ def test_unreadable_file_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyP
     # The suite may run as root, where chmod 000 does not stop reads; simulate the refusal.
     target = tmp_path / "secret.py"
     target.write_text("x = 1\n")
-    real_open = open
+    real_open = os.open
 
     def refusing_open(path, *args, **kwargs):
         if os.fspath(path) == str(target):
             raise PermissionError(errno.EACCES, "Permission denied", str(target))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr("builtins.open", refusing_open)
+    monkeypatch.setattr(os, "open", refusing_open)
     report = check_files([SourceFile(str(target), str(tmp_path))], SOURCE_RULES)
     assert [(d.code, d.message) for d in report.diagnostics] == [("EMA004", "cannot read: Permission denied")]
 

@@ -1,0 +1,101 @@
+"""One hostile file costs its own diagnostic; a sentinel finding elsewhere is still reported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SENTINEL = "import torch\ntotal = 0.0\nfor b in range(3):\n    loss = torch.ones(1, requires_grad=True).sum()\n    loss.backward()\n    total += loss\n"
+
+
+def _check(tree: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ema_lint", "check", "--no-cache", "--output-format", "concise", "-q", *extra, "."],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _tree(tmp_path: Path, config: str = "[tool.ema-lint]\n") -> Path:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "pyproject.toml").write_text(config)
+    (tree / "sentinel.py").write_text(SENTINEL)
+    return tree
+
+
+def _codes(run: subprocess.CompletedProcess) -> list[str]:
+    return [line.split(": ")[1].split()[0] for line in run.stdout.splitlines() if ": EMA" in line]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("deep_sum.py", b"x = " + b"+".join([b"a"] * 6000) + b"\n", "nested too deeply to parse"),
+        ("hex_coding.py", b"# coding: hex\nx = 1\n", "cannot decode"),
+        ("rot13_coding.py", b"# -*- coding: rot13 -*-\nx = 1\n", "cannot decode"),
+    ],
+)
+def test_a_hostile_file_costs_only_itself(tmp_path: Path, jobs: str, name: str, content: bytes, expected: str) -> None:
+    tree = _tree(tmp_path)
+    (tree / name).write_bytes(content)
+    run = _check(tree, "-j", jobs)
+    assert run.returncode == 1, run.stderr
+    assert "EMA202" in _codes(run)
+    assert any(name in line and expected in line for line in run.stdout.splitlines()), run.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_named_like_python_is_skipped_not_waited_on(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    os.mkfifo(tree / "pipe.py")
+    run = _check(tree)
+    assert run.returncode == 1 and "EMA202" in _codes(run)
+    assert any("pipe.py" in line and "not a regular file" in line for line in run.stdout.splitlines())
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_a_link_to_a_device_is_skipped(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    (tree / "zero.py").symlink_to("/dev/zero")
+    run = _check(tree)
+    assert run.returncode == 1 and "EMA202" in _codes(run)
+    assert any("zero.py" in line and "not a regular file" in line for line in run.stdout.splitlines())
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "[[tool.ema-lint]]\nselect = ['ALL']\n",
+        "tool = 5\n",
+        "[tool]\nema-lint = 'x'\n",
+        "[tool.ema-lint]\nselect = " + "[" * 3000 + "]" * 3000 + "\n",
+        "[tool.ema-lint]\nexclude = ['[z-a]']\n",
+        "[tool.ema-lint]\nexclude = ['" + "**/" * 25 + "x']\n",
+    ],
+)
+def test_malformed_configuration_is_ema002_and_the_run_goes_on(tmp_path: Path, config: str) -> None:
+    tree = _tree(tmp_path, config)
+    run = _check(tree)
+    assert run.returncode == 1, run.stderr
+    assert "EMA202" in _codes(run)
+
+
+def test_a_selection_of_unknown_codes_alone_still_checks(tmp_path: Path) -> None:
+    tree = _tree(tmp_path, "[tool.ema-lint]\nselect = ['EMA999']\n")
+    run = _check(tree)
+    assert _codes(run).count("EMA002") == 1 and "EMA202" in _codes(run)
+
+
+def test_a_bad_gitignore_pattern_is_ignored(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    (tree / ".gitignore").write_text("[z-a]\n" + "**/" * 25 + "x\n")
+    run = _check(tree)
+    assert run.returncode == 1 and "EMA202" in _codes(run)
