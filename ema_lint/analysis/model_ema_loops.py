@@ -117,6 +117,8 @@ class _Iteration:
             return None
         if isinstance(statement, cst.Assign) and len(statement.targets) == 1:
             target = strip_parens(statement.targets[0].target)
+            if isinstance(target, cst.Subscript) and _whole(target):
+                target = strip_parens(target.value)
             if isinstance(target, cst.Attribute) and target.attr.value == "data":
                 return strip_parens(target.value), [statement.value], True
             if isinstance(target, cst.Subscript):
@@ -146,11 +148,13 @@ class _Iteration:
                             return key
             return None
         if isinstance(node, cst.Subscript):
-            # `d[k]` with `k` a loop variable over names, not a position or an expression
-            if len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Index):
-                index = strip_parens(node.slice[0].slice.value)
-                if isinstance(index, cst.Name) and index.value in self.loop_names and not self._counts(self.loop_names[index.value]):
-                    return self.facts.code(node.value) + "[]"
+            if _whole(node):
+                # `ema_param.data[:] = ...` writes the whole tensor
+                return self._per_iteration(node.value, depth)
+            # `d[k]` with `k` a loop variable over names (or a key made from one), not a
+            # position or an arbitrary expression
+            if self._key(node) is not None:
+                return self.facts.code(node.value) + "[]"
             return None
         if isinstance(node, cst.Attribute):
             inner = self._per_iteration(node.value, depth)
@@ -190,8 +194,10 @@ class _Iteration:
         while isinstance(node, cst.Attribute):
             node, _ = _bare(node.value)
         if isinstance(node, cst.Subscript):
-            index = strip_parens(node.slice[0].slice.value)  # checked by `_per_iteration`
-            return index.value, True
+            if _whole(node):
+                return self._anchor(node.value, depth)
+            key = self._key(node)
+            return None if key is None else (key, True)
         if not isinstance(node, cst.Name):
             return None
         if node.value in self.loop_names:
@@ -201,6 +207,24 @@ class _Iteration:
                 if not binding.element_of and binding.loops and any(loop.node in self.loops for loop in binding.loops):
                     if self._per_iteration(binding.value) is not None:
                         return self._anchor(binding.value, depth + 1)
+        return None
+
+    def _key(self, lookup: cst.Subscript) -> str | None:
+        """The loop variable a lookup `d[k]` follows: `k` itself, or the variable a key
+        bound in the loop is made from (`j = "module." + k`, `s = self.names[k]`)."""
+        if len(lookup.slice) != 1 or not isinstance(lookup.slice[0].slice, cst.Index):
+            return None
+        index = strip_parens(lookup.slice[0].slice.value)
+        if not isinstance(index, cst.Name):
+            return None
+        if index.value in self.loop_names:
+            return None if self._counts(self.loop_names[index.value]) else index.value
+        for binding in self.site.function.bindings.get(index.value, ()):
+            if binding.element_of or not any(loop.node in self.loops for loop in binding.loops):
+                continue
+            made_from = [name for name in names_in(binding.value) if name in self.loop_names]
+            if len(made_from) == 1 and not self._counts(self.loop_names[made_from[0]]):
+                return made_from[0]
         return None
 
     def _counts(self, loop: cst.For) -> bool:
@@ -254,6 +278,16 @@ class _Iteration:
             if names & names_in(loop.target):
                 return loop
         return None
+
+
+def _whole(lookup: cst.Subscript) -> bool:
+    """`t[:]` / `t[...]`: every element of the tensor."""
+    if len(lookup.slice) != 1:
+        return False
+    part = lookup.slice[0].slice
+    if isinstance(part, cst.Slice):
+        return part.lower is None and part.upper is None and part.step is None
+    return isinstance(part, cst.Index) and isinstance(part.value, cst.Ellipsis)
 
 
 @dataclass(frozen=True)

@@ -239,6 +239,7 @@ class Call:
     class_name: str | None
     args: Sequence[cst.Arg]
     grad_off: bool
+    loops: tuple["Loop", ...] = ()
 
 
 class _Collector(cst.BatchableCSTVisitor):
@@ -469,12 +470,13 @@ class _Collector(cst.BatchableCSTVisitor):
             for loop in self._loops[-1]:
                 loop.runs_backward = True
         func = node.func
+        loops = tuple(self._loops[-1])
         if isinstance(func, cst.Attribute) and m.matches(func.value, m.Name("self")):
             self.calls.append(
-                Call(self.function, func.attr.value, self.function.class_name, node.args, self._grad_off[-1] > 0)
+                Call(self.function, func.attr.value, self.function.class_name, node.args, self._grad_off[-1] > 0, loops)
             )
         elif isinstance(func, cst.Name):
-            self.calls.append(Call(self.function, func.value, None, node.args, self._grad_off[-1] > 0))
+            self.calls.append(Call(self.function, func.value, None, node.args, self._grad_off[-1] > 0, loops))
 
 
 def _dotted(node: cst.BaseExpression) -> str:
@@ -524,11 +526,31 @@ def _freezes(line: cst.BaseStatement) -> bool:
 TRANSFER_METHODS = frozenset({"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "long", "int", "contiguous"})
 
 
-def _produces_graph(binding: Binding) -> bool:
+def _produces_graph(binding: Binding, classes: Sequence[str] = ()) -> bool:
+    """Whether a call's result, upstream of a backpropagated value, recorded a graph. Not
+    a call that only reads constants or classes (`parse_args()`, `tyro.cli(Args)`: a
+    configuration), nor one fed NumPy values (`envs.step(action.cpu().numpy())`: torch
+    modules take no NumPy arrays, so that is an environment or a metric)."""
     value = strip_parens(binding.value)
     if binding.element_of or not isinstance(value, cst.Call):
         return False
-    return attribute_name(value.func) not in TRANSFER_METHODS | CUT_METHODS | SCALAR_CASTS
+    if attribute_name(value.func) in TRANSFER_METHODS | CUT_METHODS | SCALAR_CASTS:
+        return False
+    arguments = [strip_parens(a.value) for a in value.args]
+    if all(_is_constant(a) or (isinstance(a, cst.Name) and a.value in classes) for a in arguments):
+        return False
+    return not any(_leaves_torch(a) for a in arguments)
+
+
+def _is_constant(node: cst.BaseExpression) -> bool:
+    return isinstance(node, (cst.SimpleString, cst.ConcatenatedString, cst.FormattedString, cst.Integer, cst.Float)) or (
+        isinstance(node, cst.Name) and node.value in ("None", "True", "False")
+    )
+
+
+def _leaves_torch(node: cst.BaseExpression) -> bool:
+    """`x.numpy()`, `x.cpu().numpy()`, `x.tolist()`: a value handed to non-torch code."""
+    return m.matches(node, m.Call(func=m.Attribute(attr=m.Name("numpy") | m.Name("tolist"))))
 
 
 class _Gather(cst.CSTVisitor):
@@ -566,7 +588,14 @@ class FileFacts:
         self.frozen = {code_of(module, node) for node in collector.frozen}
         self._code: dict[int, str] = {}
         self._carrying: dict[Function, tuple[tuple[int, int], set[str]]] = {}
+        # functions whose returns are being judged (recursion guard)
+        self._judging: set[Function] = set()
+        self._by_name: dict[tuple[str | None, str], list[Function]] = {}
+        for function in collector.functions:
+            if function.node is not None:
+                self._by_name.setdefault((function.class_name, function.name), []).append(function)
         self._propagate_grad_free(collector.calls)
+        self._mark_loops_that_train(collector.calls)
         self._mark_backpropagated_outputs()
         self._propagate_graph_params(collector.calls)
 
@@ -602,6 +631,23 @@ class FileFacts:
                     continue
                 if all(call.grad_off or call.caller.grad_free for call in sites):
                     function.grad_free = True
+                    changed = True
+
+    def _mark_loops_that_train(self, calls: list[Call]) -> None:
+        """A loop runs backward when it calls, through functions of this file, one that calls
+        `backward` (`for batch in loader: loss = train_step(batch)`)."""
+        trains = {function for function in self.functions if function.backward_names}
+        changed = True
+        while changed:
+            changed = False
+            for call in calls:
+                callees = self._by_name.get((call.class_name, call.callee), ())
+                if len(callees) != 1 or callees[0] not in trains:
+                    continue
+                for loop in call.loops:
+                    loop.runs_backward = True
+                if call.caller not in trains:
+                    trains.add(call.caller)
                     changed = True
 
     def _propagate_graph_params(self, calls: list[Call]) -> None:
@@ -643,7 +689,7 @@ class FileFacts:
                         frontier.append(used)
             for name in upstream - function.backward_names:
                 bindings = function.bindings.get(name, ())
-                if bindings and all(_produces_graph(b) for b in bindings):
+                if bindings and all(_produces_graph(b, self.class_bases) for b in bindings):
                     function.backward_names.add(name)
 
     def may_carry_graph(self, node: cst.BaseExpression, function: Function) -> bool:
@@ -694,7 +740,26 @@ class FileFacts:
                 return self.code(owner.func.value) not in self.frozen
             if kind in DETACHED_SOURCES:
                 return False
+            if attribute_name(strip_parens(binding.value)) == "param_groups":
+                return False  # an optimizer's settings: learning rates and momenta
+        elif isinstance(strip_parens(binding.value), cst.Call) and any(
+            _leaves_torch(strip_parens(a.value)) for a in strip_parens(binding.value).args
+        ):
+            return False  # `obs, reward, done, info = envs.step(action.cpu().numpy())`
         return self._sources(binding.value, names)
+
+    def _callee(self, call: cst.Call) -> Function | None:
+        """The one function of this file that `f(...)` or `self.f(...)` calls, if any."""
+        if isinstance(call.func, cst.Name):
+            candidates = self._by_name.get((None, call.func.value), ())
+        elif m.matches(call.func, m.Attribute(value=m.Name("self"))):
+            candidates = [
+                f for (owner, name), found in self._by_name.items() if owner is not None and name == call.func.attr.value
+                for f in found
+            ]
+        else:
+            return None
+        return candidates[0] if len(candidates) == 1 else None
 
     def _unpacked_element_is_free(self, binding: Binding) -> bool:
         """`loss, info = compute_loss(...)`: `info` carries no graph when the function is in
@@ -758,6 +823,14 @@ class FileFacts:
             name = attribute_name(node.func)
             if isinstance(node.func, cst.Name) and name in SCALAR_CASTS:
                 return False
+            callee = self._callee(node)
+            if callee is not None and callee.returns and callee not in self._judging:
+                # a function of this file: its result carries a graph when what it returns does
+                self._judging.add(callee)
+                try:
+                    return any(self.may_carry_graph(value, callee) for value in callee.returns)
+                finally:
+                    self._judging.discard(callee)
             if self.code(node.func) in self.frozen:
                 return False  # a module set `requires_grad_(False)`: a frozen teacher's output
             if name == "grad" and isinstance(node.func, cst.Attribute) and not _creates_graph(node):

@@ -48,6 +48,7 @@ REGIONS: dict[str, Region] = {
     "deepspeed.checkpointing.non_reentrant_checkpoint": _DEEPSPEED_CHECKPOINT,
     "fairscale.nn.checkpoint.checkpoint_wrapper": Region("checkpoint_wrapper", "module"),
     "fairscale.nn.checkpoint_wrapper": Region("checkpoint_wrapper", "module"),
+    "fairseq.modules.checkpoint_activations.checkpoint_wrapper": Region("checkpoint_wrapper", "m"),
     "fairscale.nn.checkpoint.checkpoint_activations.checkpoint_wrapper": Region("checkpoint_wrapper", "module"),
     "deepspeed.runtime.activation_checkpointing.checkpointing.checkpoint": _DEEPSPEED_CHECKPOINT,
 }
