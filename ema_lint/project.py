@@ -173,6 +173,10 @@ class ClassFacts:
     named_members: tuple[str, ...] = ()
     # `__init__` parameters (by name and by position, "0" after `self`) stored in attributes
     stored_parameters: tuple[str, ...] = ()
+    # method -> the parameters (by name and position, "0" after `self`) it accumulates into
+    # state of the instance (`self.sum += val * n`, `self.avg = m * self.avg + (1 - m) * val`,
+    # `self.values.append(val)`): a meter's `update`
+    accumulating_arguments: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -1106,7 +1110,70 @@ def _summarize_class(scope: ModuleScope, node: ast.ClassDef) -> ClassFacts:
         keeps_submodules_in_eval=keeps_eval,
         named_members=tuple(sorted(set(raw) | set().union(*written.values()) | _class_level_names(node))),
         stored_parameters=_stored_parameters(methods, raw),
+        accumulating_arguments={
+            m.name: found for m in methods if (found := _accumulated_parameters(m, _self_name(m)))
+        },
     )
+
+
+_CUT_CALLS = frozenset({"float", "int", "item", "detach", "tolist", "numpy", "len", "round", "str"})
+
+
+def _accumulated_parameters(method, self_name: str | None) -> tuple[str, ...]:
+    """The parameters `method` folds into instance state that outlives the call."""
+    if self_name is None:
+        return ()
+    positional = [a.arg for a in method.args.posonlyargs + method.args.args][1:]
+    parameters = set(positional) | {a.arg for a in method.args.kwonlyargs}
+    # a parameter rebound first (`val = float(val)`, `val = val.item()`) is judged by that value
+    cut = {
+        target.id
+        for sub in ast.walk(method)
+        if isinstance(sub, ast.Assign)
+        for target in sub.targets
+        if isinstance(target, ast.Name) and target.id in parameters and _cuts(sub.value)
+    }
+    found: set[str] = set()
+    for sub in ast.walk(method):
+        value = None
+        if isinstance(sub, ast.AugAssign) and isinstance(sub.op, (ast.Add, ast.Sub)):
+            if _self_attribute(sub.target, self_name):
+                value = sub.value
+        elif isinstance(sub, ast.Assign) and len(sub.targets) == 1:
+            owner = _self_attribute(sub.targets[0], self_name)
+            reads_itself = owner and any(
+                _self_attribute(n, self_name) == owner for n in ast.walk(sub.value) if isinstance(n, ast.Attribute)
+            )
+            if reads_itself:
+                value = sub.value
+        elif (
+            isinstance(sub, ast.Call)
+            and isinstance(sub.func, ast.Attribute)
+            and sub.func.attr in ("append", "extend", "add_")
+            and _self_attribute(sub.func.value, self_name)
+            and sub.args
+        ):
+            value = sub.args[0]
+        if value is not None:
+            found |= _uncut_names(value) & (parameters - cut)
+    return tuple(sorted(found | {str(i) for i, name in enumerate(positional) if name in found}))
+
+
+def _cuts(node: ast.AST) -> bool:
+    """`float(x)`, `x.item()`, `x.detach()`: no graph left."""
+    if isinstance(node, ast.Call):
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        return name in _CUT_CALLS
+    return isinstance(node, ast.Constant)
+
+
+def _uncut_names(node: ast.AST) -> set[str]:
+    """Names read by `node` other than inside a cut (`float(val)`, `val.item()`)."""
+    if _cuts(node):
+        return set()
+    if isinstance(node, ast.Name):
+        return {node.id}
+    return set().union(*(_uncut_names(child) for child in ast.iter_child_nodes(node)))
 
 
 def _stored_parameters(methods, raw) -> tuple[str, ...]:

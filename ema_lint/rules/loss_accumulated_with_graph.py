@@ -17,6 +17,17 @@ from ema_lint.rules._autograd import (
 )
 
 
+def _dotted_text(node: cst.BaseExpression) -> str | None:
+    parts = []
+    while isinstance(node, cst.Attribute):
+        parts.append(node.attr.value)
+        node = node.value
+    if not isinstance(node, cst.Name):
+        return None
+    parts.append(node.value)
+    return ".".join(reversed(parts))
+
+
 def _is_container(value: cst.BaseExpression, function: Function) -> bool:
     """A container literal, or a name every binding of which is one (`extra = [out.max()]`)."""
     value = strip_parens(value)
@@ -94,6 +105,47 @@ class LossAccumulatedWithGraph(AutogradRule):
             found = accumulation(facts, site)
             if found is not None and self._keeps_graph(facts, found):
                 self._report(found)
+            for passed in self._passed_to_accumulators(site):
+                if self._keeps_graph(facts, passed):
+                    self._report(passed)
+
+    def _passed_to_accumulators(self, site) -> list[Accumulation]:
+        """`losses.update(loss, n)` where `losses` is an instance of a class (in any checked
+        file) whose `update` folds that argument into its own state (`self.sum += val * n`):
+        the accumulation happens there, and the graph comes from here."""
+        statement = site.statement
+        if not (
+            isinstance(statement, cst.Expr)
+            and isinstance(statement.value, cst.Call)
+            and isinstance(statement.value.func, cst.Attribute)
+        ):
+            return []
+        call = statement.value
+        accumulating = self._accumulating_arguments(site, strip_parens(call.func.value), call.func.attr.value)
+        found = []
+        for index, argument in enumerate(call.args):
+            if argument.star:
+                break
+            bound = argument.keyword.value if argument.keyword is not None else str(index)
+            if bound in accumulating:
+                found.append(Accumulation(site, call.func.value, argument.value))
+        return found
+
+    def _accumulating_arguments(self, site, receiver: cst.BaseExpression, method: str) -> tuple[str, ...]:
+        project, module_name = self.context.project, self.context.module_name
+        classes: list[str] = []
+        if isinstance(receiver, cst.Name):
+            for binding in site.function.bindings.get(receiver.value, ()):
+                value = strip_parens(binding.value)
+                if not binding.element_of and isinstance(value, cst.Call):
+                    dotted = _dotted_text(value.func)
+                    if dotted is not None:
+                        classes.append(project.qualify(module_name, dotted))
+        for qualified in classes:
+            for facts in project.mro(qualified):
+                if method in facts.accumulating_arguments:
+                    return facts.accumulating_arguments[method]
+        return ()
 
     def _keeps_graph(self, facts: FileFacts, found: Accumulation) -> bool:
         site = found.site
