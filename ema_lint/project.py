@@ -51,6 +51,17 @@ CONTAINERS = frozenset(
         "reversed",
         "collections.OrderedDict",
         "typing.OrderedDict",
+        # OpenMMLab's containers add only `init_cfg` to torch's
+        "mmengine.model.ModuleList",
+        "mmengine.model.Sequential",
+        "mmengine.model.ModuleDict",
+        "mmengine.model.base_module.ModuleList",
+        "mmengine.model.base_module.Sequential",
+        "mmengine.model.base_module.ModuleDict",
+        "mmcv.runner.ModuleList",
+        "mmcv.runner.Sequential",
+        "mmcv.runner.base_module.ModuleList",
+        "mmcv.runner.base_module.Sequential",
     }
 )
 PARTIAL = frozenset({"functools.partial"})

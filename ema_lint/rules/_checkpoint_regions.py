@@ -80,9 +80,12 @@ class FunctionRegions:
         function: ast.AST | None,
         class_name: str | None,
         state: str = RUNNING_STATS,
+        module_functions: dict[str, ast.AST] | None = None,
     ) -> None:
         self.project = project
         self.state = state
+        # the file's module-level `def`s by name: factories that return closures
+        self.module_functions = module_functions or {}
         self.class_name = class_name
         self_name = None
         if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) and class_name is not None:
@@ -152,6 +155,11 @@ class FunctionRegions:
             return self._first(call.args, depth, seen)
         if isinstance(func, ast.Attribute) and func.attr in _ITERATION_METHODS:
             return self.path(func.value, depth + 1, seen)
+        factory = self.module_functions.get(dotted or "")
+        if factory is not None and id(factory) not in seen:
+            path = self._closure_path(factory, call, depth, seen | {id(factory)})
+            if path is not None:
+                return path
         if dotted == "getattr" and len(call.args) >= 2 and self._is_self(call.args[0]):
             for member in sorted(self._strings(call.args[1], frozenset())):
                 path = self.project.member_path(self.class_name, member, state=self.state)
@@ -159,6 +167,30 @@ class FunctionRegions:
                     return path
             return None
         return self.project.values_path(self.class_name, self.values.values(call), state=self.state)
+
+    def _closure_path(self, factory, call: ast.Call, depth: int, seen) -> tuple[str, ...] | None:
+        """`f = factory(self.norm1, self.conv1)` where `factory` returns a nested function or
+        lambda: what that closure runs is what the call passed for the names it reads."""
+        arguments = factory.args
+        parameters = [a.arg for a in arguments.posonlyargs + arguments.args]
+        passed = dict(zip(parameters, call.args))
+        passed.update({kw.arg: kw.value for kw in call.keywords if kw.arg})
+        nested = {n.name: n for n in ast.walk(factory) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n is not factory}
+        for node in ast.walk(factory):
+            if not isinstance(node, ast.Return) or node.value is None:
+                continue
+            returned = node.value
+            closure = nested.get(returned.id) if isinstance(returned, ast.Name) else returned
+            if not isinstance(closure, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            body = closure.body if isinstance(closure.body, list) else [closure.body]
+            for statement in body:
+                for name in ast.walk(statement):
+                    if isinstance(name, ast.Name) and isinstance(name.ctx, ast.Load) and name.id in passed:
+                        path = self.path(passed[name.id], depth + 1, seen)
+                        if path is not None:
+                            return path
+        return None
 
     def _is_self(self, node: ast.AST) -> bool:
         return isinstance(node, ast.Name) and node.id == self.self_name and self.class_name is not None

@@ -209,10 +209,11 @@ class CheckpointSiteRule(Rule):
             function = self._ast_functions[self._outermost_function]
         key = (id(function), state)
         if key not in self._regions:
+            factories = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
             if function is None:
-                self._regions[key] = FunctionRegions(self.project, self.scope, tree, None, state)
+                self._regions[key] = FunctionRegions(self.project, self.scope, tree, None, state, factories)
             else:
-                self._regions[key] = FunctionRegions(self.project, self.scope, function, class_name, state)
+                self._regions[key] = FunctionRegions(self.project, self.scope, function, class_name, state, factories)
         return self._regions[key]
 
     # -- sites ---------------------------------------------------------------------------
