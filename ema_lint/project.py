@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from ema_lint.analysis.torch_names import (
     BATCH_NORM_CONFIG_TYPES,
     EMA_HELPER_WORDS,
+    IN_PLACE_METHODS,
     OPENMMLAB_CONV_MODULES,
     OPENMMLAB_NORM_CFG_POSITION,
     OPENMMLAB_NORM_FACTORY,
@@ -691,23 +692,32 @@ def may_hold_recurrence(nodes: list[ast.AST], trains: bool) -> bool:
 
 def may_hold_loop_update(loops: list[ast.AST]) -> bool:
     """A structural superset of the statements `analysis.model_ema_loops` accepts: inside a
-    `for` loop, an in-place method call (a name ending in `_`), an augmented assignment, a
-    store to `.data` or to a subscript, or a call of a helper named like an EMA step."""
+    `for` loop, an in-place tensor method call, an augmented assignment or a store to
+    `.data` or to a subscript whose value reads a name, or a call of a helper named like an
+    EMA step."""
     for loop in loops:
         for statement in loop.body:
             for node in ast.walk(statement):
-                if isinstance(node, ast.AugAssign):
-                    return True
-                if isinstance(node, ast.Assign) and any(
-                    isinstance(t, ast.Subscript) or (isinstance(t, ast.Attribute) and t.attr == "data")
-                    for t in node.targets
-                ):
-                    return True
-                if isinstance(node, ast.Call):
+                if isinstance(node, ast.AugAssign) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)):
+                    if _reads_a_name(node.value):
+                        return True
+                elif isinstance(node, ast.Assign):
+                    if _reads_a_name(node.value) and any(
+                        isinstance(t, ast.Subscript) or (isinstance(t, ast.Attribute) and t.attr == "data")
+                        for t in node.targets
+                    ):
+                        return True
+                elif isinstance(node, ast.Call):
+                    if isinstance(node.func, ast.Attribute) and node.func.attr in IN_PLACE_METHODS:
+                        return True
                     name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-                    if name.endswith("_") or any(word in name.lower() for word in EMA_HELPER_WORDS):
+                    if any(word in name.lower() for word in EMA_HELPER_WORDS):
                         return True
     return False
+
+
+def _reads_a_name(node: ast.AST) -> bool:
+    return any(isinstance(sub, ast.Name) for sub in ast.walk(node))
 
 
 def _step_shaped(value: ast.AST) -> bool:

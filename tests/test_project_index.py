@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 from textwrap import dedent
 
 from ema_lint.project import BUILT, Held, ProjectIndex, summarize
@@ -261,3 +262,20 @@ def test_every_documented_momentum_correction_passes_its_pre_filter() -> None:
 
     for example in rule_for("EMA102").INVALID:
         assert summarize("example", example.source.encode()).may_hold_momentum_correction, example.source
+
+
+def test_every_model_ema_loop_passes_its_pre_filter() -> None:
+    """EMA301's pre-filter must never drop a finding: every documented example and every
+    fixture file with a finding passes it, and files with no loop write do not."""
+    from ema_lint.registry import rule_for
+
+    for example in rule_for("EMA301").INVALID:
+        assert summarize("example", example.source.encode()).may_hold_loop_update, example.source
+    fixtures = Path(__file__).resolve().parent.parent / "fixtures" / "EMA301"
+    for case in fixtures.glob("*.py"):
+        if case.name.endswith(".fixed.py"):
+            continue
+        expected = case.with_suffix(".expected.txt").read_text()
+        if expected.strip():
+            assert summarize("fixture", case.read_bytes()).may_hold_loop_update, case.name
+    assert not summarize("m", b"for i in range(3):\n    total += 1\n    x.relu_()\n").may_hold_loop_update

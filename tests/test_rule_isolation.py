@@ -60,3 +60,28 @@ def test_two_checks_interleaved_on_one_thread_keep_their_own_facts() -> None:
     third = check_source("a.py", ACCUMULATES.encode(), [accumulated])
     assert [d.code for d in first.diagnostics] == ["EMA202"] == [d.code for d in third.diagnostics]
     assert second.diagnostics == []
+
+
+DATA_LOOP = textwrap.dedent(
+    """
+    import torch
+
+    @torch.no_grad()
+    def momentum_update(encoder_q, encoder_k, m):
+        for param_q, param_k in zip(encoder_q.parameters(), encoder_k.parameters()):
+            param_k.data = param_k.data * m + param_q.data * (1.0 - m)
+
+    def single(state, value, m):
+        state.data = state.data * m + value * (1.0 - m)
+    """
+)
+
+
+def test_one_finding_per_site_a_data_loop_is_ema301_with_a_note() -> None:
+    rules = [rule_for("EMA203"), rule_for("EMA301")]
+    result = check_source("ema.py", DATA_LOOP.encode(), rules)
+    assert [(d.code, d.start.line) for d in result.diagnostics] == [("EMA301", 6), ("EMA203", 10)]
+    (loop,) = [d for d in result.diagnostics if d.code == "EMA301"]
+    assert "`.data`" in loop.notes[0]
+    alone = check_source("ema.py", DATA_LOOP.encode(), [rule_for("EMA203")])
+    assert [(d.code, d.start.line) for d in alone.diagnostics] == [("EMA203", 7), ("EMA203", 10)]
