@@ -46,6 +46,18 @@ CUT_METHODS = frozenset(
         "argmin",
         "get_lr",
         "get_last_lr",
+        # fresh tensors that share only a dtype and device with their argument
+        "new_tensor",
+        "new_zeros",
+        "new_ones",
+        "new_full",
+        "new_empty",
+        "zeros_like",
+        "ones_like",
+        "empty_like",
+        "full_like",
+        "randn_like",
+        "rand_like",
     }
 )
 CUT_ATTRIBUTES = frozenset({"data", "grad", "shape", "ndim", "dtype", "device"})
@@ -292,7 +304,12 @@ class _Collector(cst.BatchableCSTVisitor):
                 p.name.value for p in declared if p.annotation is not None and _is_scalar_type(p.annotation.annotation)
             ),
         )
-        if node.name.value in FORWARD_METHODS:
+        # a `forward`'s inputs carry a graph; a plain class's `__call__` (a reward filter, a
+        # meter) is no module's forward
+        may_be_module = class_name is None or any(
+            base not in ("object", "") for base in self.class_bases.get(class_name, ())
+        )
+        if node.name.value in FORWARD_METHODS and may_be_module:
             function.graph_params.update(n for n in names if n not in ("self", "cls", *function.scalar_params))
         self.functions.append(function)
         self._functions.append(function)
@@ -526,22 +543,6 @@ def _freezes(line: cst.BaseStatement) -> bool:
 TRANSFER_METHODS = frozenset({"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "long", "int", "contiguous"})
 
 
-def _produces_graph(binding: Binding, classes: Sequence[str] = ()) -> bool:
-    """Whether a call's result, upstream of a backpropagated value, recorded a graph. Not
-    a call that only reads constants or classes (`parse_args()`, `tyro.cli(Args)`: a
-    configuration), nor one fed NumPy values (`envs.step(action.cpu().numpy())`: torch
-    modules take no NumPy arrays, so that is an environment or a metric)."""
-    value = strip_parens(binding.value)
-    if binding.element_of or not isinstance(value, cst.Call):
-        return False
-    if attribute_name(value.func) in TRANSFER_METHODS | CUT_METHODS | SCALAR_CASTS:
-        return False
-    arguments = [strip_parens(a.value) for a in value.args]
-    if all(_is_constant(a) or (isinstance(a, cst.Name) and a.value in classes) for a in arguments):
-        return False
-    return not any(_leaves_torch(a) for a in arguments)
-
-
 def _is_constant(node: cst.BaseExpression) -> bool:
     return isinstance(node, (cst.SimpleString, cst.ConcatenatedString, cst.FormattedString, cst.Integer, cst.Float)) or (
         isinstance(node, cst.Name) and node.value in ("None", "True", "False")
@@ -689,8 +690,78 @@ class FileFacts:
                         frontier.append(used)
             for name in upstream - function.backward_names:
                 bindings = function.bindings.get(name, ())
-                if bindings and all(_produces_graph(b, self.class_bases) for b in bindings):
+                if bindings and all(self._produces_graph(b, name, function) for b in bindings):
                     function.backward_names.add(name)
+
+    def _produces_graph(self, binding: Binding, name: str, function: Function) -> bool:
+        """Whether a call's result, upstream of a backpropagated value, recorded a graph. Not
+        a call fed only inert values (`parse_args()`, `tyro.cli(Args)`, `max(5, int(n))`:
+        configuration and counts), nor one fed NumPy values (`envs.step(a.cpu().numpy())`:
+        torch modules take no NumPy arrays, so that is an environment or a metric)."""
+        value = strip_parens(binding.value)
+        if binding.element_of or not isinstance(value, cst.Call):
+            return False
+        if attribute_name(value.func) in TRANSFER_METHODS | CUT_METHODS | SCALAR_CASTS:
+            return False
+        arguments = [strip_parens(a.value) for a in value.args]
+        if all(self._inert(a, function, {name}) for a in arguments):
+            return False
+        return not any(_leaves_torch(a) for a in arguments)
+
+    def _numpy_valued(self, node: cst.BaseExpression, function: Function, seen: set[str]) -> bool:
+        """`x.cpu().numpy()`, `np.array(...)`, or a local name bound only to such values."""
+        node = strip_parens(node)
+        if _leaves_torch(node):
+            return True
+        if isinstance(node, cst.Call) and _dotted(node.func).partition(".")[0] in ("np", "numpy"):
+            return True
+        if isinstance(node, cst.Name) and node.value not in seen:
+            bindings = function.bindings.get(node.value)
+            seen.add(node.value)
+            return bool(bindings) and all(
+                not b.element_of and self._numpy_valued(b.value, function, seen) for b in bindings
+            )
+        return False
+
+    def _inert(self, node: cst.BaseExpression, function: Function, seen: set[str]) -> bool:
+        """A value no graph can come from: constants, numbers cast from anything, classes,
+        and names (local, else module-level) bound only to such values or to calls of them."""
+        node = strip_parens(node)
+        if _is_constant(node):
+            return True
+        if isinstance(node, cst.Call):
+            if isinstance(node.func, cst.Name) and node.func.value in SCALAR_CASTS:
+                return True
+            if attribute_name(node.func) in CUT_METHODS:
+                return True
+            return False
+        if isinstance(node, cst.Attribute):
+            return self._inert(node.value, function, seen)
+        if isinstance(node, (cst.BinaryOperation, cst.UnaryOperation)):
+            parts = [node.left, node.right] if isinstance(node, cst.BinaryOperation) else [node.expression]
+            return all(self._inert(part, function, seen) for part in parts)
+        if isinstance(node, cst.Name):
+            if node.value in seen or node.value in self.class_bases:
+                return True
+            if node.value in function.params:
+                return False
+            scope = function if node.value in function.bindings else self.functions[0]
+            bindings = scope.bindings.get(node.value)
+            if not bindings:
+                return False
+            seen = seen | {node.value}
+            return all(
+                not binding.element_of
+                and (
+                    self._inert(binding.value, scope, seen)
+                    or (
+                        isinstance(strip_parens(binding.value), cst.Call)
+                        and all(self._inert(a.value, scope, seen) for a in strip_parens(binding.value).args)
+                    )
+                )
+                for binding in bindings
+            )
+        return False
 
     def may_carry_graph(self, node: cst.BaseExpression, function: Function) -> bool:
         names: set[str] = set()
@@ -713,7 +784,7 @@ class FileFacts:
                 continue
             for binding in bindings:
                 read: set[str] = set()
-                if self._binding_sources(binding, read):
+                if self._binding_sources(binding, read, function):
                     carrying.add(name)
                     break
                 for source in read:
@@ -727,7 +798,7 @@ class FileFacts:
         self._carrying[function] = (state, carrying)
         return carrying
 
-    def _binding_sources(self, binding: Binding, names: set[str]) -> bool:
+    def _binding_sources(self, binding: Binding, names: set[str], function: Function) -> bool:
         """Like `_sources`, for the value one binding gives its name."""
         if binding.element_index is not None and self._unpacked_element_is_free(binding):
             return False
@@ -743,7 +814,7 @@ class FileFacts:
             if attribute_name(strip_parens(binding.value)) == "param_groups":
                 return False  # an optimizer's settings: learning rates and momenta
         elif isinstance(strip_parens(binding.value), cst.Call) and any(
-            _leaves_torch(strip_parens(a.value)) for a in strip_parens(binding.value).args
+            self._numpy_valued(a.value, function, set()) for a in strip_parens(binding.value).args
         ):
             return False  # `obs, reward, done, info = envs.step(action.cpu().numpy())`
         return self._sources(binding.value, names)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import libcst as cst
+import libcst.matchers as m
 
 from ema_lint.diagnostics import Applicability, Fix, RequiredImport, Severity
 from ema_lint.rule import Example
@@ -89,7 +90,24 @@ class EmaUpdateKeepsGraph(RecurrenceRule):
             return False  # the write bypasses autograd; EMA203 reports it
         if not facts.may_carry_graph(recurrence.new_term, site.function):
             return False
+        if self._cut_before(facts, recurrence):
+            return False
         return self._persistent(facts, recurrence)
+
+    @staticmethod
+    def _cut_before(facts: FileFacts, recurrence: Recurrence) -> bool:
+        """`self.sums.detach_()` earlier in the same call: the state's history ends there every
+        step, so at most one step's graph is ever kept."""
+        site = recurrence.site
+        code = facts.code(strip_parens(recurrence.state))
+        return any(
+            other.function is site.function
+            and other.order < site.order
+            and isinstance(other.statement, cst.Expr)
+            and m.matches(other.statement.value, m.Call(func=m.Attribute(attr=m.Name("detach_")), args=[]))
+            and facts.code(strip_parens(other.statement.value.func.value)) == code
+            for other in facts.sites
+        )
 
     def _persistent(self, facts: FileFacts, recurrence: Recurrence) -> bool:
         state = strip_parens(recurrence.state)
