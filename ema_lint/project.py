@@ -386,6 +386,12 @@ class ProjectIndex:
     def _compute_running_stat_path(self, qualified: str, state: str) -> tuple[str, ...] | None:
         chain = self.mro(qualified)
         if not chain:
+            # a module-level registry of classes (`NORMS[kind](c)` builds any of them)
+            for held in sorted(self.module_aliases(qualified)):
+                if held.kind == REF:
+                    path = self.running_stat_path(held.target, held.tracks_running_stats, state)
+                    if path is not None:
+                        return path
             return None
         for facts in chain:
             for base in facts.bases:
@@ -538,6 +544,7 @@ def summarize(module_name: str, source: bytes, is_package: bool = False, structu
             refs = module_env.references(node.value)
             if refs:
                 aliases[node.targets[0].id] = tuple(sorted(refs))
+                scope.aliases.add(node.targets[0].id)
     class_facts = tuple(
         _summarize_class(scope, node) for node in tree.body if structure and isinstance(node, ast.ClassDef)
     )
@@ -759,12 +766,14 @@ class ModuleScope:
     # a module with `from x import *` may get any unknown name from there: such names are
     # qualified in this module, and `ProjectIndex.resolve` follows the star import
     has_star_imports: bool = False
+    # module-level names bound to references (`NORMS = {"bn": nn.BatchNorm2d}`)
+    aliases: set[str] = field(default_factory=set)
 
     def qualify(self, dotted: str) -> str:
         head, _, rest = dotted.partition(".")
         if head in self.imports:
             base = self.imports[head]
-        elif head in self.classes or head in self.functions:
+        elif head in self.classes or head in self.functions or head in self.aliases:
             base = f"{self.module_name}.{head}"
         elif self.has_star_imports and not hasattr(builtins, head):
             base = f"{self.module_name}.{head}"
@@ -900,6 +909,13 @@ class LocalValues:
             return frozenset().union(*(self.references(v) for v in node.values))
         if isinstance(node, ast.IfExp):
             return self.references(node.body) | self.references(node.orelse)
+        # registries: `NORMS = {"bn": nn.BatchNorm2d, ...}`, then `NORMS[kind](c)`
+        if isinstance(node, ast.Dict):
+            return frozenset().union(*(self.references(v) for v in node.values if v is not None))
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+            return frozenset().union(*(self.references(e) for e in node.elts))
+        if isinstance(node, ast.Subscript):
+            return self.references(node.value)
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             named = _BATCH_NORM_NAMES.get(node.value.replace("_", "").lower().split("-")[0])
             return frozenset({Held(REF, named)}) if named else frozenset()

@@ -58,7 +58,7 @@ _PASS_THROUGH = frozenset(
     {"enumerate", "reversed", "list", "tuple", "iter", "zip", "functools.partial", "itertools.chain", "itertools.chain.from_iterable"}
 )
 _ITERATION_METHODS = frozenset(
-    {"children", "modules", "values", "items", "named_children", "named_modules", "forward", "__call__"}
+    {"children", "modules", "values", "items", "named_children", "named_modules", "forward", "__call__", "_modules"}
 )
 # Hugging Face's implicit regions (see `analysis.torch_names`): the callee is the region.
 HF_GRADIENT_CHECKPOINTING = Region("gradient checkpointing", "")
@@ -156,8 +156,13 @@ class FunctionRegions:
         if isinstance(func, ast.Attribute) and func.attr in _ITERATION_METHODS:
             return self.path(func.value, depth + 1, seen)
         factory = self.module_functions.get(dotted or "")
+        bound = 0
+        if factory is None and isinstance(func, ast.Attribute) and self._is_self(func.value):
+            # `self.custom(blk)`: a method of this class that returns a closure
+            factory = self.module_functions.get(f"{self.class_name.rpartition('.')[2]}.{func.attr}")
+            bound = 1
         if factory is not None and id(factory) not in seen:
-            path = self._closure_path(factory, call, depth, seen | {id(factory)})
+            path = self._closure_path(factory, call, depth, seen | {id(factory)}, bound)
             if path is not None:
                 return path
         if dotted == "getattr" and len(call.args) >= 2 and self._is_self(call.args[0]):
@@ -168,11 +173,12 @@ class FunctionRegions:
             return None
         return self.project.values_path(self.class_name, self.values.values(call), state=self.state)
 
-    def _closure_path(self, factory, call: ast.Call, depth: int, seen) -> tuple[str, ...] | None:
+    def _closure_path(self, factory, call: ast.Call, depth: int, seen, bound: int = 0) -> tuple[str, ...] | None:
         """`f = factory(self.norm1, self.conv1)` where `factory` returns a nested function or
-        lambda: what that closure runs is what the call passed for the names it reads."""
+        lambda: what that closure runs is what the call passed for the names it reads.
+        `bound`: leading parameters the call does not pass (`self` of a method)."""
         arguments = factory.args
-        parameters = [a.arg for a in arguments.posonlyargs + arguments.args]
+        parameters = [a.arg for a in arguments.posonlyargs + arguments.args][bound:]
         passed = dict(zip(parameters, call.args))
         passed.update({kw.arg: kw.value for kw in call.keywords if kw.arg})
         nested = {n.name: n for n in ast.walk(factory) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n is not factory}

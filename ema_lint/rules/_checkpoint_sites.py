@@ -92,6 +92,7 @@ class CheckpointSiteRule(Rule):
             set(facts.classes),
             set(facts.function_returns),
             bool(facts.star_imports),
+            set(facts.aliases),
         )
         self.classes: list[str] = []
         self.functions: list[cst.FunctionDef] = []
@@ -209,7 +210,17 @@ class CheckpointSiteRule(Rule):
             function = self._ast_functions[self._outermost_function]
         key = (id(function), state)
         if key not in self._regions:
-            factories = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+            definitions = (ast.FunctionDef, ast.AsyncFunctionDef)
+            factories = {n.name: n for n in tree.body if isinstance(n, definitions)}
+            factories.update(
+                {
+                    f"{c.name}.{n.name}": n
+                    for c in tree.body
+                    if isinstance(c, ast.ClassDef)
+                    for n in c.body
+                    if isinstance(n, definitions)
+                }
+            )
             if function is None:
                 self._regions[key] = FunctionRegions(self.project, self.scope, tree, None, state, factories)
             else:
