@@ -35,3 +35,9 @@ BATCH_NORM_CONFIG_TYPES = frozenset(
 # through `self._gradient_checkpointing_func(layer.__call__, ...)` instead.
 HF_CHECKPOINTING_LAYER = "GradientCheckpointingLayer"
 HF_CHECKPOINTING_FUNC = "_gradient_checkpointing_func"
+
+# Libraries whose results are NumPy arrays or Python numbers, never tensors with a graph.
+NUMERIC_LIBRARIES = frozenset({"numpy", "sklearn", "scipy", "pandas", "math", "statistics", "random", "time", "timeit"})
+# Other deep-learning frameworks: a file that imports one of them and not torch holds no
+# torch autograd state at all.
+OTHER_FRAMEWORKS = frozenset({"mxnet", "tensorflow", "jax", "flax", "paddle", "oneflow", "mindspore", "keras"})

@@ -25,6 +25,7 @@ from typing import Sequence
 import libcst as cst
 import libcst.matchers as m
 
+from ema_lint.analysis.torch_names import NUMERIC_LIBRARIES, OTHER_FRAMEWORKS
 from ema_lint.rule import Rule
 
 # Methods whose tensor arguments are the model's inputs during a training step.
@@ -46,6 +47,8 @@ CUT_METHODS = frozenset(
         "argmin",
         "get_lr",
         "get_last_lr",
+        "asscalar",
+        "asnumpy",
         # fresh tensors that share only a dtype and device with their argument
         "new_tensor",
         "new_zeros",
@@ -195,6 +198,8 @@ class Binding:
     statement: cst.CSTNode | None = None
     # `a, b = f(...)`: the position of this name in the unpacked result of the call `value`
     element_index: int | None = None
+    # ids of the enclosing indented blocks, as `Site.blocks`
+    blocks: tuple[int, ...] = ()
 
 
 @dataclass(eq=False)
@@ -273,6 +278,10 @@ class _Collector(cst.BatchableCSTVisitor):
         self._previous: dict[tuple, Site] = {}
         # class name -> its bases as written (`torch.optim.Optimizer`)
         self.class_bases: dict[str, tuple[str, ...]] = {}
+        # local names bound to numeric libraries (`np`, `roc_auc_score`), and the top-level
+        # packages the file imports
+        self.numeric_names: set[str] = set()
+        self.imported_roots: set[str] = set()
 
     @property
     def function(self) -> Function:
@@ -281,6 +290,24 @@ class _Collector(cst.BatchableCSTVisitor):
     def _next(self) -> int:
         self._order += 1
         return self._order
+
+    def visit_Import(self, node: cst.Import) -> None:
+        for alias in node.names:
+            module = _dotted(alias.name)
+            root = module.partition(".")[0]
+            self.imported_roots.add(root)
+            if root in NUMERIC_LIBRARIES:
+                local = alias.asname.name.value if alias.asname else root
+                self.numeric_names.add(local)
+
+    def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
+        if node.module is None or node.relative:
+            return
+        root = _dotted(node.module).partition(".")[0]
+        self.imported_roots.add(root)
+        if root in NUMERIC_LIBRARIES and not isinstance(node.names, cst.ImportStar):
+            for alias in node.names:
+                self.numeric_names.add(alias.asname.name.value if alias.asname else _dotted(alias.name))
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self._scopes.append(node.name.value)
@@ -398,7 +425,9 @@ class _Collector(cst.BatchableCSTVisitor):
         value = strip_parens(value)
         if isinstance(target, cst.Name):
             self.function.bindings.setdefault(target.value, []).append(
-                Binding(value, tuple(self._loops[-1]), self._next(), element_of, statement, element_index)
+                Binding(
+                    value, tuple(self._loops[-1]), self._next(), element_of, statement, element_index, tuple(self._blocks)
+                )
             )
         elif isinstance(target, (cst.Tuple, cst.List)):
             elements = [e.value for e in target.elements]
@@ -586,6 +615,9 @@ class FileFacts:
         self.sites = collector.sites
         self.calls = collector.calls
         self.class_bases = collector.class_bases
+        self.numeric_names = collector.numeric_names
+        # imports another framework and not torch: no torch autograd state in this file
+        self.foreign = "torch" not in collector.imported_roots and bool(collector.imported_roots & OTHER_FRAMEWORKS)
         self.frozen = {code_of(module, node) for node in collector.frozen}
         self._code: dict[int, str] = {}
         self._carrying: dict[Function, tuple[tuple[int, int], set[str]]] = {}
@@ -763,6 +795,32 @@ class FileFacts:
             )
         return False
 
+    def may_carry_graph_at(self, node: cst.BaseExpression, site: Site) -> bool:
+        """`may_carry_graph`, with a plain name judged by the binding that reaches `site` when
+        one dominates it (`loss.backward(); loss = loss.item(); total += loss`)."""
+        node = strip_parens(node)
+        function = site.function
+        if isinstance(node, cst.BinaryOperation):
+            return self.may_carry_graph_at(node.left, site) or self.may_carry_graph_at(node.right, site)
+        if isinstance(node, cst.Name):
+            dominating = [
+                b
+                for b in function.bindings.get(node.value, ())
+                if b.order < site.order and site.blocks[: len(b.blocks)] == b.blocks and not b.element_of
+            ]
+            if dominating:
+                reaching = max(dominating, key=lambda b: b.order)
+                if reaching.element_index is None and self._never_carries(reaching.value, function, {node.value}):
+                    return False
+                names: set[str] = set()
+                if (
+                    node.value not in function.graph_params | function.backward_names
+                    and reaching.element_index is None
+                    and not self._binding_sources(reaching, names, function)
+                ):
+                    return not names.isdisjoint(self._carrying_names(function))
+        return self.may_carry_graph(node, function)
+
     def may_carry_graph(self, node: cst.BaseExpression, function: Function) -> bool:
         names: set[str] = set()
         return self._sources(node, names) or not names.isdisjoint(self._carrying_names(function))
@@ -894,6 +952,8 @@ class FileFacts:
             name = attribute_name(node.func)
             if isinstance(node.func, cst.Name) and name in SCALAR_CASTS:
                 return False
+            if root_name(node.func) in self.numeric_names:
+                return False  # `roc_auc_score(...)`, `np.mean(...)`: a NumPy array or a number
             callee = self._callee(node)
             if callee is not None and callee.returns and callee not in self._judging:
                 # a function of this file: its result carries a graph when what it returns does
@@ -980,7 +1040,9 @@ class AutogradRule(Rule):
 
     def leave_Module(self, original_node: cst.Module) -> None:
         context = self.context
-        self.check(context.derived(FileFacts, lambda: FileFacts(original_node, context.collected(_Collector))))
+        facts = context.derived(FileFacts, lambda: FileFacts(original_node, context.collected(_Collector)))
+        if not facts.foreign:
+            self.check(facts)
 
     def check(self, facts: FileFacts) -> None:
         raise NotImplementedError

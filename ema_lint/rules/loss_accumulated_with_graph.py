@@ -158,7 +158,7 @@ class LossAccumulatedWithGraph(AutogradRule):
             return False
         if not isinstance(accumulator, (cst.Name, cst.Attribute, cst.Subscript)) or accumulator.value == "self":
             return False
-        if not facts.may_carry_graph(found.value, function):
+        if not facts.may_carry_graph_at(found.value, site):
             return False
         return any(self._carried_across(facts, found, loop) for loop in site.loops if loop.runs_backward)
 
