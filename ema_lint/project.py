@@ -545,6 +545,13 @@ def summarize(module_name: str, source: bytes, is_package: bool = False, structu
             if refs:
                 aliases[node.targets[0].id] = tuple(sorted(refs))
                 scope.aliases.add(node.targets[0].id)
+            if isinstance(node.value, ast.Dict):
+                # a registry: each entry by its key too, for lookups with a known key
+                for key, value in zip(node.value.keys, node.value.values):
+                    if isinstance(key, ast.Constant) and isinstance(key.value, str) and _REGISTRY_KEY.fullmatch(key.value):
+                        entry = module_env.references(value)
+                        if entry:
+                            aliases[f"{node.targets[0].id}[{key.value}]"] = tuple(sorted(entry))
     class_facts = tuple(
         _summarize_class(scope, node) for node in tree.body if structure and isinstance(node, ast.ClassDef)
     )
@@ -915,7 +922,11 @@ class LocalValues:
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
             return frozenset().union(*(self.references(e) for e in node.elts))
         if isinstance(node, ast.Subscript):
-            return self.references(node.value)
+            registry = self.references(node.value)
+            keys = self._registry_keys(node.slice)
+            if keys is None:
+                return registry
+            return frozenset(Held(REF, f"{held.target}[{key}]") for held in registry for key in keys)
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             named = _BATCH_NORM_NAMES.get(node.value.replace("_", "").lower().split("-")[0])
             return frozenset({Held(REF, named)}) if named else frozenset()
@@ -928,6 +939,21 @@ class LocalValues:
                 for h in self.references(node.args[0])
             )
         return frozenset()
+
+    def _registry_keys(self, node: ast.AST) -> set[str] | None:
+        """The keys a registry lookup can use: a string constant, or a name bound only to
+        string constants (a parameter's default included); None when not known."""
+        if isinstance(node, ast.Constant):
+            return {node.value} if isinstance(node.value, str) and _REGISTRY_KEY.fullmatch(node.value) else None
+        if isinstance(node, ast.Name) and self.function is not None and node.id in self.bindings:
+            keys: set[str] = set()
+            for bound in (bound for how, bound in self.bindings[node.id] if how == "value"):
+                found = self._registry_keys(bound)
+                if found is None:
+                    return None
+                keys |= found
+            return keys or None
+        return None
 
     def _callee_is(self, call: ast.Call, names: frozenset[str]) -> bool:
         dotted = dotted_name(call.func)
@@ -963,6 +989,10 @@ class LocalValues:
         if isinstance(node, ast.IfExp):
             return self.values(node.body) | self.values(node.orelse)
         if isinstance(node, ast.Subscript):
+            if self._registry_keys(node.slice) is not None:
+                keyed = self.references(node)
+                if keyed:
+                    return keyed
             return self.values(node.value)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
             return self.values(node.left) | self.values(node.right)
@@ -1068,6 +1098,7 @@ class LocalValues:
 
 
 _OPENMMLAB_BATCH_NORM = frozenset({Held(BUILT, "torch.nn.BatchNorm2d")})
+_REGISTRY_KEY = re.compile(r"[\w-]+")
 
 
 def _keyword(call: ast.Call, name: str) -> ast.AST | None:
