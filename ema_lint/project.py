@@ -21,6 +21,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ema_lint.analysis.syntax import parse_any
 from ema_lint.analysis.torch_names import (
     BATCH_NORM_CONFIG_TYPES,
     EMA_HELPER_WORDS,
@@ -503,7 +504,7 @@ def summarize(module_name: str, source: bytes, is_package: bool = False, structu
     relative imports); with `structure=False`, without the class facts and function returns
     (over half the cost), which `ProjectIndex` then extracts when it needs them. Raises
     SyntaxError (or ValueError for NUL bytes) when it does not parse."""
-    tree = ast.parse(source)
+    tree = parse_any(source)
     nodes = _walk(tree)  # walked once; each structural fact below reads the kinds it needs
     of_kind: dict[type, list[ast.AST]] = {}
     for node in nodes:

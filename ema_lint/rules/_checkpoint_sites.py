@@ -25,6 +25,7 @@ from ema_lint.project import (
     summarize,
 )
 from ema_lint.rule import FileContext, Rule
+from ema_lint.analysis.syntax import parse_any
 from ema_lint.analysis.torch_names import HF_CHECKPOINTING_FUNC, HF_CHECKPOINTING_LAYER
 from ema_lint.rules._checkpoint_regions import (
     APPLY_ACTIVATION_CHECKPOINTING,
@@ -170,7 +171,7 @@ class CheckpointSiteRule(Rule):
     def _tree(self) -> ast.Module:
         """The file's stdlib `ast`, parsed on first need (a region call was found)."""
         if self._module_tree is None:
-            self._module_tree = ast.parse(self.context.text or self.context.module.code)
+            self._module_tree = parse_any(self.context.text or self.context.module.code)
             for node in ast.walk(self._module_tree):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     self._ast_functions.append(node)
