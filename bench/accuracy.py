@@ -172,7 +172,8 @@ def _fetch_github(source: Source, staging: Path) -> None:
         blobs = []
         for entry in filter(None, listing.split("\0")):
             meta, path = entry.split("\t", 1)
-            if meta.split()[1] == "blob" and path.endswith(".py"):
+            # mode 120000 is a symbolic link, whose blob is the target's path, not code
+            if meta.split()[1] == "blob" and meta.split()[0] != "120000" and path.endswith(".py"):
                 blobs.append((meta.split()[2], path))
         batch = subprocess.run(
             ["git", f"--git-dir={mirror}", "cat-file", "--batch"],

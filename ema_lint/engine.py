@@ -150,13 +150,11 @@ def check_source(
     visitors = [rule(context) for rule in triggered]
     wrapper.visit_batched([*context.collectors.values(), *visitors])
     lines = re.split(r"\r\n|\r|\n", text)
-    found = [d for visitor in visitors for d in visitor.diagnostics]
+    kept = {id(visitor): [d for d in visitor.diagnostics if not (honour_noqa and is_suppressed(d, lines))] for visitor in visitors}
+    # only a finding that is shown supersedes another (`# noqa: EMA301` leaves the EMA203)
+    shown = [d for found in kept.values() for d in found]
     for visitor in visitors:
-        result.diagnostics.extend(
-            d
-            for d in visitor.diagnostics
-            if not (honour_noqa and is_suppressed(d, lines)) and not _superseded(d, visitor.SUPERSEDED_BY, found)
-        )
+        result.diagnostics.extend(d for d in kept[id(visitor)] if not _superseded(d, visitor.SUPERSEDED_BY, shown))
     result.diagnostics.sort(key=Diagnostic.sort_key)
     return result
 

@@ -3,10 +3,11 @@
 Safety: the cache is data, never code. It is JSON rebuilt through `cache_codec`'s typed
 decoders, and any file that does not decode to exactly the declared shape is ignored and
 rebuilt. It lives outside the checked tree by default (the user's cache folder, from
-`platformdirs`), so a repository cannot ship results for its own files. It is written
-through a folder descriptor whose target was checked not to be a symlink, into a temporary
-file created exclusively, then renamed over the old one: a planted symlink at any of those
-names is never followed. A cache that cannot be read or written costs speed, never the run:
+`platformdirs`), so a repository cannot ship results for its own files. It is read and
+written through a descriptor of a folder checked to be a real folder this user owns (never
+a link), the file opened without following links or waiting on a FIFO, and stored positions
+are range-checked. A write goes to a temporary file created exclusively, then renamed over
+the old one, so a planted symlink at any of those names is never followed. A cache that cannot be read or written costs speed, never the run:
 the problem is kept in `notes` for the caller to print.
 """
 
@@ -21,7 +22,7 @@ import functools
 from typing import TYPE_CHECKING
 
 from ema_lint import __version__
-from ema_lint.cache_codec import decoder, encode
+from ema_lint.cache_codec import CacheFormatError, decoder, encode
 from ema_lint.diagnostics import Diagnostic
 from ema_lint.engine import FileResult
 from ema_lint.project import ModuleFacts, ProjectIndex
@@ -103,18 +104,33 @@ class ResultCache:
         return os.path.join(self.directory, self.name)
 
     def _read(self) -> None:
+        """Read the cache only from a real folder this user owns, a regular file in it opened
+        without following links or waiting on a FIFO; anything else is ignored."""
         try:
-            descriptor = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            folder = _open_owned_folder(self.directory)
         except FileNotFoundError:
             return
         except OSError as error:
+            self.notes.append(f"cache not read ({self.directory}): {error.strerror or error}")
+            return
+        try:
+            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            descriptor = os.open(self.name, flags, dir_fd=folder)
+        except FileNotFoundError:
+            os.close(folder)
+            return
+        except OSError as error:
+            os.close(folder)
             self.notes.append(f"cache not read ({self.path}): {error.strerror or error}")
             return
+        os.close(folder)
         try:
             with os.fdopen(descriptor, "rb") as handle:
                 if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    self.notes.append(f"cache ignored ({self.path}): not a regular file")
                     return
                 stored = decoder(_Stored)(json.loads(handle.read()))
+                _check_positions(stored)
         except (OSError, ValueError, RecursionError) as error:
             # includes CacheFormatError and JSON errors: anything not exactly ours is rebuilt
             self.notes.append(f"cache ignored and rebuilt ({self.path}): {error}")
@@ -207,23 +223,51 @@ def checker_fingerprint() -> str:
     return digest.hexdigest()
 
 
+def _check_positions(stored: _Stored) -> None:
+    """Positions a renderer can use, on the file each result belongs to."""
+    for entry in stored.results:
+        for diagnostic in entry.result.diagnostics:
+            start, end = diagnostic.start, diagnostic.end
+            if diagnostic.path != entry.path or not (
+                1 <= start.line <= end.line < 2**31 and 1 <= start.column < 2**31 and 1 <= end.column < 2**31
+            ):
+                raise CacheFormatError(f"a stored position is out of range for {entry.path}")
+
+
+def _open_owned_folder(directory: str) -> int:
+    """A descriptor of `directory`, which must be a real folder (not a link) this user owns."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    folder = os.open(directory, flags)
+    info = os.fstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+        os.close(folder)
+        raise OSError(f"{directory} is not a folder owned by this user")
+    return folder
+
+
 def _write_owned(directory: str, once: dict[str, bytes], replaced: dict[str, bytes]) -> None:
     """Write files into `directory`, which must be a real folder this user owns (created
     private if missing): `once` files only when absent, `replaced` ones atomically. Never
     follows a symlink at the folder or at any name in it."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
-    folder = os.open(directory, flags)
+    folder = _open_owned_folder(directory)
     try:
-        info = os.fstat(folder)
-        if not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
-            raise OSError(f"{directory} is not a folder owned by this user")
         for name, content in once.items():
             _write_new(folder, name, content, replace=False)
         for name, content in replaced.items():
             _write_new(folder, name, content, replace=True)
     finally:
         os.close(folder)
+
+
+def _create_exclusively(folder: int, name: str, content: bytes) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        descriptor = os.open(name, flags, 0o600, dir_fd=folder)
+    except FileExistsError:
+        return
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(content)
 
 
 def _write_new(folder: int, name: str, content: bytes, *, replace: bool) -> None:
@@ -242,6 +286,9 @@ def _write_new(folder: int, name: str, content: bytes, *, replace: bool) -> None
                 os.link(temporary, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
             except FileExistsError:
                 pass
+            except OSError:
+                # no hard links here (vfat, some network mounts): create it exclusively
+                _create_exclusively(folder, name, content)
     finally:
         try:
             os.unlink(temporary, dir_fd=folder)

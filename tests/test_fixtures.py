@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ema_lint.analysis.syntax import parse_any
 from ema_lint.fixer import fix_source
 from ema_lint.project import ProjectIndex, summarize
 from ema_lint.registry import SOURCE_RULES, enabled_rules
@@ -76,6 +77,14 @@ def test_every_rule_has_fixtures() -> None:
 FIX_EXPECTATIONS = ((".fixed.py", False), (".unsafe.fixed.py", True))
 
 
+def _compiles_here(source: bytes) -> bool:
+    try:
+        compile(source, "<fixture>", "exec", dont_inherit=True)
+    except SyntaxError:
+        return False
+    return True
+
+
 def _fix_case(code: str, case: Path, source: bytes, unsafe: bool):
     module_name = SourceFile(str(case), str(case.parent)).module_name
     project = ProjectIndex.from_facts([summarize(module_name, source)])
@@ -95,7 +104,10 @@ def test_fixture_fixes_converge_compile_and_are_idempotent(code: str, case: Path
     for suffix, unsafe in FIX_EXPECTATIONS:
         result = _fix_case(code, case, source, unsafe)
         assert result.problem is None, result.problem
-        compile(result.fixed, str(case), "exec", dont_inherit=True)
+        if _compiles_here(source):
+            compile(result.fixed, str(case), "exec", dont_inherit=True)
+        else:  # written for a newer Python: the fixed code must still parse as such
+            parse_any(result.fixed)
         again = _fix_case(code, case, result.fixed, unsafe)
         assert (again.fixed, dict(again.applied), again.problem) == (result.fixed, {}, None), "second fix is not a no-op"
         expected_file = case.with_name(case.name.removesuffix(".py") + suffix)

@@ -41,3 +41,6 @@ NUMERIC_LIBRARIES = frozenset({"numpy", "sklearn", "scipy", "pandas", "math", "s
 # Other deep-learning frameworks: a file that imports one of them and not torch holds no
 # torch autograd state at all.
 OTHER_FRAMEWORKS = frozenset({"mxnet", "tensorflow", "jax", "flax", "paddle", "oneflow", "mindspore", "keras"})
+
+# Calls that read a configuration, with or without arguments: their results are settings.
+CONFIGURATION_CALLS = frozenset({"parse_args", "parse_known_args", "get_args", "get_config", "load_config"})

@@ -25,7 +25,7 @@ from typing import Sequence
 import libcst as cst
 import libcst.matchers as m
 
-from ema_lint.analysis.torch_names import NUMERIC_LIBRARIES, OTHER_FRAMEWORKS
+from ema_lint.analysis.torch_names import CONFIGURATION_CALLS, NUMERIC_LIBRARIES, OTHER_FRAMEWORKS
 from ema_lint.rule import Rule
 
 # Methods whose tensor arguments are the model's inputs during a training step.
@@ -282,6 +282,7 @@ class _Collector(cst.BatchableCSTVisitor):
         # packages the file imports
         self.numeric_names: set[str] = set()
         self.imported_roots: set[str] = set()
+        self._suspended: list[Loop] = []
 
     @property
     def function(self) -> Function:
@@ -395,6 +396,13 @@ class _Collector(cst.BatchableCSTVisitor):
 
     def leave_For(self, node: cst.For) -> None:
         self._loops[-1].pop()
+
+    # `for ... else:` runs once, after the loop
+    def visit_For_orelse(self, node: cst.For) -> None:
+        self._suspended.append(self._loops[-1].pop())
+
+    def leave_For_orelse(self, node: cst.For) -> None:
+        self._loops[-1].append(self._suspended.pop())
 
     def visit_While(self, node: cst.While) -> None:
         self._compound()
@@ -596,6 +604,22 @@ class _Gather(cst.CSTVisitor):
         self.nodes.append(node)
 
 
+class _Calls(cst.CSTVisitor):
+    def __init__(self) -> None:
+        self.calls: list[cst.Call] = []
+
+    def visit_Call(self, node: cst.Call) -> bool:
+        self.calls.append(node)
+        # the arguments of a cut are cut too: `float(loss)` holds no call that matters
+        return attribute_name(node.func) not in CUT_METHODS | SCALAR_CASTS
+
+
+def _calls_in(node: cst.CSTNode) -> list[cst.Call]:
+    calls = _Calls()
+    node.visit(calls)
+    return calls.calls
+
+
 def names_and_attributes(node: cst.CSTNode) -> list[cst.Name | cst.Attribute]:
     gather = _Gather()
     node.visit(gather)
@@ -736,7 +760,9 @@ class FileFacts:
         if attribute_name(value.func) in TRANSFER_METHODS | CUT_METHODS | SCALAR_CASTS:
             return False
         arguments = [strip_parens(a.value) for a in value.args]
-        if all(self._inert(a, function, {name}) for a in arguments):
+        if attribute_name(value.func) in CONFIGURATION_CALLS:
+            return False
+        if arguments and all(self._inert(a, function, {name}) for a in arguments):
             return False
         return not any(_leaves_torch(a) for a in arguments)
 
@@ -808,8 +834,12 @@ class FileFacts:
                 for b in function.bindings.get(node.value, ())
                 if b.order < site.order and site.blocks[: len(b.blocks)] == b.blocks and not b.element_of
             ]
-            if dominating:
-                reaching = max(dominating, key=lambda b: b.order)
+            reaching = max(dominating, key=lambda b: b.order) if dominating else None
+            if reaching is not None and any(
+                reaching.order < b.order < site.order for b in function.bindings.get(node.value, ())
+            ):
+                reaching = None  # a binding in a nested block may reach the use instead
+            if reaching is not None:
                 if reaching.element_index is None and self._never_carries(reaching.value, function, {node.value}):
                     return False
                 names: set[str] = set()
@@ -921,7 +951,7 @@ class FileFacts:
         """True when `node` is made only of values that cannot hold a graph: literals, cut
         values, and local names bound only to such values (no parameter, no loop element)."""
         names: set[str] = set()
-        if self._sources(node, names):
+        if self._sources(node, names) or not self._only_fresh_calls(node):
             return False
         for name in names - seen:
             seen.add(name)
@@ -935,6 +965,19 @@ class FileFacts:
                     return False
                 if not self._never_carries(binding.value, function, seen):
                     return False
+        return True
+
+    def _only_fresh_calls(self, node: cst.BaseExpression) -> bool:
+        """Every call in `node` gives a number or a new object: a cast, a cut method
+        (`.item()`), a numeric library, or a class built from nothing (`Tracker()`); an
+        unknown call (`closure()`) may return a graph."""
+        for call in _calls_in(node):
+            name = attribute_name(call.func) or ""
+            if isinstance(call.func, cst.Name) and (name in SCALAR_CASTS or (name[:1].isupper() and not call.args)):
+                continue
+            if name in CUT_METHODS or root_name(call.func) in self.numeric_names:
+                continue
+            return False
         return True
 
     def _sources(self, node: cst.BaseExpression, names: set[str]) -> bool:

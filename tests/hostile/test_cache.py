@@ -145,3 +145,48 @@ def test_a_cache_folder_that_cannot_be_made_is_a_note_not_a_failure(tree: Path, 
     run = _check(tree, blocker / "cache" if below_a_file else blocker)
     assert run.returncode == 1 and "EMA101" in run.stdout
     assert "cache not written" in run.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_at_the_cache_file_neither_hangs_nor_fails(tree: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _check(tree, cache)
+    (stored,) = cache.glob("*.json")
+    stored.unlink()
+    os.mkfifo(stored)
+    run = subprocess.run(
+        [sys.executable, "-m", "ema_lint", "check", "--output-format", "concise", "-q", "."],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "EMA_LINT_CACHE_DIR": str(cache)},
+        timeout=60,
+    )
+    assert run.returncode == 1 and "EMA101" in run.stdout
+
+
+def test_a_stored_position_out_of_range_is_rebuilt(tree: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _check(tree, cache)
+    (stored,) = cache.glob("*.json")
+    text = stored.read_text()
+    data = json.loads(text)
+    diagnostic = data[3][0][3][1][0]  # results -> first -> FileResult -> diagnostics -> first
+    diagnostic[4] = [8, 10**19]
+    stored.write_text(json.dumps(data))
+    run = _check(tree, cache, "--show-source")
+    assert run.returncode == 1 and "EMA101" in run.stdout
+    assert "cache ignored and rebuilt" in run.stderr
+
+
+def test_a_linked_cache_folder_is_not_read(tree: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    _check(tree, real)
+    (stored,) = real.glob("*.json")
+    data = json.loads(stored.read_text())
+    data[3][0][3][1] = []  # forge: no findings
+    stored.write_text(json.dumps(data))
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    run = _check(tree, link)
+    assert run.returncode == 1 and "EMA101" in run.stdout
