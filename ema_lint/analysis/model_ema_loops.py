@@ -26,6 +26,7 @@ import libcst as cst
 from ema_lint.analysis.torch_names import (
     ARITHMETIC_CALLS,
     EMA_HELPER_WORDS,
+    GRAD_MODE_NAMES,
     GRADIENT_NAMES,
     IN_PLACE_METHODS,
     TRANSFER_METHODS,
@@ -90,10 +91,26 @@ class _Iteration:
         weighted = weights or any(_is_helper_call(part) for part in parts)
         if not weighted or not any(self._in_step(target, source) for source in sources):
             return None
+        if not self._moves_toward(written, target_key):
+            return None
         loop = self._loop_of(target)
-        if loop is None or any(_mentions_gradient(node) for node in (*parts, target, loop.iter)):
+        if loop is None or any(_mentions_gradient(node) for node in (*parts, target, loop.iter, loop.body)):
             return None
         return loop, target, data
+
+    def _moves_toward(self, written, target_key: str) -> bool:
+        """An average keeps part of the old value: the write scales the target in place
+        (`mul_`, `*=`, `lerp_`, `+=`, a helper given it), or its new value reads it
+        (`e.copy_(d * e + (1 - d) * p)`); `p.copy_(sd[k] * scale)` only overwrites."""
+        statement = self.site.statement
+        if isinstance(statement, cst.AugAssign):
+            return True
+        if isinstance(statement, cst.Expr):
+            call = statement.value
+            if isinstance(call.func, cst.Attribute) and call.func.attr.value == "copy_" and call.args:
+                return any(self._per_iteration(n) == target_key for n in _operands(call.args[0].value))
+            return True
+        return any(self._per_iteration(n) == target_key for n in _operands(statement.value))
 
     def _written(self) -> tuple[cst.BaseExpression, list[cst.BaseExpression], bool] | None:
         """(target, the expressions its new value is made of, written through `.data`)."""
@@ -117,11 +134,12 @@ class _Iteration:
             return None
         if isinstance(statement, cst.Assign) and len(statement.targets) == 1:
             target = strip_parens(statement.targets[0].target)
-            if isinstance(target, cst.Subscript) and _whole(target):
+            whole = isinstance(target, cst.Subscript) and _whole(target)
+            if whole:
                 target = strip_parens(target.value)
             if isinstance(target, cst.Attribute) and target.attr.value == "data":
                 return strip_parens(target.value), [statement.value], True
-            if isinstance(target, cst.Subscript):
+            if whole or isinstance(target, cst.Subscript):
                 return target, [statement.value], False
             return None
         if isinstance(statement, cst.AugAssign) and isinstance(
@@ -186,6 +204,8 @@ class _Iteration:
         (first_name, first_lookup), (second_name, second_lookup) = first, second
         if first_lookup and second_lookup:
             return first_name == second_name
+        if not first_lookup and not second_lookup and first_name == second_name:
+            return False  # two tensors of one module (`layer.weight += layer.lora_B @ ...`)
         return self.loop_names[first_name] is self.loop_names[second_name]
 
     def _anchor(self, node: cst.BaseExpression, depth: int = 0) -> tuple[str, bool] | None:
@@ -280,6 +300,20 @@ class _Iteration:
         return None
 
 
+def _operands(node: cst.BaseExpression) -> list[cst.BaseExpression]:
+    """Every sub-expression of `node` that can name a tensor."""
+    found = []
+
+    class Operands(cst.CSTVisitor):
+        def on_visit(self, sub: cst.CSTNode) -> bool:
+            if isinstance(sub, (cst.Name, cst.Attribute, cst.Subscript)):
+                found.append(sub)
+            return True
+
+    node.visit(Operands())
+    return found
+
+
 def _whole(lookup: cst.Subscript) -> bool:
     """`t[:]` / `t[...]`: every element of the tensor."""
     if len(lookup.slice) != 1:
@@ -321,6 +355,8 @@ def _is_helper_call(node: cst.BaseExpression) -> bool:
 def _mentions_gradient(node: cst.CSTNode) -> bool:
     for name in names_and_attributes(node):
         word = (name.value if isinstance(name, cst.Name) else name.attr.value).lower()
+        if word in GRAD_MODE_NAMES:
+            continue  # `if p.requires_grad:`, `torch.no_grad()`: no gradient is read
         if word in GRADIENT_NAMES or word.endswith("_grad") or word.startswith("grad_"):
             return True
     return False

@@ -18,6 +18,8 @@ ARITHMETIC_CALLS = frozenset({"lerp", "mul", "add", "sub", "div", "addcmul", "le
 EMA_HELPER_WORDS = ("lerp", "ema", "avg", "average", "momentum", "update", "accumulate", "interpolat", "polyak", "blend")
 # Names an optimizer or a gradient step reads; a model EMA never does.
 GRADIENT_NAMES = frozenset({"grad", "grads", "gradient", "gradients", "d_p", "param_groups"})
+# Names about autograd's mode, not a gradient (`if p.requires_grad:`).
+GRAD_MODE_NAMES = frozenset({"requires_grad", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled"})
 
 # OpenMMLab builds its norm layers from config dicts: `build_norm_layer(cfg, channels)`
 # returns `(name, layer)` and `ConvModule(..., norm_cfg=cfg)` holds one; vendored copies of
