@@ -1077,6 +1077,12 @@ class LocalValues:
                 how == "value" and self._batch_norm_config(bound, depth + 1)
                 for how, bound in self.bindings.get(node.id, ())
             )
+        attribute = _self_attribute(node, self.self_name)
+        if attribute is not None and isinstance(self.attributes, _AttributeTable):
+            # `self.norm_cfg = norm_cfg` in `__init__`, read by a `ConvModule(...)` later
+            return any(
+                evaluator._batch_norm_config(value, depth + 1) for value, evaluator in self.attributes.raw.get(attribute, ())
+            )
         return False
 
     def _passed_modules(self, target: str, call: ast.Call) -> set[Held]:
@@ -1153,9 +1159,17 @@ def _summarize_class(scope: ModuleScope, node: ast.ClassDef) -> ClassFacts:
                     writes.add(sub.attr)
             if isinstance(sub, ast.Assign):
                 for target in sub.targets:
-                    owner = _self_attribute(target, self_name)
-                    if owner:
-                        raw.setdefault(owner, []).append((sub.value, evaluator))
+                    # `name, self.bn = build_norm_layer(...)`: each element may take the value,
+                    # except the name `build_norm_layer` returns first
+                    elements = target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target]
+                    if len(elements) == 2 and isinstance(sub.value, ast.Call) and (
+                        (dotted_name(sub.value.func) or "").rpartition(".")[2] == OPENMMLAB_NORM_FACTORY
+                    ):
+                        elements = elements[1:]
+                    for element in elements:
+                        owner = _self_attribute(element, self_name)
+                        if owner:
+                            raw.setdefault(owner, []).append((sub.value, evaluator))
             elif isinstance(sub, ast.AugAssign):
                 owner = _self_attribute(sub.target, self_name)
                 if owner:
