@@ -220,10 +220,19 @@ def write_atomically(path: str, expected: bytes, data: bytes) -> str | None:
         late = os.fstat(original)
         if (late.st_size, late.st_mtime_ns) != (checked.st_size, checked.st_mtime_ns) or _read_all(original) != expected:
             # an edit landed in the old file between the check and the rename: it wins
-            temporary = _temporary_beside(path, _read_all(original), original, info)
-            os.replace(temporary, path)
-            temporary = None
+            try:
+                temporary = _temporary_beside(path, _read_all(original), original, info)
+                os.replace(temporary, path)
+                temporary = None
+            except OSError as error:
+                raise _LostEdit(error) from error
             return "changed on disk while being replaced; the edit was kept and the fix not applied"
+    except _LostEdit as lost:
+        error = lost.__cause__
+        return (
+            "changed on disk while being replaced, and putting that edit back failed "
+            f"({getattr(error, 'strerror', None) or error}): the file now holds the fix, not the edit"
+        )
     except OSError as error:
         return f"cannot write: {error.strerror or error}"
     finally:
@@ -235,6 +244,10 @@ def write_atomically(path: str, expected: bytes, data: bytes) -> str | None:
             except FileNotFoundError:
                 pass
     return None
+
+
+class _LostEdit(Exception):
+    """A concurrent edit could not be restored after our rename."""
 
 
 def _temporary_beside(path: str, data: bytes, original: int, info: os.stat_result) -> str:
