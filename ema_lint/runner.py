@@ -8,6 +8,7 @@ content hash, and a worker that crashes costs one file a diagnostic, never the r
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import itertools
@@ -195,6 +196,11 @@ def load_and_index(
     if cache is not None:
         cache.store_facts(loaded)
     indexed = [item for item in loaded if item.facts is not None]
+    # two scripts named alike in folders that are no package (`a/train.py`, `b/train.py`)
+    # share a module name; neither may answer for the other, so neither is indexed and
+    # each file is judged on its own facts
+    names = collections.Counter(item.facts.module_name for item in indexed)
+    indexed = [item for item in indexed if names[item.facts.module_name] == 1]
     sources = {item.facts.module_name: (item.source, _is_package(item)) for item in indexed}
     return loaded, ProjectIndex.from_facts([item.facts for item in indexed], sources)
 

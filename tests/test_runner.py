@@ -152,3 +152,19 @@ def test_cache_rechecks_a_file_when_a_class_it_reached_in_another_file_changes(t
     assert second.diagnostics == []
     # `blocks.py` changed too, but no checkpoint call in it: settled without the rules
     assert calls == ["net.py"]
+
+
+def test_scripts_with_the_same_module_name_are_judged_each_on_its_own(tmp_path: Path) -> None:
+    """`a/train.py` and `b/train.py` (no packages) are both module `train`; the clean one
+    must not stand in for the other."""
+    from ema_lint.registry import SOURCE_RULES
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "train.py").write_text(_NET.replace("from pkg.blocks import Block\n", "").replace(
+        "self.block = Block()", "self.block = nn.BatchNorm1d(4)"
+    ))
+    (tmp_path / "b" / "train.py").write_text("x = 1\n")
+    files = [SourceFile(str(tmp_path / d / "train.py"), str(tmp_path / d)) for d in ("a", "b")]
+    report = check_files(files, SOURCE_RULES)
+    assert [(Path(d.path).parent.name, d.code) for d in report.diagnostics] == [("a", "EMA101")]
