@@ -236,6 +236,7 @@ class ProjectIndex:
     _running_stat_paths: dict[tuple[str, str], tuple[str, ...] | None] = field(
         default_factory=dict, repr=False, compare=False
     )
+    _mentioning: dict[bytes, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
 
     def __getstate__(self):
         # memo tables are rebuilt on demand
@@ -256,6 +257,12 @@ class ProjectIndex:
         index._structured = {m: f for m, f in self._structured.items() if m != facts.module_name}
         index._class_tables = {m: t for m, t in self._class_tables.items() if m != facts.module_name}
         return index
+
+    def modules_mentioning(self, word: bytes) -> frozenset[str]:
+        """The checked modules whose source contains `word` (computed once per index)."""
+        if word not in self._mentioning:
+            self._mentioning[word] = frozenset(name for name, (source, _) in self.sources.items() if word in source)
+        return self._mentioning[word]
 
     def start_recording(self) -> None:
         """Start recording the modules whose on-demand facts are read (what one file's

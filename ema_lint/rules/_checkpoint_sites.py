@@ -130,6 +130,8 @@ class CheckpointSiteRule(Rule):
             return True
         if HF_CHECKPOINTING_LAYER.encode() in source or HF_CHECKPOINTING_FUNC.encode() in source:
             return True
+        if _imports_from(project, facts, project.modules_mentioning(HF_CHECKPOINTING_LAYER.encode())):
+            return True  # a checkpointing layer defined in another checked file
         if b"checkpoint" not in source:
             return False
         return any(project.resolve(name) in REGIONS for name in facts.read_names)
@@ -249,7 +251,11 @@ class CheckpointSiteRule(Rule):
     def _calls_checkpointing_layer(self, call: cst.Call) -> bool:
         """The callee may be an instance of a Hugging Face `GradientCheckpointingLayer`
         subclass: its `__call__` checkpoints itself when gradient checkpointing is on."""
-        if HF_CHECKPOINTING_LAYER not in self.context.text:
+        facts = self.project.modules.get(self.context.module_name)
+        if HF_CHECKPOINTING_LAYER not in self.context.text and not (
+            facts is not None
+            and _imports_from(self.project, facts, self.project.modules_mentioning(HF_CHECKPOINTING_LAYER.encode()))
+        ):
             return False
         expression = parse_expression(self.context.module.code_for_node(call.func))
         if expression is None:
@@ -481,6 +487,17 @@ def dotted_text(node: cst.BaseExpression) -> str | None:
         parts.append(node.value)
         return ".".join(reversed(parts))
     return None
+
+
+def _imports_from(project: ProjectIndex, facts, modules: frozenset[str]) -> bool:
+    """Whether the file imports anything from (or the module itself of) one of `modules`."""
+    if not modules:
+        return False
+    for target in facts.imports.values():
+        resolved = project.resolve(target)
+        if resolved in modules or resolved.rpartition(".")[0] in modules:
+            return True
+    return False
 
 
 def _names_defined(project: ProjectIndex, module: str) -> list[str]:
