@@ -336,7 +336,11 @@ class ProjectIndex:
         if facts is not None and head in facts.imports:
             base = facts.imports[head]
         elif facts is not None and (
-            head in facts.classes or head in facts.function_returns or head in facts.aliases
+            head in facts.classes
+            or head in facts.function_returns
+            or head in facts.aliases
+            # `from utils import *`: `resolve` follows the star import from here
+            or (facts.star_imports and not hasattr(builtins, head))
         ):
             base = f"{module_name}.{head}"
         else:

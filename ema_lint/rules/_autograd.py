@@ -200,6 +200,8 @@ class Binding:
     element_index: int | None = None
     # ids of the enclosing indented blocks, as `Site.blocks`
     blocks: tuple[int, ...] = ()
+    # `name += value`: the name keeps its old value too
+    augmented: bool = False
 
 
 @dataclass(eq=False)
@@ -428,13 +430,21 @@ class _Collector(cst.BatchableCSTVisitor):
         element_of: bool,
         statement: cst.CSTNode | None = None,
         element_index: int | None = None,
+        augmented: bool = False,
     ) -> None:
         target = strip_parens(target)
         value = strip_parens(value)
         if isinstance(target, cst.Name):
             self.function.bindings.setdefault(target.value, []).append(
                 Binding(
-                    value, tuple(self._loops[-1]), self._next(), element_of, statement, element_index, tuple(self._blocks)
+                    value,
+                    tuple(self._loops[-1]),
+                    self._next(),
+                    element_of,
+                    statement,
+                    element_index,
+                    tuple(self._blocks),
+                    augmented,
                 )
             )
         elif isinstance(target, (cst.Tuple, cst.List)):
@@ -479,7 +489,7 @@ class _Collector(cst.BatchableCSTVisitor):
             elif isinstance(statement, cst.AnnAssign) and statement.value is not None:
                 self._bind_target(statement.target, statement.value, element_of=False)
             elif isinstance(statement, cst.AugAssign):
-                self._bind_target(statement.target, statement.value, element_of=False)
+                self._bind_target(statement.target, statement.value, element_of=False, augmented=True)
             elif isinstance(statement, cst.Return) and statement.value is not None:
                 self.function.returned_names.update(names_in(statement.value))
                 self.function.returns.append(strip_parens(statement.value))
@@ -834,6 +844,8 @@ class FileFacts:
                 for b in function.bindings.get(node.value, ())
                 if b.order < site.order and site.blocks[: len(b.blocks)] == b.blocks and not b.element_of
             ]
+            if any(b.augmented for b in dominating):
+                dominating = []  # `loss *= n` keeps what `loss` held: no single binding decides
             reaching = max(dominating, key=lambda b: b.order) if dominating else None
             if reaching is not None and any(
                 reaching.order < b.order < site.order for b in function.bindings.get(node.value, ())
