@@ -20,19 +20,21 @@ class EmaUpdateViaData(RecurrenceRule):
 
     ## Example
     ```python
-    @torch.no_grad()
-    def momentum_update(self):
-        for q, k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-            k.data = k.data * self.m + q.data * (1.0 - self.m)
+    def update_center(self, teacher_output):
+        batch_center = teacher_output.mean(dim=0)
+        self.center.data = self.center.data * self.m + batch_center.data * (1 - self.m)
     ```
 
     ## Use instead
     ```python
     @torch.no_grad()
-    def momentum_update(self):
-        torch._foreach_mul_(list(self.encoder_k.parameters()), self.m)
-        torch._foreach_add_(list(self.encoder_k.parameters()), torch._foreach_mul(list(self.encoder_q.parameters()), 1.0 - self.m))
+    def update_center(self, teacher_output):
+        batch_center = teacher_output.mean(dim=0)
+        self.center.mul_(self.m).add_(batch_center, alpha=1 - self.m)
     ```
+
+    A `.data` update inside a per-tensor model-EMA loop is reported once, as that loop's
+    EMA301 (with a note on `.data`), which carries the fused rewrite.
 
     ## Fix safety
     For a loop over `.parameters()` whose body is the single update, the fix is the
@@ -89,19 +91,14 @@ class EmaUpdateViaData(RecurrenceRule):
             """
             import torch
 
-            @torch.no_grad()
-            def momentum_update(self):
-                for q, k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-                    k.data = k.data * self.m + q.data * (1.0 - self.m)
+            class Centering(torch.nn.Module):
+                def update_center(self, teacher_output):
+                    batch_center = teacher_output.mean(dim=0)
+                    self.center.data = self.center.data * self.m + batch_center.data * (1 - self.m)
             """,
-            message="EMA update writes `k.data`, which bypasses autograd's version checks; update under `torch.no_grad()` instead",
-            fixed="""
-            import torch
-
-            @torch.no_grad()
-            def momentum_update(self):
-                torch._foreach_mul_(list(self.encoder_k.parameters()), self.m)
-                torch._foreach_add_(list(self.encoder_k.parameters()), torch._foreach_mul(list(self.encoder_q.parameters()), 1.0 - self.m))
-            """,
+            message=(
+                "EMA update writes `self.center.data`, which bypasses autograd's version checks; "
+                "update under `torch.no_grad()` instead"
+            ),
         ),
     )
