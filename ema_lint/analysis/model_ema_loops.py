@@ -110,7 +110,29 @@ class _Iteration:
             if isinstance(call.func, cst.Attribute) and call.func.attr.value == "copy_" and call.args:
                 return any(self._per_iteration(n) == target_key for n in _operands(call.args[0].value))
             return True
-        return any(self._per_iteration(n) == target_key for n in _operands(statement.value))
+        value = statement.value
+        operands = _operands(value)
+        for operand in list(operands):
+            inlined = self._temporary(operand)
+            if inlined is not None:
+                operands += _operands(inlined)
+        return any(self._per_iteration(n) == target_key for n in operands)
+
+    def _temporary(self, node: cst.BaseExpression) -> cst.BaseExpression | None:
+        """The value of a local bound once inside the loop to a computed expression (not
+        itself a per-iteration tensor, which is judged as one)."""
+        node = strip_parens(node)
+        if not isinstance(node, cst.Name) or node.value in self.loop_names:
+            return None
+        bindings = [
+            b
+            for b in self.site.function.bindings.get(node.value, ())
+            if not b.element_of and any(loop.node in self.loops for loop in b.loops)
+        ]
+        if len(bindings) != 1 or self._per_iteration(bindings[0].value) is not None:
+            return None
+        value = strip_parens(bindings[0].value)
+        return value if isinstance(value, (cst.BinaryOperation, cst.Call)) else None
 
     def _written(self) -> tuple[cst.BaseExpression, list[cst.BaseExpression], bool] | None:
         """(target, the expressions its new value is made of, written through `.data`)."""
@@ -265,6 +287,11 @@ class _Iteration:
         if key is not None:
             if key != target_key:
                 sources.append(node)
+            return
+        inlined = self._temporary(node)
+        if inlined is not None:
+            # `new = (1 - d) * p + d * shadow[name]; shadow[name] = new.clone()`
+            self._split(inlined, target_key, sources, weights)
             return
         if isinstance(node, (cst.Name, cst.Attribute, cst.Integer, cst.Float)):
             weights.append(node)
