@@ -63,7 +63,7 @@ CUT_METHODS = frozenset(
         "rand_like",
     }
 )
-CUT_ATTRIBUTES = frozenset({"data", "grad", "shape", "ndim", "dtype", "device"})
+CUT_ATTRIBUTES = frozenset({"data", "grad", "shape", "ndim", "dtype", "device", "indices"})
 SCALAR_CASTS = frozenset({"float", "int", "len", "bool", "round", "str"})
 # Element kinds of collections an EMA loop iterates over.
 PARAMETER_SOURCES = frozenset({"parameters", "named_parameters"})
@@ -590,6 +590,17 @@ def _freezes(line: cst.BaseStatement) -> bool:
 TRANSFER_METHODS = frozenset({"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "long", "int", "contiguous"})
 
 
+def _indices_of(node: cst.Subscript) -> bool:
+    """`t.max(dim)[1]`, `t.topk(k)[1]`, `t.sort()[1]`: the index half of a (values, indices) result."""
+    value = strip_parens(node.value)
+    return (
+        isinstance(value, cst.Call)
+        and attribute_name(value.func) in ("max", "min", "topk", "sort", "kthvalue", "mode", "median")
+        and len(node.slice) == 1
+        and m.matches(node.slice[0].slice, m.Index(value=m.Integer("1")))
+    )
+
+
 def _is_constant(node: cst.BaseExpression) -> bool:
     return isinstance(node, (cst.SimpleString, cst.ConcatenatedString, cst.FormattedString, cst.Integer, cst.Float)) or (
         isinstance(node, cst.Name) and node.value in ("None", "True", "False")
@@ -1030,6 +1041,8 @@ class FileFacts:
                     return True
             return any(self._sources(a.value, names) for a in node.args)
         if isinstance(node, cst.Subscript):
+            if _indices_of(node):
+                return False  # `x.max(dim=1)[1]`: integer positions, never differentiable
             return self._sources(node.value, names)
         if isinstance(node, cst.BinaryOperation):
             return self._sources(node.left, names) or self._sources(node.right, names)
