@@ -11,7 +11,7 @@ import re
 import tokenize
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import libcst as cst
 from libcst.metadata import MetadataWrapper
@@ -149,8 +149,11 @@ def check_source(
                 context.collectors[kind] = kind()
     visitors = [rule(context) for rule in triggered]
     wrapper.visit_batched([*context.collectors.values(), *visitors])
-    lines = re.split(r"\r\n|\r|\n", text)
-    kept = {id(visitor): [d for d in visitor.diagnostics if not (honour_noqa and is_suppressed(d, lines))] for visitor in visitors}
+    comments = comments_by_line(text) if any(v.diagnostics for v in visitors) else {}
+    kept = {
+        id(visitor): [d for d in visitor.diagnostics if not (honour_noqa and is_suppressed(d, comments))]
+        for visitor in visitors
+    }
     # only a finding that is shown supersedes another (`# noqa: EMA301` leaves the EMA203)
     shown = [d for found in kept.values() for d in found]
     for visitor in visitors:
@@ -165,6 +168,15 @@ def _superseded(diagnostic: Diagnostic, by: Sequence[str], found: Sequence[Diagn
     )
 
 
+def _skip_file_comment(source: bytes) -> bool:
+    """The `# ema-lint: skip-file` the pattern found is a comment, not text in a docstring."""
+    try:
+        text = source.decode(tokenize.detect_encoding(io.BytesIO(source).readline)[0])
+    except (SyntaxError, UnicodeDecodeError, LookupError):
+        return True
+    return any(SKIP_FILE.search(comment.encode()) for comment in comments_by_line(text).values())
+
+
 def triage(
     path: str,
     source: bytes,
@@ -175,18 +187,31 @@ def triage(
     """The start of a file's result and the rules to run on it. With no rule to run, the
     result is final: the file need not be parsed, nor sent to a worker process."""
     result = FileResult(path)
-    if SKIP_FILE.search(source):
+    if SKIP_FILE.search(source) and _skip_file_comment(source):
         result.skipped = True
         return result, []
     return result, rules_triggered(source, rules, project, module_name)
 
 
-def is_suppressed(diagnostic: Diagnostic, lines: Sequence[str]) -> bool:
-    """`# noqa` or `# noqa: CODE[, CODE]` on the first or last line of the finding."""
+def comments_by_line(text: str) -> dict[int, str]:
+    """The comment on each line (1-based) of `text`, from the tokenizer: `# noqa` inside a
+    string is no comment."""
+    comments: dict[int, str] = {}
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if token.type == tokenize.COMMENT:
+                comments[token.start[0]] = token.string
+    except (tokenize.TokenError, SyntaxError):
+        pass  # what was read before the error still counts
+    return comments
+
+
+def is_suppressed(diagnostic: Diagnostic, comments: Mapping[int, str]) -> bool:
+    """`# noqa` or `# noqa: CODE[, CODE]` in a comment on the first or last line of the finding."""
     for line_number in {diagnostic.start.line, diagnostic.end.line}:
-        if not 0 < line_number <= len(lines):
+        if line_number not in comments:
             continue
-        match = NOQA.search(lines[line_number - 1])
+        match = NOQA.search(comments[line_number])
         if match is None:
             continue
         codes = match.group("codes")

@@ -99,3 +99,14 @@ def test_a_bad_gitignore_pattern_is_ignored(tmp_path: Path) -> None:
     (tree / ".gitignore").write_text("[z-a]\n" + "**/" * 25 + "x\n")
     run = _check(tree)
     assert run.returncode == 1 and "EMA202" in _codes(run)
+
+
+def test_noqa_and_skip_file_count_only_as_comments(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    (tree / "sentinel.py").write_text(
+        '"""\n# ema-lint: skip-file\n"""\n' + SENTINEL.replace("total += loss", 'total += loss; note = "# noqa"')
+    )
+    run = _check(tree)
+    assert _codes(run) == ["EMA202"]
+    (tree / "sentinel.py").write_text(SENTINEL.replace("total += loss", "total += loss  # noqa: EMA202"))
+    assert _codes(_check(tree)) == []
