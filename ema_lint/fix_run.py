@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import libcst as cst
 
 from ema_lint.diagnostics import Applicability, Diagnostic
-from ema_lint.engine import check_source
+from ema_lint.engine import check_source, tool_diagnostic
 from ema_lint.fixer import FixedSource, fix_source
 from ema_lint.fixes import LINE_END
 from ema_lint.project import ProjectIndex
@@ -160,9 +160,13 @@ class _Worker:
 
     @classmethod
     def fix(cls, path: str, source: bytes, module_name: str) -> FixedSource:
-        return fix_source(
-            path, source, cls.rules, unsafe=cls.unsafe, project=cls.project, module_name=module_name, keep=cls.keep
-        )
+        try:
+            return fix_source(
+                path, source, cls.rules, unsafe=cls.unsafe, project=cls.project, module_name=module_name, keep=cls.keep
+            )
+        except (Exception, RecursionError) as error:  # a rule bug costs this file, never the run
+            crash = tool_diagnostic("EMA005", path, f"internal error: {type(error).__name__}: {error}")
+            return FixedSource(path, source, source, remaining=[crash], found=[crash])
 
 
 def _fix_all(todo, rules, project, unsafe, keep, jobs):

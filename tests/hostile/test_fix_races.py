@@ -89,3 +89,26 @@ def test_fix_writes_a_linked_folder_the_user_named(tmp_path: Path) -> None:
     (tmp_path / "vendor").symlink_to(outside, target_is_directory=True)
     _fix_cli(tmp_path, str(tmp_path / "vendor"))
     assert "loss.detach()" in (outside / "victim.py").read_text()
+
+
+def test_a_rule_that_raises_costs_one_file_of_a_fix_run(tmp_path: Path, monkeypatch) -> None:
+    from ema_lint import fixer
+    from ema_lint.fix_run import fix_files
+    from ema_lint.registry import rule_for
+    from ema_lint.runner import SourceFile
+
+    for name in ("a.py", "b.py", "c.py"):
+        (tmp_path / name).write_text(ACCUMULATES)
+    original = fixer.fix_source
+
+    def explodes_on_b(path, *args, **kwargs):
+        if path.endswith("b.py"):
+            raise RecursionError("maximum recursion depth exceeded")
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(fix_run, "fix_source", explodes_on_b)
+    files = [SourceFile(str(tmp_path / n), str(tmp_path)) for n in ("a.py", "b.py", "c.py")]
+    outcomes = fix_files(files, [rule_for("EMA202")], write=True)
+    assert [o.written for o in outcomes] == [True, False, True]
+    assert [d.code for d in outcomes[1].remaining] == ["EMA005"]
+    assert "loss.detach()" in (tmp_path / "c.py").read_text()
