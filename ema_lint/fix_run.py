@@ -164,7 +164,7 @@ class _Worker:
             return fix_source(
                 path, source, cls.rules, unsafe=cls.unsafe, project=cls.project, module_name=module_name, keep=cls.keep
             )
-        except (Exception, RecursionError) as error:  # a rule bug costs this file, never the run
+        except Exception as error:  # a rule bug (RecursionError included) costs this file, never the run
             crash = tool_diagnostic("EMA005", path, f"internal error: {type(error).__name__}: {error}")
             return FixedSource(path, source, source, remaining=[crash], found=[crash])
 
