@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -209,19 +210,19 @@ class Finding:
 def check(source: Source) -> list[Finding]:
     """`ema-lint check` on the source tree in a subprocess, as a user would run it."""
     target = source.root / source.subdir if source.subdir else source.root
+    # run from inside the tree, as a user does; `PYTHONPATH` picks which ema-lint is measured
     run = subprocess.run(
-        [sys.executable, "-m", "ema_lint", "check", "--no-cache", "--output-format", "json", str(target)],
+        [sys.executable, "-m", "ema_lint", "check", "--no-cache", "--output-format", "json", "."],
         capture_output=True,
         text=True,
-        cwd=BENCH.parent,
+        cwd=target,
     )
     if run.returncode not in (0, 1):
         raise SystemExit(f"ema-lint check failed on {source.name} (exit {run.returncode}):\n{run.stderr}")
-    import json
 
     findings = []
     for item in json.loads(run.stdout or "[]"):
-        path = os.path.relpath(item["filename"], source.root).replace(os.sep, "/")
+        path = os.path.relpath(os.path.join(target, item["filename"]), source.root).replace(os.sep, "/")
         findings.append(
             Finding(source.name, path, item["location"]["row"], item["code"], item.get("severity", "error"), item["message"])
         )
