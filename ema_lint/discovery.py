@@ -8,6 +8,7 @@ a folder whose real path was already walked is not walked again, so loops end.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
 import re
 from dataclasses import dataclass
@@ -23,8 +24,13 @@ SKIPPED_FOLDERS = frozenset(
 
 @dataclass(frozen=True)
 class IgnorePattern:
+    """One gitignore pattern, matched segment by segment: `**` segments by dynamic
+    programming over (pattern segment, path segment), other segments by a regex with atomic
+    groups (`fnmatch`'s translation). Time stays polynomial in the pattern and path lengths
+    for every pattern; a regex over the whole path backtracks exponentially on `a/**/a/**/...`."""
+
     base: str
-    regex: re.Pattern
+    segments: tuple[re.Pattern | None, ...]  # None: `**`
     negated: bool
     folders_only: bool
 
@@ -32,11 +38,31 @@ class IgnorePattern:
         if self.folders_only and not is_folder:
             return False
         relative = os.path.relpath(path, self.base).replace(os.sep, "/")
-        return not relative.startswith("../") and bool(self.regex.match(relative))
+        return not relative.startswith("../") and _match_segments(self.segments, relative.split("/"))
+
+
+def _match_segments(pattern: tuple[re.Pattern | None, ...], parts: list[str]) -> bool:
+    # reachable[j]: the pattern read so far can end just before path segment j
+    reachable = [True] + [False] * len(parts)
+    for segment in pattern:
+        if segment is None:
+            following, seen = [False] * (len(parts) + 1), False
+            for j in range(len(parts) + 1):
+                seen = seen or reachable[j]
+                following[j] = seen
+        else:
+            following = [False] * (len(parts) + 1)
+            for j in range(len(parts)):
+                if reachable[j] and segment.fullmatch(parts[j]):
+                    following[j + 1] = True
+        reachable = following
+        if not any(reachable):
+            return False
+    return reachable[len(parts)]
 
 
 def compile_pattern(pattern: str, base: str) -> IgnorePattern | None:
-    """One gitignore line as a pattern, or None for blanks and comments."""
+    """One gitignore line as a pattern, or None for blanks, comments and patterns git cannot use."""
     if pattern.endswith("\\ "):
         pattern = pattern[:-2].rstrip() + " "
     else:
@@ -47,39 +73,48 @@ def compile_pattern(pattern: str, base: str) -> IgnorePattern | None:
     pattern = pattern[1:] if negated else pattern
     if pattern.startswith("\\"):
         pattern = pattern[1:]
-    # `**/**/` matches what `**/` does; collapsed, no pattern backtracks exponentially
-    pattern = re.sub(r"(?:\*\*/)+", "**/", pattern)
     folders_only = pattern.endswith("/")
     pattern = pattern.rstrip("/")
     anchored = "/" in pattern
     pattern = pattern.lstrip("/")
-    regex = "" if anchored else "(?:.*/)?"
+    if not pattern:
+        return None
+    parts = pattern.split("/")
+    if not anchored:
+        parts = ["**", *parts]
+    if parts[-1] == "**":
+        parts.append("*")  # `dir/**`: everything inside, not `dir` itself
+    segments: list[re.Pattern | None] = []
+    for part in parts:
+        if part == "**":
+            if segments and segments[-1] is None:
+                continue
+            segments.append(None)
+            continue
+        try:
+            segments.append(re.compile(_segment_regex(part)))
+        except re.error:
+            return None  # `[z-a]`: git ignores a pattern it cannot use, and so do we
+    return IgnorePattern(base, tuple(segments), negated, folders_only)
+
+
+def _segment_regex(part: str) -> str:
+    """One path segment's glob as a regex; `[!...]` negates a class, as in git."""
+    translated = []
     i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            regex += "(?:.*/)?"
-            i += 3
-        elif pattern.startswith("/**", i) and i + 3 == len(pattern):
-            regex += "/.*"
-            i += 3
-        elif pattern[i] == "*":
-            regex += "[^/]*"
-            i += 1
-        elif pattern[i] == "?":
-            regex += "[^/]"
-            i += 1
-        elif pattern[i] == "[" and (close := pattern.find("]", i + 1)) > i:
-            body = pattern[i + 1 : close].replace("\\", "\\\\")
-            regex += "[" + ("^" + body[1:] if body.startswith("!") else body) + "]"
+    while i < len(part):
+        if part[i] == "[" and (close := part.find("]", i + 1)) > i:
+            body = part[i + 1 : close].replace("\\", "\\\\")
+            translated.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
             i = close + 1
         else:
-            regex += re.escape(pattern[i])
-            i += 1
-    try:
-        compiled = re.compile(regex + "$")
-    except re.error:
-        return None  # `[z-a]`: git ignores a pattern it cannot use, and so do we
-    return IgnorePattern(base, compiled, negated, folders_only)
+            j = i
+            while j < len(part) and not (part[j] == "[" and part.find("]", j + 1) > j):
+                j += 1
+            # fnmatch's translation of `*` and `?` uses atomic groups: no catastrophic backtracking
+            translated.append(fnmatch.translate(part[i:j]).removeprefix("(?s:").removesuffix(")\\Z"))
+            i = j
+    return "".join(translated)
 
 
 def read_gitignore(folder: str) -> list[IgnorePattern]:

@@ -264,6 +264,40 @@ class ProjectIndex:
             self._mentioning[word] = frozenset(name for name, (source, _) in self.sources.items() if word in source)
         return self._mentioning[word]
 
+    def checkpointing_layer_classes(self, base_name: str) -> frozenset[str]:
+        """Qualified names of the checked classes deriving, directly or through other checked
+        classes, from a class named `base_name`; only modules mentioning it are read."""
+        key = b"classes:" + base_name.encode()
+        if key not in self._mentioning:
+            found: set[str] = set()
+            candidates = []
+            for module in sorted(self.modules_mentioning(base_name.encode())):
+                facts = self._structure(module)
+                candidates += [c for c in (facts.class_facts if facts else ())]
+            changed = True
+            while changed:
+                changed = False
+                for facts in candidates:
+                    if facts.qualified_name in found:
+                        continue
+                    bases = {self.resolve(b) for b in facts.bases}
+                    if any(b.rpartition(".")[2] == base_name for b in bases) or bases & found:
+                        found.add(facts.qualified_name)
+                        changed = True
+            self._mentioning[key] = frozenset(found)
+        self._consulted.update(self.modules_mentioning(base_name.encode()))
+        return self._mentioning[key]
+
+    def checkpointing_layers_holding(self, base_name: str, state: str) -> frozenset[str]:
+        """Those of `checkpointing_layer_classes(base_name)` that run a module holding `state`
+        (a subclass elsewhere that adds one is found through its MRO by the caller)."""
+        key = f"holding:{base_name}:{state}".encode()
+        if key not in self._mentioning:
+            layers = self.checkpointing_layer_classes(base_name)
+            self._mentioning[key] = frozenset(c for c in layers if self.running_stat_path(c, state=state) is not None)
+        self._consulted.update(self.modules_mentioning(base_name.encode()))
+        return self._mentioning[key]
+
     def start_recording(self) -> None:
         """Start recording the modules whose on-demand facts are read (what one file's
         findings depend on beyond `modules`, for the result cache). Answers derived from

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import libcst as cst
+import libcst.matchers as m
 
 from ema_lint.diagnostics import Applicability, Edit, Fix, Location, RequiredImport
 from ema_lint.project import (
@@ -107,6 +108,8 @@ class CheckpointSiteRule(Rule):
         self._functions_seen = 0
         self._outermost_function = 0
         self._aliases: dict[str, Region] = {}
+        # Hugging Face checkpointing layer classes of the project (None: not looked up yet)
+        self._checkpointing_layers: frozenset[str] | None = None
 
     @classmethod
     def could_report(cls, source: bytes, project: ProjectIndex, module_name: str) -> bool:
@@ -128,10 +131,13 @@ class CheckpointSiteRule(Rule):
             for name in _names_defined(project, star)
         ):
             return True
-        if HF_CHECKPOINTING_LAYER.encode() in source or HF_CHECKPOINTING_FUNC.encode() in source:
+        if HF_CHECKPOINTING_FUNC.encode() in source:
             return True
-        if _imports_from(project, facts, project.modules_mentioning(HF_CHECKPOINTING_LAYER.encode())):
-            return True  # a checkpointing layer defined in another checked file
+        # a call of a Hugging Face checkpointing layer that holds this rule's state: the file
+        # names such a class (it builds or imports it) to hold an instance
+        layers = project.checkpointing_layers_holding(HF_CHECKPOINTING_LAYER, cls.STATE)
+        if any(name.rpartition(".")[2].encode() in source for name in layers):
+            return True
         if b"checkpoint" not in source:
             return False
         return any(project.resolve(name) in REGIONS for name in facts.read_names)
@@ -250,29 +256,40 @@ class CheckpointSiteRule(Rule):
 
     def _calls_checkpointing_layer(self, call: cst.Call) -> bool:
         """The callee may be an instance of a Hugging Face `GradientCheckpointingLayer`
-        subclass: its `__call__` checkpoints itself when gradient checkpointing is on."""
-        facts = self.project.modules.get(self.context.module_name)
-        if HF_CHECKPOINTING_LAYER not in self.context.text and not (
-            facts is not None
-            and _imports_from(self.project, facts, self.project.modules_mentioning(HF_CHECKPOINTING_LAYER.encode()))
-        ):
+        subclass: its `__call__` checkpoints itself when gradient checkpointing is on. Only a
+        local name or `self.<attr>` can hold such a layer; answers are kept per function."""
+        if self._checkpointing_layers is None:
+            layers = self.project.checkpointing_layers_holding(HF_CHECKPOINTING_LAYER, self.STATE)
+            text = self.context.text
+            self._checkpointing_layers = layers if any(n.rpartition(".")[2] in text for n in layers) else frozenset()
+        if not self._checkpointing_layers:
             return False
-        expression = parse_expression(self.context.module.code_for_node(call.func))
-        if expression is None:
+        func = call.func
+        if isinstance(func, cst.Name):
+            scope = self.scope
+            if func.value in scope.imports or func.value in scope.functions or func.value in scope.classes:
+                return False  # a function or class of the module, not a layer instance
+        elif not m.matches(func, m.Attribute(value=m.Name("self"))) or len(self.classes) != 1:
             return False
-        regions = self._function_regions(self.STATE)
-        if isinstance(expression, ast.Attribute) and regions._is_self(expression.value):
-            held = self.project.class_facts(regions.class_name)
-            values = () if held is None else held.attributes.get(expression.attr, ())
+        key = ("hf-layer-call", self.context.module_name, self._outermost_function if self.functions else -1, dotted_text(func))
+        # shared by EMA101 and EMA103, which ask about the same calls
+        return self.context.derived(key, lambda: self._holds_checkpointing_layer(func))
+
+    def _holds_checkpointing_layer(self, func: cst.BaseExpression) -> bool:
+        if isinstance(func, cst.Attribute):
+            # `self.<attr>`: the class's attribute table answers without the function's locals
+            held = self.project.class_facts(f"{self.context.module_name}.{self.classes[0]}")
+            values = () if held is None else held.attributes.get(func.attr.value, ())
         else:
-            values = regions.values.values(expression)
-        for value in values:
-            if value.kind != BUILT:
-                continue
-            for facts in self.project.mro(value.target):
-                if any(self.project.resolve(base).rpartition(".")[2] == HF_CHECKPOINTING_LAYER for base in facts.bases):
-                    return True
-        return False
+            expression = parse_expression(func.value)
+            if expression is None:
+                return False
+            values = self._function_regions(self.STATE).values.values(expression)
+        return any(
+            value.kind == BUILT
+            and any(facts.qualified_name in self._checkpointing_layers for facts in self.project.mro(value.target))
+            for value in values
+        )
 
     def site_at(self, call: cst.Call) -> CheckpointSite | None:
         """The checkpointed region `call` opens, when it runs an unprotected running-stat module."""
@@ -487,17 +504,6 @@ def dotted_text(node: cst.BaseExpression) -> str | None:
         parts.append(node.value)
         return ".".join(reversed(parts))
     return None
-
-
-def _imports_from(project: ProjectIndex, facts, modules: frozenset[str]) -> bool:
-    """Whether the file imports anything from (or the module itself of) one of `modules`."""
-    if not modules:
-        return False
-    for target in facts.imports.values():
-        resolved = project.resolve(target)
-        if resolved in modules or resolved.rpartition(".")[0] in modules:
-            return True
-    return False
 
 
 def _names_defined(project: ProjectIndex, module: str) -> list[str]:

@@ -79,6 +79,7 @@ def test_a_link_to_a_device_is_skipped(tmp_path: Path) -> None:
         "[tool.ema-lint]\nselect = " + "[" * 3000 + "]" * 3000 + "\n",
         "[tool.ema-lint]\nexclude = ['[z-a]']\n",
         "[tool.ema-lint]\nexclude = ['" + "**/" * 25 + "x']\n",
+        "[tool.ema-lint]\nexclude = ['" + "a/**/" * 20 + "b', '" + "*a" * 12 + "b']\n",
     ],
 )
 def test_malformed_configuration_is_ema002_and_the_run_goes_on(tmp_path: Path, config: str) -> None:
@@ -96,7 +97,10 @@ def test_a_selection_of_unknown_codes_alone_still_checks(tmp_path: Path) -> None
 
 def test_a_bad_gitignore_pattern_is_ignored(tmp_path: Path) -> None:
     tree = _tree(tmp_path)
-    (tree / ".gitignore").write_text("[z-a]\n" + "**/" * 25 + "x\n")
+    (tree / ".gitignore").write_text("[z-a]\n" + "**/" * 25 + "x\n" + "a/**/" * 20 + "b\n")
+    deep = tree.joinpath(*["a"] * 40)
+    deep.mkdir(parents=True)
+    (deep / "m.py").write_text("x = 1\n")
     run = _check(tree)
     assert run.returncode == 1 and "EMA202" in _codes(run)
 
