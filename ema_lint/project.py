@@ -265,36 +265,44 @@ class ProjectIndex:
         return self._mentioning[word]
 
     def checkpointing_layer_classes(self, base_name: str) -> frozenset[str]:
-        """Qualified names of the checked classes deriving, directly or through other checked
-        classes, from a class named `base_name`; only modules mentioning it are read."""
+        """Qualified names of the checked classes deriving from a class named `base_name`,
+        directly or through classes of the same module. Read from the class headers of the
+        modules mentioning the name (a text scan: structuring hundreds of big modules to
+        read their bases costs seconds); subclasses elsewhere are found through their MRO."""
         key = b"classes:" + base_name.encode()
         if key not in self._mentioning:
             found: set[str] = set()
-            candidates = []
             for module in sorted(self.modules_mentioning(base_name.encode())):
-                facts = self._structure(module)
-                candidates += [c for c in (facts.class_facts if facts else ())]
-            changed = True
-            while changed:
-                changed = False
-                for facts in candidates:
-                    if facts.qualified_name in found:
-                        continue
-                    bases = {self.resolve(b) for b in facts.bases}
-                    if any(b.rpartition(".")[2] == base_name for b in bases) or bases & found:
-                        found.add(facts.qualified_name)
-                        changed = True
+                headers = [
+                    (match.group(1).decode(), {b.strip().rpartition(".")[2] for b in match.group(2).decode().split(",")})
+                    for match in _CLASS_HEADER.finditer(self.sources[module][0])
+                ]
+                local = {base_name}
+                changed = True
+                while changed:
+                    changed = False
+                    for name, bases in headers:
+                        if name not in local and bases & local:
+                            local.add(name)
+                            changed = True
+                found |= {f"{module}.{name}" for name in local - {base_name}}
             self._mentioning[key] = frozenset(found)
         self._consulted.update(self.modules_mentioning(base_name.encode()))
         return self._mentioning[key]
 
     def checkpointing_layers_holding(self, base_name: str, state: str) -> frozenset[str]:
-        """Those of `checkpointing_layer_classes(base_name)` that run a module holding `state`
-        (a subclass elsewhere that adds one is found through its MRO by the caller)."""
+        """Those of `checkpointing_layer_classes(base_name)` that run a module holding `state`."""
         key = f"holding:{base_name}:{state}".encode()
         if key not in self._mentioning:
             layers = self.checkpointing_layer_classes(base_name)
-            self._mentioning[key] = frozenset(c for c in layers if self.running_stat_path(c, state=state) is not None)
+            # a layer whose own module names no stateful layer is not worth a structural walk
+            # (Hugging Face models are single files; a subclass elsewhere that adds one is found
+            # through its MRO by the caller). Walking every layer's module costs ~15 s on
+            # transformers, and would add only HF's `modular_*.py` generator sources, whose
+            # generated `modeling_*.py` twins are reported.
+            stateful = set().union(*(self.modules_mentioning(word) for word in _STATEFUL_WORDS[state]))
+            candidates = [c for c in layers if c.rpartition(".")[0] in stateful]
+            self._mentioning[key] = frozenset(c for c in candidates if self.running_stat_path(c, state=state) is not None)
         self._consulted.update(self.modules_mentioning(base_name.encode()))
         return self._mentioning[key]
 
@@ -1150,6 +1158,12 @@ class LocalValues:
 
 
 _OPENMMLAB_BATCH_NORM = frozenset({Held(BUILT, "torch.nn.BatchNorm2d")})
+# Words a module holding a running-stat or buffer-writing layer names somewhere.
+_STATEFUL_WORDS = {
+    RUNNING_STATS: (b"BatchNorm", b"batch_norm", b"InstanceNorm", b"SyncBN", b"norm_cfg"),
+    OTHER_BUFFERS: (b"spectral_norm", b"register_buffer"),
+}
+_CLASS_HEADER = re.compile(rb"^[ \t]*class[ \t]+(\w+)[ \t]*\(([^)]*)\)", re.MULTILINE)
 _REGISTRY_KEY = re.compile(r"[\w-]+")
 
 
