@@ -760,28 +760,59 @@ def may_hold_recurrence(nodes: list[ast.AST], trains: bool) -> bool:
 
 def may_hold_loop_update(loops: list[ast.AST]) -> bool:
     """A structural superset of the statements `analysis.model_ema_loops` accepts: inside a
-    `for` loop, an in-place tensor method call, an augmented assignment or a store to
-    `.data` or to a subscript whose value reads a name, or a call of a helper named like an
-    EMA step."""
+    `for` loop, a write (an in-place tensor method, an augmented assignment, a store to
+    `.data` or a subscript, or an EMA-named helper's argument) to something that changes
+    with the iteration: rooted at a name the loop binds (a loop variable, or a name assigned
+    in its body), or a lookup keyed by one (`esd[k]`)."""
     for loop in loops:
+        bound = {
+            name.id
+            for node in ast.walk(loop)
+            if isinstance(node, (ast.For, ast.AsyncFor, ast.Assign, ast.AnnAssign))
+            for target in ([node.target] if not isinstance(node, ast.Assign) else node.targets)
+            for name in ast.walk(target)
+            if isinstance(name, ast.Name)
+        }
         for statement in loop.body:
             for node in ast.walk(statement):
                 if isinstance(node, ast.AugAssign) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)):
-                    if _reads_a_name(node.value):
+                    if _reads_a_name(node.value) and _follows(node.target, bound):
                         return True
                 elif isinstance(node, ast.Assign):
                     if _reads_a_name(node.value) and any(
-                        isinstance(t, ast.Subscript) or (isinstance(t, ast.Attribute) and t.attr == "data")
+                        (isinstance(t, ast.Subscript) or (isinstance(t, ast.Attribute) and t.attr == "data"))
+                        and _follows(t, bound)
                         for t in node.targets
                     ):
                         return True
                 elif isinstance(node, ast.Call):
                     if isinstance(node.func, ast.Attribute) and node.func.attr in IN_PLACE_METHODS:
-                        return True
+                        if _follows(node.func.value, bound):
+                            return True
+                        continue
                     name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-                    if any(word in name.lower() for word in EMA_HELPER_WORDS):
+                    if any(word in name.lower() for word in EMA_HELPER_WORDS) and any(
+                        _follows(argument, bound) for argument in node.args
+                    ):
                         return True
     return False
+
+
+def _follows(target: ast.AST, bound: set[str]) -> bool:
+    """`target` is rooted at one of `bound`, or is looked up by one (`d[k]`, `e.data[:]`)."""
+    while True:
+        if isinstance(target, ast.Name):
+            return target.id in bound
+        if isinstance(target, ast.Subscript):
+            if any(isinstance(n, ast.Name) and n.id in bound for n in ast.walk(target.slice)):
+                return True
+            target = target.value
+        elif isinstance(target, ast.Attribute):
+            target = target.value
+        elif isinstance(target, ast.Call):
+            target = target.func
+        else:
+            return False
 
 
 def _reads_a_name(node: ast.AST) -> bool:
