@@ -25,6 +25,7 @@ from typing import Sequence
 import libcst as cst
 import libcst.matchers as m
 
+from ema_lint.analysis.names import dotted_text
 from ema_lint.analysis.torch_names import CONFIGURATION_CALLS, NUMERIC_LIBRARIES, OTHER_FRAMEWORKS
 from ema_lint.rule import Rule
 
@@ -296,7 +297,7 @@ class _Collector(cst.BatchableCSTVisitor):
 
     def visit_Import(self, node: cst.Import) -> None:
         for alias in node.names:
-            module = _dotted(alias.name)
+            module = dotted_text(alias.name) or ""
             root = module.partition(".")[0]
             self.imported_roots.add(root)
             if root in NUMERIC_LIBRARIES:
@@ -306,15 +307,15 @@ class _Collector(cst.BatchableCSTVisitor):
     def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
         if node.module is None or node.relative:
             return
-        root = _dotted(node.module).partition(".")[0]
+        root = (dotted_text(node.module) or "").partition(".")[0]
         self.imported_roots.add(root)
         if root in NUMERIC_LIBRARIES and not isinstance(node.names, cst.ImportStar):
             for alias in node.names:
-                self.numeric_names.add(alias.asname.name.value if alias.asname else _dotted(alias.name))
+                self.numeric_names.add(alias.asname.name.value if alias.asname else dotted_text(alias.name) or "")
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self._scopes.append(node.name.value)
-        self.class_bases[node.name.value] = tuple(_dotted(base.value) for base in node.bases)
+        self.class_bases[node.name.value] = tuple(dotted_text(base.value) or "" for base in node.bases)
 
     def leave_ClassDef(self, node: cst.ClassDef) -> None:
         self._scopes.pop()
@@ -541,15 +542,6 @@ class _Collector(cst.BatchableCSTVisitor):
             )
         elif isinstance(func, cst.Name):
             self.calls.append(Call(self.function, func.value, None, node.args, self._grad_off[-1] > 0, loops))
-
-
-def _dotted(node: cst.BaseExpression) -> str:
-    parts = []
-    while isinstance(node, cst.Attribute):
-        parts.append(node.attr.value)
-        node = node.value
-    parts.append(node.value if isinstance(node, cst.Name) else "")
-    return ".".join(reversed(parts))
 
 
 def _names_a_count(attribute: str) -> bool:
@@ -792,7 +784,7 @@ class FileFacts:
         node = strip_parens(node)
         if _leaves_torch(node):
             return True
-        if isinstance(node, cst.Call) and _dotted(node.func).partition(".")[0] in ("np", "numpy"):
+        if isinstance(node, cst.Call) and (dotted_text(node.func) or "").partition(".")[0] in ("np", "numpy"):
             return True
         if isinstance(node, cst.Name) and node.value not in seen:
             bindings = function.bindings.get(node.value)

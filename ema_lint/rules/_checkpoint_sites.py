@@ -26,6 +26,7 @@ from ema_lint.project import (
     summarize,
 )
 from ema_lint.rule import FileContext, Rule
+from ema_lint.analysis.names import dotted_text
 from ema_lint.analysis.syntax import parse_any
 from ema_lint.analysis.torch_names import HF_CHECKPOINTING_FUNC, HF_CHECKPOINTING_LAYER
 from ema_lint.rules._checkpoint_regions import (
@@ -492,17 +493,6 @@ def argument(call: cst.Call, keyword: str, position: int = 0) -> cst.BaseExpress
         not arg.star for arg in call.args[: call.args.index(positional[position]) + 1]
     ):
         return positional[position].value
-    return None
-
-
-def dotted_text(node: cst.BaseExpression) -> str | None:
-    parts = []
-    while isinstance(node, cst.Attribute):
-        parts.append(node.attr.value)
-        node = node.value
-    if isinstance(node, cst.Name):
-        parts.append(node.value)
-        return ".".join(reversed(parts))
     return None
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import libcst as cst
 
+from ema_lint.analysis.names import dotted_text
 from ema_lint.diagnostics import Applicability, Fix, Severity
 from ema_lint.rule import Example
 from ema_lint.rules._autograd import (
@@ -15,17 +16,6 @@ from ema_lint.rules._autograd import (
     root_name,
     strip_parens,
 )
-
-
-def _dotted_text(node: cst.BaseExpression) -> str | None:
-    parts = []
-    while isinstance(node, cst.Attribute):
-        parts.append(node.attr.value)
-        node = node.value
-    if not isinstance(node, cst.Name):
-        return None
-    parts.append(node.value)
-    return ".".join(reversed(parts))
 
 
 def _is_container(value: cst.BaseExpression, function: Function) -> bool:
@@ -138,7 +128,7 @@ class LossAccumulatedWithGraph(AutogradRule):
             for binding in site.function.bindings.get(receiver.value, ()):
                 value = strip_parens(binding.value)
                 if not binding.element_of and isinstance(value, cst.Call):
-                    dotted = _dotted_text(value.func)
+                    dotted = dotted_text(value.func)
                     if dotted is not None:
                         classes.append(project.qualify(module_name, dotted))
         for qualified in classes:
