@@ -28,7 +28,7 @@ from ema_lint.fixer import FixedSource, fix_source
 from ema_lint.fixes import LINE_END
 from ema_lint.project import ProjectIndex
 from ema_lint.rule import Rule
-from ema_lint.runner import SourceFile, die_with_parent, load_and_index
+from ema_lint.runner import SourceFile, load_and_index
 
 Keep = Callable[[Sequence[Diagnostic]], list[Diagnostic]]
 
@@ -156,7 +156,6 @@ class _Worker:
     @classmethod
     def setup(cls, rules, project, unsafe, keep) -> None:
         cls.rules, cls.project, cls.unsafe, cls.keep = rules, project, unsafe, keep
-        die_with_parent()
 
     @classmethod
     def fix(cls, path: str, source: bytes, module_name: str) -> FixedSource:

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import ctypes
 import hashlib
 import itertools
 import multiprocessing
 import os
-import signal
 import stat
-import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -145,7 +142,6 @@ class _Worker:
     @classmethod
     def setup(cls, rules: Sequence[type[Rule]], project: ProjectIndex) -> None:
         cls.rules, cls.project = rules, project
-        die_with_parent()
 
     @classmethod
     def check(cls, path: str, source: bytes, module_name: str) -> tuple[FileResult, list[str]]:
@@ -261,7 +257,7 @@ def _map_in_place(items: list[_Loaded], needed, function, jobs: int) -> None:
         for i in indices:
             items[i] = function(items[i])
         return
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=_context(), initializer=die_with_parent) as pool:
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=_context()) as pool:
         for i, item in zip(indices, pool.map(function, [items[i] for i in indices], chunksize=16)):
             items[i] = item
 
@@ -296,23 +292,6 @@ def _run_phase_two(todo, rules, project, jobs, progress) -> Iterable[tuple[_Load
             yield item, _check_alone(item, rules, project)
             if progress:
                 progress(1)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Linux: a worker is sent SIGTERM when the process that started it dies (a killed
-    `check` or `fix`), instead of running on as an orphan."""
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
 
 
 def _context():
