@@ -12,6 +12,7 @@ from ema_lint import __version__
 from ema_lint.check_model_cli import check_model_command
 from ema_lint.diagnostics import Diagnostic
 from ema_lint.engine import severity_at_least
+from ema_lint.notebook import Notebook, NotebookError
 from ema_lint.registry import SOURCE_RULES, TOOL_CODES, is_known_selector
 from ema_lint.render import (
     FORMATS,
@@ -66,11 +67,18 @@ def _display_order(diagnostic: Diagnostic) -> tuple:
     return (os.path.abspath(diagnostic.path), diagnostic.sort_key())
 
 
-def _read_lines(path: str) -> list[str] | None:
+def _read_lines(diagnostic: Diagnostic) -> list[str] | None:
+    """The lines a code frame shows: the file's, or the finding's notebook cell's."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read().decode("utf-8", errors="replace").splitlines()
+        with open(diagnostic.path, "rb") as handle:
+            raw = handle.read()
     except OSError:
+        return None
+    if diagnostic.cell is None:
+        return raw.decode("utf-8", errors="replace").splitlines()
+    try:
+        return Notebook(raw).cell_lines(diagnostic.cell)
+    except NotebookError:
         return None
 
 

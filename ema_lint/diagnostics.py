@@ -81,6 +81,8 @@ class Diagnostic:
     fix: Fix | None = None
     module: str | None = None
     notes: tuple[str, ...] = field(default=())
+    # for a notebook: the 1-based code cell; `start` and `end` then count within that cell
+    cell: int | None = None
 
     def has_fix(self, applicability: Applicability) -> bool:
         return self.fix is not None and self.fix.applicability is applicability and bool(self.fix.edits)
@@ -91,4 +93,4 @@ class Diagnostic:
         return self.has_fix(Applicability.SAFE)
 
     def sort_key(self) -> tuple:
-        return (self.path, self.start, self.code, self.message)
+        return (self.path, self.cell or 0, self.start, self.code, self.message)

@@ -1,4 +1,4 @@
-"""Which files to check: Python files under the given paths, minus hidden folders,
+"""Which files to check: Python files and Jupyter notebooks under the given paths, minus hidden folders,
 virtual environments, `.gitignore`d paths and `[tool.ema-lint] exclude` patterns.
 
 Files named on the command line are always checked. Directory symlinks are followed once:
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ema_lint.diagnostics import Diagnostic
 from ema_lint.engine import tool_diagnostic
+from ema_lint.notebook import SUFFIX as NOTEBOOK_SUFFIX
 from ema_lint.runner import SourceFile
 
 SKIPPED_FOLDERS = frozenset(
@@ -205,7 +206,7 @@ def discover(paths: list[str], root: str, exclude: tuple[str, ...] = ()) -> tupl
                 ):
                     continue
                 walk(entry.path, module_root, patterns)
-            elif entry.name.endswith(".py"):
+            elif entry.name.endswith((".py", NOTEBOOK_SUFFIX)):
                 add(entry.path, module_root)
 
     for path in paths:

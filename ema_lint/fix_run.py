@@ -23,12 +23,13 @@ from typing import Callable, Sequence
 import libcst as cst
 
 from ema_lint.diagnostics import Applicability, Diagnostic
-from ema_lint.engine import check_source, tool_diagnostic
+from ema_lint.engine import FileResult, check_source, tool_diagnostic
 from ema_lint.fixer import FixedSource, fix_source
 from ema_lint.fixes import LINE_END
+from ema_lint.notebook import Notebook, NotebookError, changed_cells, is_notebook
 from ema_lint.project import ProjectIndex
 from ema_lint.rule import Rule
-from ema_lint.runner import SourceFile, load_and_index
+from ema_lint.runner import SourceFile, _Loaded, in_cells, load_and_index
 
 Keep = Callable[[Sequence[Diagnostic]], list[Diagnostic]]
 
@@ -75,18 +76,18 @@ def fix_files(
         path = item.file.path
         problem = item.problem or item.syntax_error
         if problem is not None:
-            found = keep([problem])
+            found = in_cells(item, FileResult(path, keep([problem]))).diagnostics
             outcomes[path] = FileFix(path, remaining=found, found=found)
         elif path in unwritable:
             # checked so its findings show; no fix is computed for a file that will not be written
-            found = keep(check_source(path, item.source, rules, project, item.file.module_name).diagnostics)
-            outcomes[path] = FileFix(
-                path, item.source, item.source, remaining=found, found=found, skipped=unwritable[path]
-            )
+            checked = check_source(path, item.source, rules, project, item.file.module_name)
+            found = in_cells(item, FileResult(path, keep(checked.diagnostics))).diagnostics
+            on_disk = item.raw if item.raw is not None else item.source
+            outcomes[path] = FileFix(path, on_disk, on_disk, remaining=found, found=found, skipped=unwritable[path])
         else:
             todo.append(item)
     for item, result in _fix_all(todo, rules, project, unsafe, keep, jobs):
-        outcomes[item.file.path] = _outcome(result)
+        outcomes[item.file.path] = _outcome(item, result)
     ordered = [outcomes[f.path] for f in targets]
     if write:
         for outcome in ordered:
@@ -98,10 +99,21 @@ def fix_files(
     return ordered
 
 
-def _outcome(result: FixedSource) -> FileFix:
-    return FileFix(
-        result.path, result.source, result.fixed, result.applied, result.remaining, result.found, result.problem
-    )
+def _outcome(item: _Loaded, result: FixedSource) -> FileFix:
+    """The file's outcome in its own terms: a notebook's bytes and cell positions."""
+    if item.raw is None:
+        return FileFix(
+            result.path, result.source, result.fixed, result.applied, result.remaining, result.found, result.problem
+        )
+    remaining = in_cells(item, FileResult(result.path, result.remaining)).diagnostics
+    found = in_cells(item, FileResult(result.path, result.found)).diagnostics
+    fixed, applied, problem = item.raw, result.applied, result.problem
+    if result.fixed != result.source:
+        try:
+            fixed = Notebook(item.raw).with_python(result.fixed.decode("utf-8"))
+        except (NotebookError, UnicodeDecodeError) as error:
+            fixed, applied, remaining, problem = item.raw, collections.Counter(), found, f"notebook not fixed: {error}"
+    return FileFix(result.path, item.raw, fixed, applied, remaining, found, problem)
 
 
 def _targets(files: Sequence[SourceFile], roots: Sequence[str] = ()) -> tuple[list[SourceFile], dict[str, str]]:
@@ -303,11 +315,20 @@ def _copy_metadata(source: int, info: os.stat_result, target: int) -> None:
 
 
 def unified_diff(path: str, before: bytes, after: bytes) -> str:
-    """A unified diff of the decoded text, showing a changed line ending or final newline."""
+    """A unified diff of the decoded text, showing a changed line ending or final newline;
+    for a notebook, one diff per changed code cell (its JSON is not what a person edits)."""
+    if is_notebook(path):
+        return "".join(
+            _text_diff(f"{path}:cell {number}", old, new) for number, old, new in changed_cells(before, after)
+        )
     encoding = cst.parse_module(before).encoding
-    old, new = _lines(before.decode(encoding)), _lines(after.decode(encoding))
+    return _text_diff(path, before.decode(encoding), after.decode(encoding))
+
+
+def _text_diff(name: str, before: str, after: str) -> str:
+    old, new = _lines(before), _lines(after)
     out = []
-    for line in difflib.unified_diff(old, new, f"{path}", f"{path}", lineterm=""):
+    for line in difflib.unified_diff(old, new, name, name, lineterm=""):
         if line.startswith(("---", "+++", "@@")):
             out.append(line + "\n")
             continue

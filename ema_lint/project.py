@@ -1509,7 +1509,9 @@ def module_name_for(path: str, root: str) -> str:
     """Dotted module name of `path` relative to `root` (`pkg/sub/mod.py` -> `pkg.sub.mod`)."""
     relative = os.path.relpath(path, root)
     parts = relative.replace(os.sep, "/").split("/")
-    parts[-1] = parts[-1].removesuffix(".py")
+    name = parts[-1]
+    # a notebook cannot be imported: a hyphen keeps its name out of every import's reach
+    parts[-1] = name.removesuffix(".ipynb") + "-ipynb" if name.endswith(".ipynb") else name.removesuffix(".py")
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(part for part in parts if part not in ("", ".", ".."))

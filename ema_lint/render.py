@@ -27,28 +27,31 @@ def _marker(diagnostic: Diagnostic) -> str:
     return "[*] " if diagnostic.fixable else ""
 
 
+def _where(d: Diagnostic) -> str:
+    """`path:line:col`, or `path:cell N:line:col` in a notebook (ruff's form)."""
+    cell = f"cell {d.cell}:" if d.cell is not None else ""
+    return f"{_relative(d.path)}:{cell}{d.start.line}:{d.start.column}"
+
+
 def render_concise(diagnostics: Sequence[Diagnostic]) -> str:
-    return "".join(
-        f"{_relative(d.path)}:{d.start.line}:{d.start.column}: {d.code} {_marker(d)}{d.message}\n"
-        for d in diagnostics
-    )
+    return "".join(f"{_where(d)}: {d.code} {_marker(d)}{d.message}\n" for d in diagnostics)
 
 
 def render_text(
     diagnostics: Sequence[Diagnostic],
     *,
     show_source: bool,
-    read_lines: Callable[[str], list[str] | None],
+    read_lines: Callable[[Diagnostic], list[str] | None],
     style: Callable[..., str],
 ) -> str:
     out = []
     for d in diagnostics:
-        where = style(f"{_relative(d.path)}:{d.start.line}:{d.start.column}:", bold=True)
+        where = style(f"{_where(d)}:", bold=True)
         code = style(d.code, fg=_COLOURS[d.severity], bold=True)
         module = f" (module `{d.module}`)" if d.module else ""
         out.append(f"{where} {code} {_marker(d)}{d.message}{module}\n")
         if show_source:
-            out.append(_code_frame(d, read_lines(d.path), style))
+            out.append(_code_frame(d, read_lines(d), style))
         if d.fix is not None:
             kind = {
                 Applicability.SAFE: "",
@@ -124,6 +127,7 @@ def _as_dict(d: Diagnostic) -> dict:
         "filename": d.path,
         "location": {"row": d.start.line, "column": d.start.column},
         "end_location": {"row": d.end.line, "column": d.end.column},
+        "cell": d.cell,
         "module": d.module,
         "fix": fix,
         "notes": list(d.notes),
@@ -186,8 +190,9 @@ def render_sarif(diagnostics: Sequence[Diagnostic], root: str) -> str:
                 }
             ],
         }
-        if d.module:
-            result["properties"] = {"module": d.module}
+        properties = {key: value for key, value in (("module", d.module), ("cell", d.cell)) if value is not None}
+        if properties:
+            result["properties"] = properties
         results.append(result)
     document = {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
@@ -229,17 +234,17 @@ def render_github(diagnostics: Sequence[Diagnostic]) -> str:
     out = []
     for d in diagnostics:
         path = _relative(d.path)
+        # a notebook's lines are not lines of its JSON file: such a finding names the file only
+        position = () if d.cell is not None else (
+            ("line", d.start.line),
+            ("col", d.start.column),
+            ("endLine", d.end.line),
+            ("endColumn", d.end.column),
+        )
         properties = ",".join(
             f"{key}={_escape_property(str(value))}"
-            for key, value in (
-                ("title", f"ema-lint ({d.code})"),
-                ("file", path),
-                ("line", d.start.line),
-                ("col", d.start.column),
-                ("endLine", d.end.line),
-                ("endColumn", d.end.column),
-            )
+            for key, value in (("title", f"ema-lint ({d.code})"), ("file", path), *position)
         )
-        message = _escape_data(f"{path}:{d.start.line}:{d.start.column}: {d.code} {d.message}")
+        message = _escape_data(f"{_where(d)}: {d.code} {d.message}")
         out.append(f"::{_GITHUB_COMMAND[d.severity]} {properties}::{message}\n")
     return "".join(out)

@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 from ema_lint.diagnostics import Diagnostic
 from ema_lint.engine import FileResult, check_source, tool_diagnostic, triage, undecodable
+from ema_lint.notebook import CellMap, Notebook, NotebookError, is_notebook
 from ema_lint.project import ModuleFacts, ProjectIndex, module_name_for, summarize
 from ema_lint.result_cache import ResultCache
 from ema_lint.rule import Rule
@@ -38,6 +39,10 @@ class SourceFile:
     def module_name(self) -> str:
         return module_name_for(self.path, self.root)
 
+    @property
+    def is_notebook(self) -> bool:
+        return is_notebook(self.path)
+
 
 @dataclass
 class Report:
@@ -54,7 +59,11 @@ class _Loaded:
 
     file: SourceFile
     digest: str = ""
+    # the Python text checked: the file's bytes, or a notebook's code cells
     source: bytes | None = None
+    # a notebook's own bytes and where its cells lie in `source`
+    raw: bytes | None = None
+    cells: CellMap | None = None
     facts: ModuleFacts | None = None
     # set when the reference parser rejects the file; libcst may still accept newer syntax
     syntax_error: Diagnostic | None = None
@@ -96,8 +105,24 @@ def _load(file: SourceFile) -> _Loaded:
         loaded.problem = tool_diagnostic("EMA004", file.path, f"cannot read: {error.strerror or error}")
         return loaded
     loaded.digest = hashlib.blake2b(loaded.source, digest_size=16).hexdigest()
+    if file.is_notebook:
+        try:
+            python, loaded.cells = Notebook(loaded.source).python()
+        except NotebookError as error:
+            loaded.problem = tool_diagnostic("EMA004", file.path, f"cannot read notebook: {error}")
+            return loaded
+        loaded.raw, loaded.source = loaded.source, python.encode("utf-8")
+        return loaded
     loaded.problem = undecodable(file.path, loaded.source)
     return loaded
+
+
+def in_cells(loaded: _Loaded, result: FileResult) -> FileResult:
+    """`result` with positions counted within notebook cells, for a notebook."""
+    if loaded.cells is None:
+        return result
+    mapped = [loaded.cells.map_diagnostic(d) for d in result.diagnostics]
+    return FileResult(result.path, mapped, parsed=result.parsed, skipped=result.skipped)
 
 
 def _summarize(loaded: _Loaded) -> _Loaded:
@@ -236,7 +261,8 @@ def check_files(
             cache.store_result(item, project, result, consulted)
     if cache is not None:
         cache.save()
-    return Report([results[f.path] for f in files])
+    by_path = {item.file.path: item for item in loaded}
+    return Report([in_cells(by_path[f.path], results[f.path]) for f in files])
 
 
 def _unparsed_result(item: _Loaded, rules, project: ProjectIndex) -> tuple[FileResult, list[str]] | None:

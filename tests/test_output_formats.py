@@ -64,6 +64,7 @@ def test_json(project: Path) -> None:
             "filename": "pkg/broken.py",
             "location": {"row": 2, "column": 7},
             "end_location": {"row": 2, "column": 7},
+            "cell": None,
             "module": None,
             "fix": None,
             "notes": [],
