@@ -11,7 +11,7 @@ import click
 from ema_lint import __version__
 from ema_lint.check_model_cli import check_model_command
 from ema_lint.diagnostics import Diagnostic
-from ema_lint.engine import severity_at_least
+from ema_lint.config import parse_override
 from ema_lint.notebook import Notebook, NotebookError
 from ema_lint.registry import SOURCE_RULES, TOOL_CODES, is_known_selector
 from ema_lint.render import (
@@ -38,16 +38,36 @@ def _split_selectors(ctx, param, values: Sequence[str]) -> tuple[str, ...]:
     return selectors
 
 
+def _split_config(ctx, param, values: Sequence[str]) -> tuple[str | None, dict]:
+    """`--config` values as (the one configuration file, the `KEY = VALUE` overrides)."""
+    config_file, overrides = None, {}
+    for value in values:
+        if os.path.isfile(value):
+            if config_file is not None:
+                raise click.BadParameter("only one configuration file may be given", ctx, param)
+            config_file = value
+            continue
+        try:
+            overrides.update(parse_override(value))
+        except ValueError as error:
+            raise click.BadParameter(str(error), ctx, param) from None
+    return config_file, overrides
+
+
 def selection_options(function):
     """--select/--ignore/--extend-select/--config, shared by `check` and `fix`."""
     for name, text in (
-        ("--config", "pyproject.toml to read [tool.ema-lint] from (default: the nearest one)."),
+        (
+            "--config",
+            "A configuration file for every file (default: each file's nearest one), or a TOML "
+            "`KEY = VALUE` that overrides the configuration (repeatable).",
+        ),
         ("--extend-select", "Codes or prefixes to enable on top of the selection."),
         ("--ignore", "Codes or prefixes to disable (comma-separated, repeatable)."),
         ("--select", "Codes or prefixes to enable instead of the configured set (e.g. EMA1,EMA201)."),
     ):
         if name == "--config":
-            function = click.option(name, type=click.Path(exists=True, dir_okay=False), help=text)(function)
+            function = click.option(name, multiple=True, callback=_split_config, help=text)(function)
         else:
             function = click.option(name, multiple=True, callback=_split_selectors, help=text)(function)
     return function
@@ -121,9 +141,12 @@ def check(
     cache_dir,
 ) -> None:
     """Check PATHS (default: the current folder) without importing or running them."""
+    config_file, overrides = config
     workspace = Workspace.open(
-        paths, select=select, ignore=ignore, extend_select=extend_select, config_path=config
+        paths, select=select, ignore=ignore, extend_select=extend_select, config_path=config_file, overrides=overrides
     )
+    for warning in workspace.warnings:
+        click.echo(f"warning: {warning}", err=True)
     jobs = jobs or os.cpu_count() or 1
     cache = None if no_cache else workspace.cache(cache_dir)
     show_progress = (
@@ -150,11 +173,11 @@ def check(
     elif output_format == "json":
         click.echo(render_json(diagnostics), nl=False)
     elif output_format == "sarif":
-        click.echo(render_sarif(diagnostics, workspace.settings.root), nl=False)
+        click.echo(render_sarif(diagnostics, os.getcwd()), nl=False)
     else:
         click.echo(render_github(diagnostics), nl=False)
 
-    failing = [d for d in diagnostics if severity_at_least(d, workspace.settings.fail_on)]
+    failing = [d for d in diagnostics if workspace.fails(d)]
     sys.exit(0 if exit_zero or not failing else 1)
 
 

@@ -1,4 +1,7 @@
-"""`[tool.ema-lint]` in the nearest pyproject.toml.
+"""Settings per file, ruff's way: each file follows the nearest `.ema-lint.toml`,
+`ema-lint.toml` or `pyproject.toml` with a [tool.ema-lint] table at or above its folder (so
+the order of command-line paths never matters), `extend` inherits from another file, and
+`--config FILE` or `--config 'KEY = VALUE'` on the command line takes precedence.
 
 A bad key or value never stops the run: it becomes an EMA002 diagnostic pointing at the
 key, the value is ignored, and checking goes on with the rest of the settings.
@@ -8,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 try:
     import tomllib
@@ -41,50 +44,139 @@ class Settings:
         return (*self.select, *self.extend_select)
 
 
-def find_pyproject(start: str) -> str | None:
-    """The nearest pyproject.toml at or above `start` that has a [tool.ema-lint] table,
-    else the nearest pyproject.toml at all, else None."""
-    directory = os.path.abspath(start if os.path.isdir(start) else os.path.dirname(start) or ".")
-    nearest = None
+# in one folder the first of these that configures ema-lint wins, as with ruff's files
+CONFIG_FILES = (".ema-lint.toml", "ema-lint.toml", "pyproject.toml")
+_TABLE_HEADER = re.compile(rb"^\s*\[tool\.(\"ema-lint\"|ema-lint)", re.MULTILINE)
+COMMAND_LINE = "<--config>"
+
+
+def _configures(path: str) -> bool:
+    """A standalone file always configures; a pyproject.toml only with a [tool.ema-lint] table."""
+    if not os.path.isfile(path):
+        return False
+    if os.path.basename(path) != "pyproject.toml":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return bool(_TABLE_HEADER.search(handle.read()))
+    except OSError:
+        return False
+
+
+def find_config(folder: str) -> str | None:
+    """The configuration that governs files in `folder`: the nearest `.ema-lint.toml`,
+    `ema-lint.toml` or `pyproject.toml` with a [tool.ema-lint] table, at or above it."""
+    directory = os.path.abspath(folder)
     while True:
-        candidate = os.path.join(directory, "pyproject.toml")
-        if os.path.isfile(candidate):
-            nearest = nearest or candidate
-            try:
-                with open(candidate, "rb") as handle:
-                    if re.search(rb"^\s*\[tool\.(\"ema-lint\"|ema-lint)", handle.read(), re.MULTILINE):
-                        return candidate
-            except OSError:
-                pass
+        for name in CONFIG_FILES:
+            candidate = os.path.join(directory, name)
+            if _configures(candidate):
+                return candidate
         parent = os.path.dirname(directory)
         if parent == directory:
-            return nearest
+            return None
         directory = parent
 
 
-def load_settings(start: str = ".", config_path: str | None = None) -> Settings:
-    path = config_path or find_pyproject(start)
+def parse_override(text: str) -> dict:
+    """`--config 'KEY = VALUE'` as a one-key table; raises ValueError with the reason."""
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{text!r} is neither a configuration file nor a TOML `KEY = VALUE` pair ({error})") from None
+    if len(table) != 1:
+        raise ValueError(f"{text!r} must set exactly one key")
+    return table
+
+
+def load_settings(path: str | None, overrides: dict | None = None, *, explicit: bool = False) -> Settings:
+    """Settings from the configuration file `path` (None: defaults), its `extend` chain and
+    the command line's `overrides`. `explicit`: the user named the file with `--config`."""
+    overrides = overrides or {}
     if path is None:
-        return Settings(root=os.path.abspath(start if os.path.isdir(start) else "."))
-    root = os.path.dirname(os.path.abspath(path))
+        return _settings_from_table(overrides, os.path.abspath("."), COMMAND_LINE, "") if overrides else Settings(
+            root=os.path.abspath(".")
+        )
+    path = os.path.abspath(path)
+    root = os.path.dirname(path)
+    table, text, problems = _read_table(path, (), explicit=explicit)
+    settings = _settings_from_table({**table, **overrides}, root, path, text)
+    return replace(settings, problems=(*problems, *settings.problems))
+
+
+def _read_table(path: str, chain: tuple[str, ...], *, explicit: bool = False) -> tuple[dict, str, list[Diagnostic]]:
+    """The settings table of one file merged over the files it extends, the file's text (to
+    point at keys) and the problems met; a file that cannot be used contributes nothing."""
     try:
         with open(path, "rb") as handle:
-            raw = handle.read()
-        document = tomllib.loads(raw.decode("utf-8"))
+            text = handle.read().decode("utf-8")
+        document = tomllib.loads(text)
     except (OSError, UnicodeDecodeError) as error:
-        return Settings(root, path, problems=(tool_diagnostic("EMA002", path, f"cannot read config: {error}"),))
+        return {}, "", [tool_diagnostic("EMA002", path, f"cannot read config: {error}")]
     except tomllib.TOMLDecodeError as error:
         line = int(m.group(1)) if (m := re.search(r"line (\d+)", str(error))) else 1
-        return Settings(root, path, problems=(tool_diagnostic("EMA002", path, f"invalid TOML: {error}", line),))
+        return {}, "", [tool_diagnostic("EMA002", path, f"invalid TOML: {error}", line)]
     except RecursionError:
-        return Settings(root, path, problems=(tool_diagnostic("EMA002", path, "invalid TOML: nested too deeply"),))
-    tool = document.get("tool", {})
-    table = tool.get(SECTION, {}) if isinstance(tool, dict) else None
-    if not isinstance(table, dict):
-        where = "`tool`" if not isinstance(tool, dict) else "[tool.ema-lint]"
-        message = f"{where} must be a table; settings ignored"
-        return Settings(root, path, problems=(tool_diagnostic("EMA002", path, message, _key_line(raw.decode("utf-8"), "tool")),))
-    return _settings_from_table(table, root, path, raw.decode("utf-8"))
+        return {}, "", [tool_diagnostic("EMA002", path, "invalid TOML: nested too deeply")]
+    if os.path.basename(path) == "pyproject.toml":
+        tool = document.get("tool", {})
+        table = tool.get(SECTION) if isinstance(tool, dict) else None
+        if table is None and isinstance(tool, dict):
+            if explicit:
+                message = "has no [tool.ema-lint] table; default settings used"
+                return {}, text, [tool_diagnostic("EMA002", path, message)]
+            table = {}
+        if not isinstance(table, dict):
+            where = "`tool`" if not isinstance(tool, dict) else "[tool.ema-lint]"
+            message = f"{where} must be a table; settings ignored"
+            return {}, text, [tool_diagnostic("EMA002", path, message, _key_line(text, "tool"))]
+    else:
+        table = document
+    table = dict(table)
+    base = table.pop("extend", None)
+    if base is None:
+        return table, text, []
+    if not isinstance(base, str):
+        return table, text, [tool_diagnostic("EMA002", path, "`extend` must be a path", _key_line(text, "extend"))]
+    base_path = os.path.normpath(os.path.join(os.path.dirname(path), os.path.expanduser(base)))
+    if base_path in (*chain, path):
+        message = f"`extend` of {base!r} makes a cycle; not followed"
+        return table, text, [tool_diagnostic("EMA002", path, message, _key_line(text, "extend"))]
+    inherited, _, problems = _read_table(base_path, (*chain, path), explicit=True)
+    return {**inherited, **table}, text, problems
+
+
+class SettingsResolver:
+    """The settings for any file: those of `--config FILE` for all, or else of the
+    configuration nearest to the file; the command line's `KEY = VALUE` overrides on top.
+    Each folder is resolved once."""
+
+    def __init__(self, config_file: str | None = None, overrides: dict | None = None):
+        self._config_file = config_file
+        self._overrides = overrides or {}
+        self._by_config: dict[str | None, Settings] = {}
+        self._config_of_folder: dict[str, str | None] = {}
+
+    def for_folder(self, folder: str) -> Settings:
+        folder = os.path.abspath(folder)
+        if self._config_file is not None:
+            config = self._config_file
+        elif folder in self._config_of_folder:
+            config = self._config_of_folder[folder]
+        else:
+            config = self._config_of_folder[folder] = find_config(folder)
+        if config not in self._by_config:
+            self._by_config[config] = load_settings(config, self._overrides, explicit=config == self._config_file)
+        return self._by_config[config]
+
+    def for_path(self, path: str) -> Settings:
+        path = os.path.abspath(path)
+        return self.for_folder(path if os.path.isdir(path) else os.path.dirname(path))
+
+    @property
+    def used(self) -> list[Settings]:
+        """Every settings resolved so far, each configuration once."""
+        return list(self._by_config.values())
 
 
 def _key_line(text: str, key: str) -> int:

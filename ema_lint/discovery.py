@@ -1,5 +1,10 @@
 """Which files to check: Python files and Jupyter notebooks under the given paths, minus hidden folders,
-virtual environments, `.gitignore`d paths and `[tool.ema-lint] exclude` patterns.
+virtual environments, paths git ignores (`.gitignore` files, `.git/info/exclude`) and the
+`exclude` patterns of the configuration governing each folder.
+
+Ignore patterns are matched here rather than with `pathspec`: its regex translation of
+`**` backtracks exponentially on patterns such as `a/**/a/**/...`, and a checked tree
+chooses its own `.gitignore`.
 
 Files named on the command line are always checked. Directory symlinks are followed once:
 a folder whose real path was already walked is not walked again, so loops end.
@@ -12,6 +17,7 @@ import fnmatch
 import os
 import re
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from ema_lint.diagnostics import Diagnostic
 from ema_lint.engine import tool_diagnostic
@@ -100,17 +106,21 @@ def compile_pattern(pattern: str, base: str) -> IgnorePattern | None:
 
 
 def _segment_regex(part: str) -> str:
-    """One path segment's glob as a regex; `[!...]` negates a class, as in git."""
+    """One path segment's glob as a regex; `[!...]` negates a class and a backslash makes
+    the next character literal (`\\*`, `\\?`, `\\[`), as in git."""
     translated = []
     i = 0
     while i < len(part):
-        if part[i] == "[" and (close := part.find("]", i + 1)) > i:
+        if part[i] == "\\" and i + 1 < len(part):
+            translated.append(re.escape(part[i + 1]))
+            i += 2
+        elif part[i] == "[" and (close := part.find("]", i + 1)) > i:
             body = part[i + 1 : close].replace("\\", "\\\\")
             translated.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
             i = close + 1
         else:
             j = i
-            while j < len(part) and not (part[j] == "[" and part.find("]", j + 1) > j):
+            while j < len(part) and part[j] != "\\" and not (part[j] == "[" and part.find("]", j + 1) > j):
                 j += 1
             # fnmatch's translation of `*` and `?` uses atomic groups: no catastrophic backtracking
             translated.append(fnmatch.translate(part[i:j]).removeprefix("(?s:").removesuffix(")\\Z"))
@@ -118,13 +128,50 @@ def _segment_regex(part: str) -> str:
     return "".join(translated)
 
 
-def read_gitignore(folder: str) -> list[IgnorePattern]:
+def expand_braces(pattern: str) -> list[str]:
+    """`{a,b}` alternatives spelled out (`**/{tests,docs}/*` -> two patterns), nested too."""
+    match = re.search(r"\{([^{}]*,[^{}]*)\}", pattern)
+    if match is None:
+        return [pattern]
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    return [expanded for option in match.group(1).split(",") for expanded in expand_braces(head + option + tail)]
+
+
+def read_gitignore(folder: str, name: str = ".gitignore") -> list[IgnorePattern]:
+    """The patterns of the ignore file `name` in `folder`, anchored at `folder`."""
     try:
-        with open(os.path.join(folder, ".gitignore"), encoding="utf-8", errors="replace") as handle:
+        with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as handle:
             lines = handle.read().splitlines()
     except OSError:
         return []
     return [p for line in lines if (p := compile_pattern(line, folder)) is not None]
+
+
+def matches_or_inside(path: str, patterns: Sequence[IgnorePattern], base: str) -> bool:
+    """`path`, or a folder between `base` and it, matches one of `patterns`: a file inside
+    a matched folder is matched, as git ignores it."""
+    relative = os.path.relpath(os.path.abspath(path), base)
+    if relative.startswith(".."):
+        return False
+    parts = relative.split(os.sep)
+    for depth in range(len(parts), 0, -1):
+        candidate = os.path.join(base, *parts[:depth])
+        if any(pattern.matches(candidate, depth < len(parts)) for pattern in patterns):
+            return True
+    return False
+
+
+def exclude_patterns(root: str, exclude: Sequence[str]) -> tuple[list[IgnorePattern], list[Diagnostic]]:
+    """A configuration's `exclude` lines as patterns anchored at its folder, and the lines
+    that are not valid globs as EMA002."""
+    patterns, problems = [], []
+    for line in exclude:
+        pattern = compile_pattern(line, root)
+        if pattern is not None:
+            patterns.append(pattern)
+        elif line.strip() and not line.lstrip().startswith("#"):
+            problems.append(tool_diagnostic("EMA002", root, f"`exclude` pattern {line!r} is not a valid glob; ignored"))
+    return patterns, problems
 
 
 def is_ignored(path: str, is_folder: bool, patterns: list[IgnorePattern]) -> bool:
@@ -137,34 +184,31 @@ def is_ignored(path: str, is_folder: bool, patterns: list[IgnorePattern]) -> boo
 
 
 def _ancestor_gitignores(folder: str) -> list[IgnorePattern]:
-    """.gitignore files from the repository root (the folder holding .git) down to `folder`."""
+    """The repository's `.git/info/exclude`, then .gitignore files from the repository root
+    (the folder holding .git) down to `folder`'s parent, git's order of precedence."""
     chain, current = [], os.path.abspath(folder)
     while True:
         chain.append(current)
         if os.path.exists(os.path.join(current, ".git")):
-            break
+            repository = read_gitignore(current, os.path.join(".git", "info", "exclude"))
+            return repository + [p for directory in reversed(chain[1:]) for p in read_gitignore(directory)]
         parent = os.path.dirname(current)
         if parent == current:
-            chain = [os.path.abspath(folder)]
-            break
+            return []
         current = parent
-    return [p for directory in reversed(chain[1:]) for p in read_gitignore(directory)]
 
 
 def _is_virtualenv(folder: str) -> bool:
     return os.path.exists(os.path.join(folder, "pyvenv.cfg"))
 
 
-def discover(paths: list[str], root: str, exclude: tuple[str, ...] = ()) -> tuple[list[SourceFile], list[Diagnostic]]:
+def discover(
+    paths: list[str], excluded_in: Callable[[str], Sequence[IgnorePattern]] = lambda folder: ()
+) -> tuple[list[SourceFile], list[Diagnostic]]:
+    """The files to check under `paths`; `excluded_in(folder)`: the `exclude` patterns of
+    the configuration that governs `folder`."""
     files: dict[str, SourceFile] = {}
     problems: list[Diagnostic] = []
-    excluded = []
-    for line in exclude:
-        pattern = compile_pattern(line, root)
-        if pattern is not None:
-            excluded.append(pattern)
-        elif line.strip() and not line.lstrip().startswith("#"):
-            problems.append(tool_diagnostic("EMA002", root, f"`exclude` pattern {line!r} is not a valid glob; ignored"))
     walked: set[str] = set()
 
     def add(path: str, module_root: str) -> None:
@@ -186,6 +230,7 @@ def discover(paths: list[str], root: str, exclude: tuple[str, ...] = ()) -> tupl
             return
         walked.add(real)
         patterns = patterns + read_gitignore(folder)
+        excluded = excluded_in(folder)
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as error:

@@ -17,7 +17,6 @@ import threading
 import click
 
 from ema_lint.cli import _display_order, _read_lines, _styler, main, selection_options, use_colour
-from ema_lint.engine import severity_at_least
 from ema_lint.fix_run import FileFix, fix_files, unified_diff, why_not_fixed
 from ema_lint.fixer import is_applicable
 from ema_lint.render import render_text
@@ -53,7 +52,12 @@ def _signals_unwind():
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help="Worker processes (default: CPU count).")
 def fix_command(paths, select, ignore, extend_select, config, write, unsafe_fixes, quiet, jobs) -> None:
     """Fix PATHS (default: the current folder): show a unified diff, or apply it with --write."""
-    workspace = Workspace.open(paths, select=select, ignore=ignore, extend_select=extend_select, config_path=config)
+    config_file, overrides = config
+    workspace = Workspace.open(
+        paths, select=select, ignore=ignore, extend_select=extend_select, config_path=config_file, overrides=overrides
+    )
+    for warning in workspace.warnings:
+        click.echo(f"warning: {warning}", err=True)
     with _signals_unwind():
         outcomes = fix_files(
             workspace.files,
@@ -84,7 +88,7 @@ def fix_command(paths, select, ignore, extend_select, config, write, unsafe_fixe
 
     if any(outcome.error is not None for outcome in outcomes):
         sys.exit(2)
-    failing = [d for d in remaining if severity_at_least(d, workspace.settings.fail_on)]
+    failing = [d for d in remaining if workspace.fails(d)]
     pending = not write and any(outcome.changed for outcome in outcomes)
     sys.exit(1 if failing or pending else 0)
 

@@ -1,30 +1,47 @@
-"""What `check` and `fix` share: settings, the enabled rules, the files, and the filters
-applied to findings (per-file ignores, ignored tool codes)."""
+"""What `check` and `fix` share: the settings of each file, the rules to run, the files,
+and the filters applied to findings (selection and per-file ignores of the file's own
+configuration, ignored tool codes, `fail-on`)."""
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
-from ema_lint.config import Settings, load_settings
+from ema_lint.config import Settings, SettingsResolver
 from ema_lint.diagnostics import Diagnostic
-from ema_lint.discovery import discover
+from ema_lint.discovery import IgnorePattern, compile_pattern, discover, exclude_patterns, expand_braces, matches_or_inside
+from ema_lint.engine import severity_at_least
 from ema_lint.registry import TOOL_CODES, enabled_rules, is_enabled
-from ema_lint.rule import Rule
 from ema_lint.result_cache import ResultCache, default_cache_dir
+from ema_lint.rule import Rule
 from ema_lint.runner import SourceFile
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The command line's rule selection, applied over each file's configured one."""
+
+    select: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    extend_select: tuple[str, ...] = ()
+
+    def over(self, settings: Settings) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(select, ignore) for files governed by `settings`."""
+        chosen = (*(self.select or settings.select), *settings.extend_select, *self.extend_select)
+        return chosen, (*settings.ignore, *self.ignore)
 
 
 @dataclass
 class Workspace:
-    settings: Settings
-    select: tuple[str, ...]
-    ignore: tuple[str, ...]
+    resolver: SettingsResolver
+    selection: Selection
     rules: tuple[type[Rule], ...]
     files: list[SourceFile]
     problems: list[Diagnostic]
+    # things worth saying that are not findings (ruff's `warning:` lines)
+    warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def open(
@@ -35,45 +52,98 @@ class Workspace:
         ignore: Sequence[str] = (),
         extend_select: Sequence[str] = (),
         config_path: str | None = None,
+        overrides: dict | None = None,
     ) -> "Workspace":
         paths = list(paths) or ["."]
-        settings = load_settings(paths[0], config_path)
-        chosen_select = tuple(select) or settings.select
-        chosen = (*chosen_select, *settings.extend_select, *extend_select)
-        ignored = (*settings.ignore, *ignore)
-        files, problems = discover(paths, settings.root, settings.exclude)
-        return cls(
-            settings=settings,
-            select=chosen,
-            ignore=ignored,
-            rules=enabled_rules(chosen, ignored),
+        resolver = SettingsResolver(config_path, overrides)
+        selection = Selection(tuple(select), tuple(ignore), tuple(extend_select))
+        excludes: dict[str | None, list[IgnorePattern]] = {}
+        exclude_problems: list[Diagnostic] = []
+
+        def excluded_in(folder: str) -> list[IgnorePattern]:
+            settings = resolver.for_folder(folder)
+            if settings.config_path not in excludes:
+                patterns, problems = exclude_patterns(settings.root, settings.exclude)
+                excludes[settings.config_path] = patterns
+                exclude_problems.extend(problems)
+            return excludes[settings.config_path]
+
+        files, problems = discover(paths, excluded_in)
+        for file in files:
+            resolver.for_path(file.path)
+        used = resolver.used
+        # every rule any file's configuration enables runs; `keep` drops what a file's own does not
+        rules = tuple(dict.fromkeys(rule for settings in used for rule in enabled_rules(*selection.over(settings))))
+        workspace = cls(
+            resolver=resolver,
+            selection=selection,
+            rules=rules,
             files=files,
-            problems=[*settings.problems, *problems],
+            problems=[*(d for settings in used for d in settings.problems), *exclude_problems, *problems],
         )
+        workspace.warnings = workspace._unmatched_per_file_ignores(paths)
+        return workspace
+
+    def settings_for(self, path: str) -> Settings:
+        return self.resolver.for_path(path)
 
     def cache(self, directory: str | None = None) -> ResultCache:
-        """The result cache for this rule set and project root, in `directory` (default: the
-        user's cache folder, never one the checked tree provides)."""
+        """The result cache for this rule set, keyed on the folder paths are relative to, in
+        `directory` (default: the user's cache folder, never one the checked tree provides)."""
         key = ",".join(rule.code for rule in self.rules)
-        return ResultCache(directory or default_cache_dir(), key, self.settings.root)
+        return ResultCache(directory or default_cache_dir(), key, os.getcwd())
 
     def keep(self, diagnostics: Sequence[Diagnostic]) -> list[Diagnostic]:
-        """Drop findings of codes that are ignored (tool codes are on unless ignored) or
-        ignored for that file by `per-file-ignores`."""
+        """Drop findings of codes that the file's configuration (with the command line) does
+        not select (tool codes are on unless ignored), or ignores for that file."""
         tool = {t.code for t in TOOL_CODES}
         kept = []
         for d in diagnostics:
-            if d.code in tool and not is_enabled(d.code, ["ALL"], self.ignore):
+            settings = self.settings_for(d.path)
+            select, ignore = self.selection.over(settings)
+            if not is_enabled(d.code, ["ALL"] if d.code in tool else select, ignore):
                 continue
-            if self._ignored_for_file(d):
+            if self._ignored_for_file(d, settings):
                 continue
             kept.append(d)
         return kept
 
-    def _ignored_for_file(self, diagnostic: Diagnostic) -> bool:
-        relative = os.path.relpath(os.path.abspath(diagnostic.path), self.settings.root).replace(os.sep, "/")
-        for pattern, codes in self.settings.per_file_ignores:
-            if fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(os.path.basename(relative), pattern):
-                if is_enabled(diagnostic.code, codes, ()):
-                    return True
-        return False
+    def fails(self, diagnostic: Diagnostic) -> bool:
+        """The finding fails the run under its file's `fail-on`."""
+        return severity_at_least(diagnostic, self.settings_for(diagnostic.path).fail_on)
+
+    def _ignored_for_file(self, diagnostic: Diagnostic, settings: Settings) -> bool:
+        return any(
+            is_enabled(diagnostic.code, codes, ()) and matches_or_inside(diagnostic.path, patterns, settings.root)
+            for patterns, codes in _per_file_ignores(settings)
+        )
+
+    def _unmatched_per_file_ignores(self, paths: Sequence[str]) -> list[str]:
+        """Per-file-ignores patterns that match no checked file, for configurations whose
+        whole folder was checked (a pre-commit run over a few files proves nothing)."""
+        walked = [os.path.abspath(p) for p in paths if os.path.isdir(p)]
+        warnings = []
+        for settings in self.resolver.used:
+            if settings.config_path is None or not any(
+                settings.root == folder or settings.root.startswith(folder.rstrip(os.sep) + os.sep) for folder in walked
+            ):
+                continue
+            governed = [f.path for f in self.files if self.settings_for(f.path) is settings]
+            for (patterns, _), (text, _) in zip(_per_file_ignores(settings), settings.per_file_ignores):
+                if not any(matches_or_inside(path, patterns, settings.root) for path in governed):
+                    warnings.append(f"{os.path.relpath(settings.config_path)}: per-file-ignores pattern {text!r} matches no file")
+        return warnings
+
+
+def _per_file_ignores(settings: Settings) -> list[tuple[list[IgnorePattern], tuple[str, ...]]]:
+    return _compiled_per_file_ignores(settings.root, settings.per_file_ignores)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_per_file_ignores(root: str, table: tuple) -> list[tuple[list[IgnorePattern], tuple[str, ...]]]:
+    """Each `per-file-ignores` glob (`**`, `{a,b}`, gitignore anchoring) as patterns."""
+    compiled = []
+    for glob, codes in table:
+        patterns = [p for option in expand_braces(glob) if (p := compile_pattern(option, root)) is not None]
+        compiled.append((patterns, codes))
+    return compiled

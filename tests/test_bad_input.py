@@ -28,7 +28,7 @@ EXPECTED = {
 
 
 def _check(paths: list[str], root: str) -> list[str]:
-    files, problems = discover(paths, root)
+    files, problems = discover(paths)
     report = check_files(files, SOURCE_RULES)
     return sorted(
         f"{os.path.relpath(d.path, root)}:{d.start.line}:{d.start.column}: {d.code} {d.message}"
@@ -49,12 +49,12 @@ def test_walking_the_folder_finds_the_same_and_ends_despite_the_loop() -> None:
 
 
 def test_folder_named_like_a_python_file_is_walked() -> None:
-    files, problems = discover([str(IO / "check_dir_named.py")], str(IO))
+    files, problems = discover([str(IO / "check_dir_named.py")])
     assert [os.path.basename(f.path) for f in files] == ["inner.py"] and problems == []
 
 
 def test_loop_folder_is_walked_once() -> None:
-    files, _ = discover([str(IO / "check_folder_loop")], str(IO))
+    files, _ = discover([str(IO / "check_folder_loop")])
     assert [os.path.relpath(f.path, IO) for f in files if "inside" in f.path] == [
         os.path.join("check_folder_loop", "inside.py")
     ]

@@ -6,13 +6,15 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from ema_lint.cli import main
-from ema_lint.config import load_settings
+from ema_lint.config import find_config, load_settings
 from ema_lint.diagnostics import Severity
-from ema_lint.discovery import compile_pattern, discover, is_ignored
+from ema_lint.discovery import compile_pattern, discover, exclude_patterns, is_ignored
 
 
 def _names(tmp_path: Path, paths=None, exclude=()) -> list[str]:
-    files, problems = discover([str(p) for p in (paths or [tmp_path])], str(tmp_path), exclude)
+    patterns, problems = exclude_patterns(str(tmp_path), exclude)
+    assert problems == []
+    files, problems = discover([str(p) for p in (paths or [tmp_path])], lambda folder: patterns)
     assert problems == []
     return [os.path.relpath(f.path, tmp_path).replace(os.sep, "/") for f in files]
 
@@ -67,7 +69,7 @@ def test_settings_read_from_nearest_pyproject(tmp_path: Path) -> None:
         'per-file-ignores = {"tests/*" = ["EMA001"]}\nfail-on = "warning"\n'
     )
     (tmp_path / "pkg").mkdir()
-    settings = load_settings(str(tmp_path / "pkg"))
+    settings = load_settings(find_config(str(tmp_path / "pkg")))
     assert settings.root == str(tmp_path)
     assert settings.select == ("EMA0",) and settings.ignore == ("EMA004",) and settings.exclude == ("gen",)
     assert settings.per_file_ignores == (("tests/*", ("EMA001",)),)
