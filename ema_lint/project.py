@@ -24,7 +24,11 @@ from dataclasses import dataclass, field
 from ema_lint.analysis.syntax import parse_any
 from ema_lint.analysis.torch_names import (
     BATCH_NORM_CONFIG_TYPES,
+    CUT_METHODS,
     EMA_HELPER_WORDS,
+    GRAD_OFF_CONTEXTS,
+    SCALAR_CASTS,
+    SHAPE_METHODS,
     IN_PLACE_METHODS,
     OPENMMLAB_CONV_MODULES,
     OPENMMLAB_NORM_CFG_POSITION,
@@ -223,6 +227,8 @@ class ModuleFacts:
     # False when summarized without `class_facts` and `function_returns`' values (see
     # `summarize`): the index extracts them from `ProjectIndex.sources` on first need
     structured: bool = True
+    # module-level functions whose every return holds no autograd history (see `returns_no_graph`)
+    graph_free_functions: tuple[str, ...] = ()
 
 
 @dataclass
@@ -370,6 +376,13 @@ class ProjectIndex:
         return facts is not None and (
             name in facts.imports or name in facts.classes or name in facts.function_returns or name in facts.aliases
         )
+
+    def returns_no_graph(self, module_name: str, dotted: str) -> bool:
+        """`dotted(...)`, called in `module_name`, is a checked function whose results never
+        hold autograd history (`ModuleFacts.graph_free_functions`)."""
+        module, _, name = self.qualify(module_name, dotted).rpartition(".")
+        facts = self.modules.get(module)
+        return facts is not None and name in facts.graph_free_functions
 
     def qualify(self, module_name: str, dotted: str) -> str:
         """The qualified name a dotted expression `a.b.c` written in `module_name` refers to."""
@@ -629,7 +642,68 @@ def summarize(module_name: str, source: bytes, is_package: bool = False, structu
         trains,
         read_names(names, scope) if mentions_checkpoint else (),
         structure,
+        tuple(f.name for f in functions if returns_no_graph(f)),
     )
+
+
+def _turns_grad_off(expression: ast.expr) -> bool:
+    """`torch.no_grad()`, `no_grad`, `torch.inference_mode()`, `torch.set_grad_enabled(False)`."""
+    target = expression.func if isinstance(expression, ast.Call) else expression
+    name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
+    if name in GRAD_OFF_CONTEXTS:
+        return True
+    return (
+        name == "set_grad_enabled"
+        and isinstance(expression, ast.Call)
+        and bool(expression.args)
+        and _constant_in(expression.args[0], frozenset({False}))
+    )
+
+
+def _cut_value(value: ast.expr) -> bool:
+    """A value that holds no autograd history whatever it is computed from: a constant, a
+    comparison, a string, a cast to a Python number, `.item()`/`.tolist()`/`.detach()`, a size."""
+    if isinstance(value, (ast.Constant, ast.Compare, ast.JoinedStr)):
+        return True
+    if isinstance(value, (ast.Tuple, ast.List)):
+        return all(_cut_value(element) for element in value.elts)
+    if isinstance(value, ast.Call):
+        function = value.func
+        if isinstance(function, ast.Attribute):
+            return function.attr in CUT_METHODS | SHAPE_METHODS
+        return isinstance(function, ast.Name) and function.id in SCALAR_CASTS
+    return False
+
+
+def returns_no_graph(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Every value `function` returns holds no autograd history: it runs with gradients off
+    (a decorator), or each `return` with a value sits under a grad-off `with` or returns a
+    cut value (the `accuracy(output, target, topk)` helpers of most training scripts)."""
+    if any(_turns_grad_off(decorator) for decorator in function.decorator_list):
+        return True
+    verdicts: list[bool] = []
+
+    def visit(statements: list[ast.stmt], grad_off: bool) -> None:
+        for statement in statements:
+            if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            if isinstance(statement, ast.Return):
+                if statement.value is not None:
+                    verdicts.append(grad_off or _cut_value(statement.value))
+                continue
+            off = grad_off or (
+                isinstance(statement, (ast.With, ast.AsyncWith))
+                and any(_turns_grad_off(item.context_expr) for item in statement.items)
+            )
+            for field_name in ("body", "orelse", "finalbody"):
+                block = getattr(statement, field_name, None)
+                if isinstance(block, list):
+                    visit(block, off)
+            for clause in (*getattr(statement, "handlers", ()), *getattr(statement, "cases", ())):
+                visit(clause.body, off)
+
+    visit(function.body, False)
+    return bool(verdicts) and all(verdicts)
 
 
 def _walk(tree: ast.AST) -> list[ast.AST]:

@@ -64,3 +64,53 @@ def test_a_loss_passed_to_an_accumulating_meter_keeps_its_graph(tmp_path: Path) 
         ("train.py", 14, "`losses` accumulates `loss` with its autograd graph, so every step's graph stays in memory"),
         ("train.py", 15, "`smooth` accumulates `loss` with its autograd graph, so every step's graph stays in memory"),
     ]
+
+
+METRICS = """\
+import torch
+
+
+def accuracy(output, target, topk=(1,)):
+    with torch.no_grad():
+        _, pred = output.topk(max(topk), 1, True, True)
+        correct = pred.t().eq(target.view(1, -1))
+        return [correct[:k].reshape(-1).float().sum(0) * 100.0 for k in topk]
+
+
+def count(output):
+    return output.numel(), output.sum().item()
+
+
+def logits(output):
+    return output * 2
+"""
+
+MEASURED = """\
+from pkg.meter import AverageMeter
+from pkg.metrics import accuracy, count, logits
+
+
+def train(model, loader, optimizer, criterion):
+    top1, sizes, raw = AverageMeter("Acc@1"), AverageMeter("n"), AverageMeter("raw")
+    for x, y in loader:
+        output = model(x)
+        loss = criterion(output, y)
+        loss.backward()
+        acc1, acc5 = accuracy(output, y, topk=(1, 5))
+        top1.update(acc1[0], x.size(0))
+        sizes.update(count(output)[1])
+        raw.update(logits(output))
+"""
+
+
+def test_a_value_from_a_function_that_returns_no_graph_is_not_reported(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "meter.py").write_text(METER)
+    (package / "metrics.py").write_text(METRICS)
+    (package / "train.py").write_text(MEASURED)
+    names = ("__init__.py", "meter.py", "metrics.py", "train.py")
+    report = check_files([SourceFile(str(package / name), str(tmp_path)) for name in names], [rule_for("EMA202")])
+    # `accuracy` returns under `no_grad`, `count` returns numbers; `logits` returns a graph
+    assert [(Path(d.path).name, d.start.line) for d in report.diagnostics] == [("train.py", 14)]

@@ -18,6 +18,13 @@ ARITHMETIC_CALLS = frozenset({"lerp", "mul", "add", "sub", "div", "addcmul", "le
 EMA_HELPER_WORDS = ("lerp", "ema", "avg", "average", "momentum", "update", "accumulate", "interpolat", "polyak", "blend")
 # Names an optimizer or a gradient step reads; a model EMA never does.
 GRADIENT_NAMES = frozenset({"grad", "grads", "gradient", "gradients", "d_p", "param_groups"})
+# Contexts and decorators that turn gradient recording off (`torch.set_grad_enabled(False)` too).
+GRAD_OFF_CONTEXTS = frozenset({"no_grad", "inference_mode"})
+# Calls whose result holds no autograd history, whatever their input: numbers, lists, arrays.
+CUT_METHODS = frozenset({"item", "tolist", "numpy", "detach"})
+SCALAR_CASTS = frozenset({"float", "int", "bool", "str", "len", "round"})
+# Tensor methods that return sizes and counts.
+SHAPE_METHODS = frozenset({"numel", "nelement", "size", "dim", "ndimension", "element_size"})
 # Names about autograd's mode, not a gradient (`if p.requires_grad:`).
 GRAD_MODE_NAMES = frozenset({"requires_grad", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled"})
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import libcst as cst
 import libcst.matchers as m
@@ -203,6 +203,8 @@ class Binding:
     blocks: tuple[int, ...] = ()
     # `name += value`: the name keeps its old value too
     augmented: bool = False
+    # bound under a grad-off context (or in a function that runs with gradients off)
+    grad_off: bool = False
 
 
 @dataclass(eq=False)
@@ -446,6 +448,7 @@ class _Collector(cst.BatchableCSTVisitor):
                     element_index,
                     tuple(self._blocks),
                     augmented,
+                    self._grad_off[-1] > 0 or self.function.grad_off_decorated,
                 )
             )
         elif isinstance(target, (cst.Tuple, cst.List)):
@@ -646,8 +649,12 @@ def names_in(node: cst.CSTNode) -> set[str]:
 class FileFacts:
     """Everything the autograd rules read about one module."""
 
-    def __init__(self, module: cst.Module, collector: "_Collector") -> None:
+    def __init__(
+        self, module: cst.Module, collector: "_Collector", returns_no_graph: Callable[[str], bool] = lambda dotted: False
+    ) -> None:
         self.module = module
+        # `returns_no_graph(dotted)`: the project knows the called function returns no history
+        self._returns_no_graph = returns_no_graph
         self.functions = collector.functions
         self.sites = collector.sites
         self.calls = collector.calls
@@ -905,6 +912,8 @@ class FileFacts:
         """Like `_sources`, for the value one binding gives its name."""
         if binding.element_index is not None and self._unpacked_element_is_free(binding):
             return False
+        if binding.grad_off and not binding.element_of and not isinstance(strip_parens(binding.value), (cst.Name, cst.Attribute)):
+            return False  # computed with gradients off: a new tensor without history (a bare name only aliases)
         if binding.element_of:
             kind = collection_kind(binding.value)
             if kind in PARAMETER_SOURCES:
@@ -976,7 +985,8 @@ class FileFacts:
             if not bindings:
                 return False
             for binding in bindings:
-                if binding.element_of or binding.element_index is not None:
+                # `a, b = stats.tolist()`: judged by the whole unpacked value
+                if binding.element_of:
                     return False
                 if not self._never_carries(binding.value, function, seen):
                     return False
@@ -1012,6 +1022,9 @@ class FileFacts:
                 return False
             if root_name(node.func) in self.numeric_names:
                 return False  # `roc_auc_score(...)`, `np.mean(...)`: a NumPy array or a number
+            dotted = dotted_text(node.func)
+            if dotted is not None and self._returns_no_graph(dotted):
+                return False  # `acc1, acc5 = accuracy(output, target, topk=(1, 5))`
             callee = self._callee(node)
             if callee is not None and callee.returns and callee not in self._judging:
                 # a function of this file: its result carries a graph when what it returns does
@@ -1100,7 +1113,14 @@ class AutogradRule(Rule):
 
     def leave_Module(self, original_node: cst.Module) -> None:
         context = self.context
-        facts = context.derived(FileFacts, lambda: FileFacts(original_node, context.collected(_Collector)))
+        facts = context.derived(
+            FileFacts,
+            lambda: FileFacts(
+                original_node,
+                context.collected(_Collector),
+                lambda dotted: context.project.returns_no_graph(context.module_name, dotted),
+            ),
+        )
         if not facts.foreign:
             self.check(facts)
 

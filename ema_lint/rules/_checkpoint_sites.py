@@ -100,6 +100,7 @@ class CheckpointSiteRule(Rule):
         self.classes: list[str] = []
         self.functions: list[cst.FunctionDef] = []
         self.no_grad_depth = 0
+        self.loops: list[cst.For] = []
         self._regions: dict[tuple[int, str], FunctionRegions] = {}
         self._module_tree: ast.Module | None = None
         # every `def` of the file in source order, in both trees: a libcst function is
@@ -159,6 +160,12 @@ class CheckpointSiteRule(Rule):
 
     def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
         self.functions.pop()
+
+    def visit_For(self, node: cst.For) -> None:
+        self.loops.append(node)
+
+    def leave_For(self, original_node: cst.For) -> None:
+        self.loops.pop()
 
     def visit_With(self, node: cst.With) -> None:
         if any(self._is_no_grad(item.item) for item in node.items):
@@ -327,7 +334,7 @@ class CheckpointSiteRule(Rule):
     def _path(self, call: cst.Call, region: Region, target: cst.BaseExpression, state: str) -> tuple[str, ...] | None:
         """The steps from the region's callable to a module holding `state`, if it runs one."""
         regions = self._function_regions(state)
-        expression = parse_expression(self.context.module.code_for_node(target))
+        expression = parse_expression(self.context.module.code_for_node(self._element_source(target)))
         if expression is None:
             return None
         if region.name == APPLY_ACTIVATION_CHECKPOINTING and (check_fn := argument(call, "check_fn", 99)):
@@ -335,6 +342,20 @@ class CheckpointSiteRule(Rule):
         if region.name == CHECKPOINT_SEQUENTIAL:
             return self._sequential_path(call, regions, expression, state)
         return regions.path(expression)
+
+    def _element_source(self, target: cst.BaseExpression) -> cst.BaseExpression:
+        """For a loop's own element (`for i, blk in enumerate(self.blocks2): checkpoint(blk, x)`),
+        the iterable it comes from: the name's other bindings (`blk` of the next stage's
+        loop) never reach this call. Any other target as it is."""
+        if not isinstance(target, cst.Name):
+            return target
+        for loop in reversed(self.loops):
+            bound = {n.value for n in m.findall(loop.target, m.Name())}
+            if target.value not in bound:
+                continue
+            rebound = m.findall(loop.body, m.AssignTarget(target=m.Name(target.value)) | m.For(target=m.Name(target.value)))
+            return target if rebound else loop.iter
+        return target
 
     def also_holds(self, site: CheckpointSite, state: str) -> bool:
         """Whether the region of `site` also runs a module holding `state`."""

@@ -1,0 +1,75 @@
+"""Where a value or module comes from is judged by what reaches the site: a value computed
+under `no_grad` holds no history, and a loop's element is an element of that loop's
+iterable, not of every loop that reuses the name."""
+
+from __future__ import annotations
+
+import textwrap
+
+from ema_lint.engine import check_source
+from ema_lint.registry import rule_for
+
+
+def _findings(code: str, source: str) -> list[int]:
+    result = check_source("m.py", textwrap.dedent(source).encode(), [rule_for(code)])
+    return [d.start.line for d in result.diagnostics if d.code == code]
+
+
+def test_state_updated_from_a_value_computed_without_gradients_is_not_reported() -> None:
+    source = """
+    import torch
+    import torch.nn.functional as F
+
+    class EMAHead(torch.nn.Module):
+        def forward(self, feats):
+            bases = self.bases.repeat(feats.size(0), 1, 1)
+            with torch.no_grad():
+                attention = torch.einsum("bcn,bck->bnk", feats, bases).softmax(dim=2)
+                bases = F.normalize(torch.einsum("bcn,bnk->bck", feats, attention), dim=1)
+            if self.training:
+                bases = bases.mean(dim=0, keepdim=True)
+                self.bases = (1 - self.momentum) * self.bases + self.momentum * bases
+            return bases
+
+    class Leaky(torch.nn.Module):
+        def forward(self, feats):
+            with torch.no_grad():
+                alias = feats
+            self.memory = 0.9 * self.memory + 0.1 * alias.mean(0)
+            return feats
+    """
+    # a bare name bound under `no_grad` only aliases: `alias` is still `feats`
+    assert _findings("EMA201", source) == [20]
+
+
+def test_a_reused_loop_name_resolves_to_its_own_loop() -> None:
+    source = """
+    import torch
+    from torch.utils import checkpoint
+
+    class Conv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm2d(4)
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(4)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stage1 = torch.nn.ModuleList([Conv() for _ in range(2)])
+            self.stage2 = torch.nn.ModuleList([Attention() for _ in range(2)])
+
+        def forward(self, x):
+            for i, blk in enumerate(self.stage1):
+                x = blk(x)
+            for i, blk in enumerate(self.stage2):
+                x = checkpoint.checkpoint(blk, x)
+            for blk in self.stage1:
+                x = checkpoint.checkpoint(blk, x)
+            return x
+    """
+    assert _findings("EMA101", source) == [27]
