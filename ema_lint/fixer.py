@@ -210,7 +210,8 @@ def _with_own_facts(project: ProjectIndex | None, module_name: str, source: byte
     if project is None or not module_name:
         return project
     try:
-        facts = summarize(module_name, source)
+        known = project.modules.get(module_name)
+        facts = summarize(module_name, source, renames=known.import_renames if known is not None else ())
     except (SyntaxError, ValueError):
         return project
     return project.with_module(facts)

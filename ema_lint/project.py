@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import ast
 import builtins
+import hashlib
+import sys
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
+from ema_lint.analysis.graph_free import returns_no_graph
 from ema_lint.analysis.syntax import parse_any
 from ema_lint.analysis.torch_names import (
     BATCH_NORM_CONFIG_TYPES,
-    CUT_METHODS,
     EMA_HELPER_WORDS,
-    GRAD_OFF_CONTEXTS,
-    SCALAR_CASTS,
-    SHAPE_METHODS,
     IN_PLACE_METHODS,
     OPENMMLAB_CONV_MODULES,
     OPENMMLAB_NORM_CFG_POSITION,
@@ -229,6 +229,8 @@ class ModuleFacts:
     structured: bool = True
     # module-level functions whose every return holds no autograd history (see `returns_no_graph`)
     graph_free_functions: tuple[str, ...] = ()
+    # top-level module names this file's imports mean under another name (see `separate_roots`)
+    import_renames: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -332,7 +334,7 @@ class ProjectIndex:
             facts = self.modules.get(module)
             if facts is not None and not facts.structured:
                 source, is_package = self.sources[module]
-                facts = summarize(module, source, is_package)
+                facts = summarize(module, source, is_package, renames=facts.import_renames)
             self._structured[module] = facts
         return self._structured[module]
 
@@ -371,11 +373,14 @@ class ProjectIndex:
             break
         return qualified
 
-    def _defines(self, module: str, name: str) -> bool:
+    def _defines(self, module: str, name: str, seen: frozenset[str] = frozenset()) -> bool:
+        """`module` binds `name`, itself or through its own `from ... import *` chain."""
         facts = self.modules.get(module)
-        return facts is not None and (
-            name in facts.imports or name in facts.classes or name in facts.function_returns or name in facts.aliases
-        )
+        if facts is None or module in seen:
+            return False
+        if name in facts.imports or name in facts.classes or name in facts.function_returns or name in facts.aliases:
+            return True
+        return any(self._defines(star, name, seen | {module}) for star in facts.star_imports)
 
     def returns_no_graph(self, module_name: str, dotted: str) -> bool:
         """`dotted(...)`, called in `module_name`, is a checked function whose results never
@@ -565,11 +570,24 @@ class ProjectIndex:
 # ---------------------------------------------------------------------------------------
 
 
-def summarize(module_name: str, source: bytes, is_package: bool = False, structure: bool = True) -> ModuleFacts:
+def summarize(
+    module_name: str,
+    source: bytes,
+    is_package: bool = False,
+    structure: bool = True,
+    renames: tuple[tuple[str, str], ...] = (),
+) -> ModuleFacts:
     """Facts for one file (`is_package`: it is a package's `__init__.py`, the base of its
     relative imports); with `structure=False`, without the class facts and function returns
-    (over half the cost), which `ProjectIndex` then extracts when it needs them. Raises
+    (over half the cost), which `ProjectIndex` then extracts when it needs them; `renames`:
+    top-level modules its imports mean under another name (see `separate_roots`). Raises
     SyntaxError (or ValueError for NUL bytes) when it does not parse."""
+    renamed = dict(renames)
+
+    def absolute(name: str) -> str:
+        top, dot, rest = name.partition(".")
+        return f"{renamed[top]}{dot}{rest}" if top in renamed else name
+
     tree = parse_any(source)
     nodes = _walk(tree)  # walked once; each structural fact below reads the kinds it needs
     of_kind: dict[type, list[ast.AST]] = {}
@@ -587,12 +605,13 @@ def summarize(module_name: str, source: bytes, is_package: bool = False, structu
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.asname:
-                    imports[alias.asname] = alias.name
+                    imports[alias.asname] = absolute(alias.name)
                 else:
                     top = alias.name.partition(".")[0]
-                    imports[top] = top
+                    imports[top] = absolute(top)
         elif isinstance(node, ast.ImportFrom):
             base = _absolute_module(package, node.module, node.level)
+            base = absolute(base) if node.level == 0 else base
             for alias in node.names:
                 if alias.name == "*":
                     star_imports.append(base)
@@ -643,67 +662,8 @@ def summarize(module_name: str, source: bytes, is_package: bool = False, structu
         read_names(names, scope) if mentions_checkpoint else (),
         structure,
         tuple(f.name for f in functions if returns_no_graph(f)),
+        tuple(renames),
     )
-
-
-def _turns_grad_off(expression: ast.expr) -> bool:
-    """`torch.no_grad()`, `no_grad`, `torch.inference_mode()`, `torch.set_grad_enabled(False)`."""
-    target = expression.func if isinstance(expression, ast.Call) else expression
-    name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
-    if name in GRAD_OFF_CONTEXTS:
-        return True
-    return (
-        name == "set_grad_enabled"
-        and isinstance(expression, ast.Call)
-        and bool(expression.args)
-        and _constant_in(expression.args[0], frozenset({False}))
-    )
-
-
-def _cut_value(value: ast.expr) -> bool:
-    """A value that holds no autograd history whatever it is computed from: a constant, a
-    comparison, a string, a cast to a Python number, `.item()`/`.tolist()`/`.detach()`, a size."""
-    if isinstance(value, (ast.Constant, ast.Compare, ast.JoinedStr)):
-        return True
-    if isinstance(value, (ast.Tuple, ast.List)):
-        return all(_cut_value(element) for element in value.elts)
-    if isinstance(value, ast.Call):
-        function = value.func
-        if isinstance(function, ast.Attribute):
-            return function.attr in CUT_METHODS | SHAPE_METHODS
-        return isinstance(function, ast.Name) and function.id in SCALAR_CASTS
-    return False
-
-
-def returns_no_graph(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    """Every value `function` returns holds no autograd history: it runs with gradients off
-    (a decorator), or each `return` with a value sits under a grad-off `with` or returns a
-    cut value (the `accuracy(output, target, topk)` helpers of most training scripts)."""
-    if any(_turns_grad_off(decorator) for decorator in function.decorator_list):
-        return True
-    verdicts: list[bool] = []
-
-    def visit(statements: list[ast.stmt], grad_off: bool) -> None:
-        for statement in statements:
-            if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                continue
-            if isinstance(statement, ast.Return):
-                if statement.value is not None:
-                    verdicts.append(grad_off or _cut_value(statement.value))
-                continue
-            off = grad_off or (
-                isinstance(statement, (ast.With, ast.AsyncWith))
-                and any(_turns_grad_off(item.context_expr) for item in statement.items)
-            )
-            for field_name in ("body", "orelse", "finalbody"):
-                block = getattr(statement, field_name, None)
-                if isinstance(block, list):
-                    visit(block, off)
-            for clause in (*getattr(statement, "handlers", ()), *getattr(statement, "cases", ())):
-                visit(clause.body, off)
-
-    visit(function.body, False)
-    return bool(verdicts) and all(verdicts)
 
 
 def _walk(tree: ast.AST) -> list[ast.AST]:
@@ -1577,6 +1537,61 @@ def _absolute_module(package: str, module: str | None, level: int) -> str:
     if module:
         parts.append(module)
     return ".".join(parts)
+
+
+def separate_roots(module_roots: Iterable[tuple[str, str]]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Python finds a script's imports in the script's own folder first (`sys.path[0]`), so
+    `import utils` in `a/train.py` means `a/utils.py` and in `b/train.py` means `b/utils.py`.
+    Given each file's (module name, import root), the renames each root needs: a top-level
+    name that more than one root defines becomes `name@<root hash>` in that root, for its
+    own modules and its imports alike, so neither hides the other and each resolves."""
+    tops: dict[str, set[str]] = {}
+    for module, root in module_roots:
+        tops.setdefault(module.partition(".")[0], set()).add(root)
+    renames: dict[str, list[tuple[str, str]]] = {}
+    for top, roots in sorted(tops.items()):
+        if len(roots) < 2 or not top:
+            continue
+        for root in roots:
+            tag = hashlib.blake2b(root.encode(), digest_size=4).hexdigest()
+            renames.setdefault(root, []).append((top, f"{top}@{tag}"))
+    return {root: tuple(pairs) for root, pairs in renames.items()}
+
+
+def sibling_imports(
+    module_roots: Sequence[tuple[str, str]], renames: dict[str, tuple[tuple[str, str], ...]]
+) -> dict[tuple[str, str], tuple[tuple[str, str], ...]]:
+    """A script imports the modules beside it by their bare names (`from utils import *` in
+    `pkg/train.py`, run as `python pkg/train.py`, means `pkg/utils.py`), whether or not its
+    folder is a package, and so do the modules that script imports. For each (module, root)
+    inside a package, the bare names of the modules beside it or beside a package above it
+    that name no top-level module of the root, the standard library or torch, as (bare
+    name, qualified module) renames for its imports, after the roots' `renames`."""
+    tops: dict[str, set[str]] = {}
+    children: dict[tuple[str, str], set[str]] = {}
+    for module, root in module_roots:
+        tops.setdefault(root, set()).add(module.partition(".")[0])
+        package, _, leaf = module.rpartition(".")
+        if package:
+            children.setdefault((root, package), set()).add(leaf)
+    found = {}
+    for module, root in module_roots:
+        # the script may sit in any package above the module: the nearest sibling wins
+        chosen: dict[str, str] = {}
+        package = module.rpartition(".")[0]
+        while package:
+            for name in children.get((root, package), ()):
+                if name not in chosen and name not in tops[root] and name not in sys.stdlib_module_names and name != "torch":
+                    chosen[name] = renamed_module(f"{package}.{name}", renames.get(root, ()))
+            package = package.rpartition(".")[0]
+        if chosen:
+            found[(root, module)] = tuple(sorted(chosen.items()))
+    return found
+
+
+def renamed_module(module: str, renames: tuple[tuple[str, str], ...]) -> str:
+    top, dot, rest = module.partition(".")
+    return f"{dict(renames).get(top, top)}{dot}{rest}"
 
 
 def module_name_for(path: str, root: str) -> str:

@@ -154,7 +154,14 @@ class ResultCache:
         for item in loaded:
             key = (item.file.path, item.digest)
             if item.source is not None and key in self._facts:
-                item.facts, item.syntax_error = self._facts[key]
+                facts, syntax_error = self._facts[key]
+                # the same bytes mean other facts under another module name or import renames
+                if facts is not None and (facts.module_name, facts.import_renames) != (
+                    item.file.module_name,
+                    item.file.import_renames,
+                ):
+                    continue
+                item.facts, item.syntax_error = facts, syntax_error
                 self._live_facts.add(key)
 
     def store_facts(self, loaded: "list[_Loaded]") -> None:

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Sequence
 from ema_lint.diagnostics import Diagnostic
 from ema_lint.engine import FileResult, check_source, tool_diagnostic, triage, undecodable
 from ema_lint.notebook import CellMap, Notebook, NotebookError, is_notebook
-from ema_lint.project import ModuleFacts, ProjectIndex, module_name_for, summarize
+from ema_lint.project import ModuleFacts, ProjectIndex, module_name_for, renamed_module, separate_roots, sibling_imports, summarize
 from ema_lint.result_cache import ResultCache
 from ema_lint.rule import Rule
 
@@ -34,10 +34,14 @@ MAX_FILE_BYTES = 10 * 1024 * 1024
 class SourceFile:
     path: str
     root: str
+    # top-level names this file's import root shares with another root (`separate_roots`)
+    renames: tuple[tuple[str, str], ...] = ()
+    # what its imports' top-level names mean: those renames, and sibling modules (`sibling_imports`)
+    import_renames: tuple[tuple[str, str], ...] = ()
 
     @property
     def module_name(self) -> str:
-        return module_name_for(self.path, self.root)
+        return renamed_module(module_name_for(self.path, self.root), self.renames)
 
     @property
     def is_notebook(self) -> bool:
@@ -125,6 +129,18 @@ def in_cells(loaded: _Loaded, result: FileResult) -> FileResult:
     return FileResult(result.path, mapped, parsed=result.parsed, skipped=result.skipped)
 
 
+def with_separate_roots(files: Sequence[SourceFile]) -> list[SourceFile]:
+    """`files`, each told what its imports mean: the renames its import root needs (see
+    `separate_roots`) and its sibling modules (see `sibling_imports`)."""
+    names = [(module_name_for(f.path, f.root), f.root) for f in files]
+    renames = separate_roots(names)
+    siblings = sibling_imports(names, renames)
+    return [
+        SourceFile(f.path, f.root, renames.get(f.root, ()), renames.get(f.root, ()) + siblings.get((f.root, name), ()))
+        for f, (name, _) in zip(files, names)
+    ]
+
+
 def _summarize(loaded: _Loaded) -> _Loaded:
     if loaded.source is None:
         return loaded
@@ -134,6 +150,7 @@ def _summarize(loaded: _Loaded) -> _Loaded:
             loaded.source,
             is_package=_is_package(loaded),
             structure=False,
+            renames=loaded.file.import_renames,
         )
     except SyntaxError as error:
         loaded.syntax_error = tool_diagnostic(
@@ -212,7 +229,7 @@ def load_and_index(
 ) -> tuple[list[_Loaded], ProjectIndex]:
     """Phase 1: every file's bytes and facts (or the problem that ends its check), and the
     project index built from them."""
-    loaded = [_load(f) for f in files]
+    loaded = [_load(f) for f in with_separate_roots(files)]
     if cache is not None:
         cache.fill_facts(loaded)
     _map_in_place(

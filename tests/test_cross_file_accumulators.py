@@ -3,6 +3,7 @@ the accumulation happens in the meter's `update`."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ema_lint.registry import rule_for
@@ -114,3 +115,49 @@ def test_a_value_from_a_function_that_returns_no_graph_is_not_reported(tmp_path:
     report = check_files([SourceFile(str(package / name), str(tmp_path)) for name in names], [rule_for("EMA202")])
     # `accuracy` returns under `no_grad`, `count` returns numbers; `logits` returns a graph
     assert [(Path(d.path).name, d.start.line) for d in report.diagnostics] == [("train.py", 14)]
+
+
+OLD_STYLE_ACCURACY = """\
+def accuracy(output, target, topk=(1,)):
+    batch_size = target.size(0)
+    _, pred = output.topk(max(topk), 1, True, True)
+    correct = pred.t().eq(target.view(1, -1).expand_as(pred.t()))
+    res = []
+    for k in topk:
+        correct_k = correct[:k].view(-1).float().sum(0, keepdim=True)
+        res.append(correct_k.mul_(100.0 / batch_size))
+    return res
+"""
+
+SCRIPT = """\
+from utils import *
+
+
+def train(model, loader, optimizer, criterion):
+    losses, top1 = AverageMeter("Loss"), AverageMeter("Acc@1")
+    for x, y in loader:
+        output = model(x)
+        loss = criterion(output, y)
+        loss.backward()
+        acc1, = accuracy(output, y)
+        losses.update(loss, x.size(0))
+        top1.update(acc1[0], x.size(0))
+"""
+
+
+def test_scripts_in_different_folders_each_import_their_own_utils(tmp_path: Path) -> None:
+    """`a/utils.py` and `b/utils.py` do not hide each other: each script's `from utils import *`
+    means the module beside it, through a package's own star imports too."""
+    for folder, meter in (("a", METER), ("b", "class AverageMeter:\n    def update(self, val, n=1):\n        pass\n")):
+        (tmp_path / folder / "utils").mkdir(parents=True)
+        (tmp_path / folder / "__init__.py").write_text("")
+        (tmp_path / folder / "utils" / "__init__.py").write_text("from utils.meters import *\nfrom utils.metrics import *\n")
+        (tmp_path / folder / "utils" / "meters.py").write_text(meter)
+        (tmp_path / folder / "utils" / "metrics.py").write_text(OLD_STYLE_ACCURACY)
+        (tmp_path / folder / "train.py").write_text(SCRIPT)
+    from ema_lint.discovery import discover
+
+    files, _ = discover([str(tmp_path)])
+    report = check_files(files, [rule_for("EMA202")])
+    # only `a`'s meter accumulates; the old-style `accuracy` returns `eq`-derived numbers
+    assert [(os.path.relpath(d.path, tmp_path), d.start.line) for d in report.diagnostics] == [("a/train.py", 11)]
