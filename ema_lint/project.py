@@ -1367,10 +1367,20 @@ def _accumulated_parameters(method, self_name: str | None) -> tuple[str, ...]:
 
 
 def _cuts(node: ast.AST) -> bool:
-    """`float(x)`, `x.item()`, `x.detach()`: no graph left."""
-    if isinstance(node, ast.Call):
-        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-        return name in _CUT_CALLS
+    """`float(x)`, `x.item()`, `x.detach()`, and any chain through one (`v.data.sum()`,
+    `v.detach().mean()`): no graph left."""
+    while isinstance(node, (ast.Call, ast.Attribute, ast.Subscript)):
+        if isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if name in _CUT_CALLS:
+                return True
+            node = node.func.value if isinstance(node.func, ast.Attribute) else None
+        elif isinstance(node, ast.Attribute):
+            if node.attr == "data":
+                return True
+            node = node.value
+        else:
+            node = node.value
     return isinstance(node, ast.Constant)
 
 

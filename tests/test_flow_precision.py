@@ -73,3 +73,37 @@ def test_a_reused_loop_name_resolves_to_its_own_loop() -> None:
             return x
     """
     assert _findings("EMA101", source) == [27]
+
+
+def test_values_that_cannot_hold_a_graph_are_not_accumulations() -> None:
+    source = """
+    import os
+    import torch
+
+    def train(model, loader, optimizer, criterion):
+        used, names, norms, paths, total = [], [], [], [], 0
+        for x, y in loader:
+            loss = criterion(model(x), y)
+            loss.backward()
+            for name, param in model.named_parameters():
+                used.append(param)
+                names.append(name)
+            norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+            paths.append(os.path.join("ckpt", "loss-{:.3f}".format(loss)))
+            total += loss
+    """
+    assert _findings("EMA202", source) == [15]
+
+
+def test_a_meter_that_sums_through_data_keeps_no_graph(tmp_path) -> None:
+    from ema_lint.project import summarize
+
+    facts = summarize(
+        "meters",
+        b"class Averager:\n    def add(self, v):\n        v = v.data.sum()\n        self.sum += v\n"
+        b"\nclass Leaky:\n    def add(self, v):\n        self.sum += v.sum()\n",
+    )
+    assert {c.name: c.accumulating_arguments for c in facts.class_facts} == {
+        "Averager": {},
+        "Leaky": {"add": ("0", "v")},
+    }

@@ -23,6 +23,13 @@ GRAD_OFF_CONTEXTS = frozenset({"no_grad", "inference_mode"})
 # Calls whose result holds no autograd history, whatever their input: numbers, lists, arrays.
 CUT_METHODS = frozenset({"item", "tolist", "numpy", "detach"})
 SCALAR_CASTS = frozenset({"float", "int", "bool", "str", "len", "round"})
+# torch functions whose result never carries a graph: `clip_grad_norm_` measures gradients
+# under `no_grad`, the others report memory or learning rates.
+NO_GRAPH_CALLS = frozenset(
+    {"clip_grad_norm_", "clip_grad_value_", "get_lr", "get_last_lr", "memory_allocated", "max_memory_allocated"}
+)
+# `for name, p in model.named_parameters()`: the first element of each item is a name.
+NAMED_ITEMS = frozenset({"named_parameters", "named_buffers", "named_modules", "named_children", "items"})
 # Tensor methods that return sizes and counts.
 SHAPE_METHODS = frozenset({"numel", "nelement", "size", "dim", "ndimension", "element_size"})
 # Names about autograd's mode, not a gradient (`if p.requires_grad:`).
@@ -46,7 +53,11 @@ HF_CHECKPOINTING_LAYER = "GradientCheckpointingLayer"
 HF_CHECKPOINTING_FUNC = "_gradient_checkpointing_func"
 
 # Libraries whose results are NumPy arrays or Python numbers, never tensors with a graph.
-NUMERIC_LIBRARIES = frozenset({"numpy", "sklearn", "scipy", "pandas", "math", "statistics", "random", "time", "timeit"})
+NUMERIC_LIBRARIES = frozenset(
+    {"numpy", "sklearn", "scipy", "pandas", "math", "statistics", "random", "time", "timeit"}
+    # the standard library's paths, text and files: strings and plain data
+    | {"os", "json", "re", "glob", "shutil", "pathlib", "datetime", "string", "socket", "platform"}
+)
 # Other deep-learning frameworks: a file that imports one of them and not torch holds no
 # torch autograd state at all.
 OTHER_FRAMEWORKS = frozenset({"mxnet", "tensorflow", "jax", "flax", "paddle", "oneflow", "mindspore", "keras"})

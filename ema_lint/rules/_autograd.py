@@ -26,7 +26,13 @@ import libcst as cst
 import libcst.matchers as m
 
 from ema_lint.analysis.names import dotted_text
-from ema_lint.analysis.torch_names import CONFIGURATION_CALLS, NUMERIC_LIBRARIES, OTHER_FRAMEWORKS
+from ema_lint.analysis.torch_names import (
+    CONFIGURATION_CALLS,
+    NAMED_ITEMS,
+    NO_GRAPH_CALLS,
+    NUMERIC_LIBRARIES,
+    OTHER_FRAMEWORKS,
+)
 from ema_lint.rule import Rule
 
 # Methods whose tensor arguments are the model's inputs during a training step.
@@ -461,6 +467,11 @@ class _Collector(cst.BatchableCSTVisitor):
                     self._bind_target(elements[0], cst.Integer("0"), element_of=False)
                     self._bind_target(elements[1], positional[0], element_of=True)
                     return
+            if element_of and len(elements) == 2 and isinstance(value, cst.Call) and attribute_name(value.func) in NAMED_ITEMS:
+                # `for name, p in model.named_parameters()`: `name` is a string key
+                self._bind_target(elements[0], cst.SimpleString('""'), element_of=False)
+                self._bind_target(elements[1], value, element_of=True)
+                return
             if element_of and m.matches(value, m.Call(func=m.Name("zip"))):
                 positional = [a.value for a in value.args if a.keyword is None]
                 if len(positional) == len(elements):
@@ -1022,6 +1033,12 @@ class FileFacts:
                 return False
             if root_name(node.func) in self.numeric_names:
                 return False  # `roc_auc_score(...)`, `np.mean(...)`: a NumPy array or a number
+            if name in NO_GRAPH_CALLS:
+                return False  # `grad_norm = clip_grad_norm_(model.parameters(), 1.0)`
+            if isinstance(node.func, cst.Attribute) and isinstance(
+                node.func.value, (cst.SimpleString, cst.ConcatenatedString, cst.FormattedString)
+            ):
+                return False  # `"loss {:.3f}".format(loss)`: a string
             dotted = dotted_text(node.func)
             if dotted is not None and self._returns_no_graph(dotted):
                 return False  # `acc1, acc5 = accuracy(output, target, topk=(1, 5))`

@@ -6,12 +6,15 @@ from ema_lint.analysis.names import dotted_text
 from ema_lint.diagnostics import Applicability, Fix, Severity
 from ema_lint.rule import Example
 from ema_lint.rules._autograd import (
+    PARAMETER_SOURCES,
     Function,
     one_line,
     AutogradRule,
     Accumulation,
     FileFacts,
     accumulation,
+    attribute_name,
+    collection_kind,
     detached,
     root_name,
     strip_parens,
@@ -150,6 +153,8 @@ class LossAccumulatedWithGraph(AutogradRule):
             return False
         if not facts.may_carry_graph_at(found.value, site):
             return False
+        if _stores_parameter(found):
+            return False
         return any(self._carried_across(facts, found, loop) for loop in site.loops if loop.runs_backward)
 
     @staticmethod
@@ -231,4 +236,23 @@ class LossAccumulatedWithGraph(AutogradRule):
                 losses.append(loss.detach())
             """,
         ),
+    )
+
+
+def _stores_parameter(found: Accumulation) -> bool:
+    """`used.append(p)` for `p` of `model.parameters()`: a list that holds the parameters
+    themselves (leaves) keeps no step's graph; arithmetic on them (`total += p`) would."""
+    statement = found.site.statement
+    if not (
+        isinstance(statement, cst.Expr)
+        and isinstance(statement.value, cst.Call)
+        and attribute_name(statement.value.func) in ("append", "extend", "insert")
+    ):
+        return False
+    value = strip_parens(found.value)
+    if not isinstance(value, cst.Name):
+        return False
+    bindings = found.site.function.bindings.get(value.value, ())
+    return bool(bindings) and all(
+        b.element_of and collection_kind(b.value) in PARAMETER_SOURCES for b in bindings
     )
