@@ -9,6 +9,7 @@ key, the value is ignored, and checking goes on with the rest of the settings.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -143,7 +144,51 @@ def _read_table(path: str, chain: tuple[str, ...], *, explicit: bool = False) ->
         message = f"`extend` of {base!r} makes a cycle; not followed"
         return table, text, [tool_diagnostic("EMA002", path, message, _key_line(text, "extend"))]
     inherited, _, problems = _read_table(base_path, (*chain, path), explicit=True)
+    inherited = _rebased(inherited, os.path.dirname(base_path), os.path.dirname(path))
     return {**inherited, **table}, text, problems
+
+
+def _rebased(table: dict, base_root: str, root: str) -> dict:
+    """An extended file's path patterns, which are relative to its own folder, rewritten
+    relative to `root`, the folder of the file that extends it."""
+    table = dict(table)
+    for key in ("exclude", "extend-exclude"):
+        if isinstance(table.get(key), list):
+            table[key] = [p for p in (_rebase(p, base_root, root) for p in table[key]) if p is not None]
+    if isinstance(table.get("per-file-ignores"), dict):
+        table["per-file-ignores"] = {
+            rebased: codes
+            for glob, codes in table["per-file-ignores"].items()
+            if (rebased := _rebase(glob, base_root, root)) is not None
+        }
+    return table
+
+
+def _rebase(pattern: str, base_root: str, root: str) -> str | None:
+    """`pattern` (gitignore syntax, relative to `base_root`) relative to `root`; None when
+    it can match nothing under `root`. A pattern without an inner `/` matches anywhere."""
+    if not isinstance(pattern, str):
+        return pattern
+    negation = "!" if pattern.startswith("!") else ""
+    body = pattern[len(negation) :].removeprefix("./")
+    if "/" not in body.rstrip("/") and not body.startswith("/"):
+        return pattern
+    below = os.path.relpath(root, base_root)
+    if below == ".":
+        return pattern
+    if below.startswith(".."):
+        return None  # anchored in another folder: no file under `root` is there
+    segments = body.lstrip("/").split("/")
+    for part in below.split(os.sep):
+        if not segments:
+            return None
+        if segments[0] == "**":
+            return negation + "/".join(segments)
+        if not fnmatch.fnmatchcase(part, segments[0]):
+            return None
+        segments = segments[1:]
+    rest = "/".join(segments)
+    return negation + "/" + rest if rest else None
 
 
 class SettingsResolver:
@@ -153,7 +198,18 @@ class SettingsResolver:
 
     def __init__(self, config_file: str | None = None, overrides: dict | None = None):
         self._config_file = config_file
-        self._overrides = overrides or {}
+        # each `KEY = VALUE` is judged once, against the command line, and dropped if bad
+        self.problems: list[Diagnostic] = []
+        self._overrides = {}
+        for key, value in (overrides or {}).items():
+            if key == "extend":
+                self.problems.append(tool_diagnostic("EMA002", COMMAND_LINE, "`extend` cannot be given with --config"))
+                continue
+            judged = _settings_from_table({key: value}, os.path.abspath("."), COMMAND_LINE, "")
+            if judged.problems:
+                self.problems.extend(judged.problems)
+            else:
+                self._overrides[key] = value
         self._by_config: dict[str | None, Settings] = {}
         self._config_of_folder: dict[str, str | None] = {}
 

@@ -78,8 +78,8 @@ def compile_pattern(pattern: str, base: str) -> IgnorePattern | None:
         return None
     negated = pattern.startswith("!")
     pattern = pattern[1:] if negated else pattern
-    if pattern.startswith("\\"):
-        pattern = pattern[1:]
+    if pattern.startswith(("\\#", "\\!")):
+        pattern = pattern[1:]  # other escapes stay for `_segment_regex`
     folders_only = pattern.endswith("/")
     pattern = pattern.rstrip("/")
     anchored = "/" in pattern
@@ -166,7 +166,7 @@ def exclude_patterns(root: str, exclude: Sequence[str]) -> tuple[list[IgnorePatt
     that are not valid globs as EMA002."""
     patterns, problems = [], []
     for line in exclude:
-        pattern = compile_pattern(line, root)
+        pattern = compile_pattern(line.removeprefix("./"), root)
         if pattern is not None:
             patterns.append(pattern)
         elif line.strip() and not line.lstrip().startswith("#"):

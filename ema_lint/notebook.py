@@ -40,6 +40,10 @@ class NotebookError(ValueError):
     """The file is not a notebook this tool can read or write."""
 
 
+class NotPython(NotebookError):
+    """A notebook of another language (R, Julia): skipped, as ruff skips it."""
+
+
 @dataclass(frozen=True)
 class _Cell:
     index: int  # position in the notebook's `cells` list
@@ -101,7 +105,7 @@ class Notebook:
             raise NotebookError("no `cells` list, so not an nbformat 4 notebook")
         language = _kernel_language(self.document)
         if language not in (None, "python"):
-            raise NotebookError(f"a {language} notebook, not Python; not checked")
+            raise NotPython(f"a {language} notebook, not Python; not checked")
         self.raw = raw
         self.cells = self._code_cells(cells)
 
@@ -195,11 +199,22 @@ def _kernel_language(document: dict) -> str | None:
 
 def _looks_magic(line: str) -> bool:
     stripped = line.strip()
-    return (
-        stripped.startswith(("%", "!", "?"))
-        or (stripped.endswith("?") and not stripped.startswith("#"))
-        or bool(_MAGIC_ASSIGNMENT.match(line))
-    )
+    code = _code_part(line).strip()  # `x += 1  # why?` is Python: the `?` is in a comment
+    return stripped.startswith(("%", "!", "?")) or code.endswith("?") or bool(_MAGIC_ASSIGNMENT.match(line))
+
+
+def _code_part(line: str) -> str:
+    """`line` without its comment (a `#` outside a string)."""
+    quote = ""
+    for i, char in enumerate(line):
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "#":
+            return line[:i]
+    return line
 
 
 def _magic_lines(text: str) -> list[bool]:
@@ -259,13 +274,19 @@ def _neutralised(text: str) -> list[str]:
 
 
 def _restore_magics(original: str, fixed: str) -> str:
-    """`fixed` with each placeholder line replaced, in order, by the magic it stands for."""
+    """`fixed` with each placeholder line replaced, in order, by the magic it stands for. A
+    cell magic (`%%capture`) must stay the cell's first line: lines a fix put above it move
+    just below it."""
     lines = original.splitlines(keepends=True)
     magics = [line for line, magic in zip(lines, _magic_lines(original)) if magic]
     lines = fixed.splitlines(keepends=True)
     placeholders = [i for i, line in enumerate(lines) if line.strip() == _MAGIC_PLACEHOLDER]
     if len(placeholders) != len(magics):
         raise NotebookError("a fix removed an IPython magic line; not rewritten")
+    if magics and magics[0].lstrip().startswith("%%") and placeholders[0] > 0:
+        first = placeholders[0]
+        lines = [lines[first], *lines[:first], *lines[first + 1 :]]
+        placeholders = [0, *placeholders[1:]]
     for i, magic in zip(placeholders, magics):
         ending = "\n" if lines[i].endswith("\n") else ""
         lines[i] = magic.rstrip("\n") + ending
@@ -285,13 +306,18 @@ def _json_layout(raw: bytes, document: dict) -> tuple | None:
     for indent, ensure_ascii, sort_keys in _LAYOUTS:
         for ending in ("\n", ""):
             layout = (indent, ensure_ascii, sort_keys, ending)
-            if _serialise(document, layout) == raw:
-                return layout
+            try:
+                if _serialise(document, layout) == raw:
+                    return layout
+            except NotebookError:
+                continue
     return None
 
 
 def _serialise(document: dict, layout: tuple) -> bytes:
     indent, ensure_ascii, sort_keys, ending = layout
-    return (json.dumps(document, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys) + ending).encode(
-        "utf-8"
-    )
+    text = json.dumps(document, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys) + ending
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate (`"\ud83d"`) only ensure_ascii can write
+        raise NotebookError(f"its JSON cannot be written as UTF-8 ({error.reason})") from None

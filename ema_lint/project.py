@@ -373,14 +373,20 @@ class ProjectIndex:
             break
         return qualified
 
-    def _defines(self, module: str, name: str, seen: frozenset[str] = frozenset()) -> bool:
-        """`module` binds `name`, itself or through its own `from ... import *` chain."""
-        facts = self.modules.get(module)
-        if facts is None or module in seen:
-            return False
-        if name in facts.imports or name in facts.classes or name in facts.function_returns or name in facts.aliases:
-            return True
-        return any(self._defines(star, name, seen | {module}) for star in facts.star_imports)
+    def _defines(self, module: str, name: str) -> bool:
+        """`module` binds `name`, itself or through its own `from ... import *` chain (each
+        module visited once, so diamonds of star imports cost linear time)."""
+        pending, seen = [module], set()
+        while pending:
+            current = pending.pop()
+            facts = self.modules.get(current)
+            if facts is None or current in seen:
+                continue
+            seen.add(current)
+            if name in facts.imports or name in facts.classes or name in facts.function_returns or name in facts.aliases:
+                return True
+            pending.extend(facts.star_imports)
+        return False
 
     def returns_no_graph(self, module_name: str, dotted: str) -> bool:
         """`dotted(...)`, called in `module_name`, is a checked function whose results never
@@ -1374,6 +1380,8 @@ def _cuts(node: ast.AST) -> bool:
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
             if name in _CUT_CALLS:
                 return True
+            if not all(_cuts(argument) for argument in node.args):
+                return False  # `w.data.mul(val)`: the argument brings its own graph
             node = node.func.value if isinstance(node.func, ast.Attribute) else None
         elif isinstance(node, ast.Attribute):
             if node.attr == "data":
@@ -1569,14 +1577,17 @@ def separate_roots(module_roots: Iterable[tuple[str, str]]) -> dict[str, tuple[t
 
 
 def sibling_imports(
-    module_roots: Sequence[tuple[str, str]], renames: dict[str, tuple[tuple[str, str], ...]]
-) -> dict[tuple[str, str], tuple[tuple[str, str], ...]]:
+    module_roots: Sequence[tuple[str, str]],
+    renames: dict[str, tuple[tuple[str, str], ...]],
+    imported: Sequence[frozenset[str]],
+) -> list[tuple[tuple[str, str], ...]]:
     """A script imports the modules beside it by their bare names (`from utils import *` in
     `pkg/train.py`, run as `python pkg/train.py`, means `pkg/utils.py`), whether or not its
-    folder is a package, and so do the modules that script imports. For each (module, root)
-    inside a package, the bare names of the modules beside it or beside a package above it
-    that name no top-level module of the root, the standard library or torch, as (bare
-    name, qualified module) renames for its imports, after the roots' `renames`."""
+    folder is a package, and so do the modules that script imports. For each (module, root),
+    with `imported` the top-level names its imports read, the names among them that no
+    top-level module of the root, the standard library or torch defines and that a module
+    beside it, or beside a package above it, does: as (bare name, qualified module) renames
+    for its imports, after the roots' `renames`. Linear in the files and their imports."""
     tops: dict[str, set[str]] = {}
     children: dict[tuple[str, str], set[str]] = {}
     for module, root in module_roots:
@@ -1584,19 +1595,38 @@ def sibling_imports(
         package, _, leaf = module.rpartition(".")
         if package:
             children.setdefault((root, package), set()).add(leaf)
-    found = {}
-    for module, root in module_roots:
-        # the script may sit in any package above the module: the nearest sibling wins
-        chosen: dict[str, str] = {}
-        package = module.rpartition(".")[0]
-        while package:
-            for name in children.get((root, package), ()):
-                if name not in chosen and name not in tops[root] and name not in sys.stdlib_module_names and name != "torch":
-                    chosen[name] = renamed_module(f"{package}.{name}", renames.get(root, ()))
-            package = package.rpartition(".")[0]
-        if chosen:
-            found[(root, module)] = tuple(sorted(chosen.items()))
+    found = []
+    for (module, root), names in zip(module_roots, imported, strict=True):
+        chosen = []
+        for name in sorted(names - tops[root]):
+            if name in sys.stdlib_module_names or name == "torch":
+                continue
+            # the script may sit in any package above the module: the nearest one wins
+            package = module.rpartition(".")[0]
+            while package and name not in children.get((root, package), ()):
+                package = package.rpartition(".")[0]
+            if package:
+                chosen.append((name, renamed_module(f"{package}.{name}", renames.get(root, ()))))
+        found.append(tuple(chosen))
     return found
+
+
+_IMPORT_LINE = re.compile(rb"^[ \t]*(?:from[ \t]+([A-Za-z_]\w*)|import[ \t]+([^\n#;]+))", re.MULTILINE)
+
+
+def imported_top_names(source: bytes) -> frozenset[str]:
+    """The top-level module names a file's `import` and `from` lines may read, from its bytes
+    (before any parse): every name its imports read is among them."""
+    names = set()
+    for match in _IMPORT_LINE.finditer(source):
+        if match.group(1):
+            names.add(match.group(1).decode())
+        else:
+            for part in match.group(2).split(b","):
+                word = re.match(rb"\s*\(?\s*([A-Za-z_]\w*)", part)
+                if word:
+                    names.add(word.group(1).decode())
+    return frozenset(names)
 
 
 def renamed_module(module: str, renames: tuple[tuple[str, str], ...]) -> str:

@@ -20,8 +20,8 @@ from typing import Callable, Iterable, Sequence
 
 from ema_lint.diagnostics import Diagnostic
 from ema_lint.engine import FileResult, check_source, tool_diagnostic, triage, undecodable
-from ema_lint.notebook import CellMap, Notebook, NotebookError, is_notebook
-from ema_lint.project import ModuleFacts, ProjectIndex, module_name_for, renamed_module, separate_roots, sibling_imports, summarize
+from ema_lint.notebook import CellMap, Notebook, NotebookError, NotPython, is_notebook
+from ema_lint.project import ModuleFacts, ProjectIndex, imported_top_names, module_name_for, renamed_module, separate_roots, sibling_imports, summarize
 from ema_lint.result_cache import ResultCache
 from ema_lint.rule import Rule
 
@@ -111,11 +111,18 @@ def _load(file: SourceFile) -> _Loaded:
     loaded.digest = hashlib.blake2b(loaded.source, digest_size=16).hexdigest()
     if file.is_notebook:
         try:
-            python, loaded.cells = Notebook(loaded.source).python()
+            python, cells = Notebook(loaded.source).python()
+            python_bytes = python.encode("utf-8")
+        except NotPython:
+            loaded.raw, loaded.source = loaded.source, b""  # nothing of it is Python to check
+            return loaded
         except NotebookError as error:
             loaded.problem = tool_diagnostic("EMA004", file.path, f"cannot read notebook: {error}")
             return loaded
-        loaded.raw, loaded.source = loaded.source, python.encode("utf-8")
+        except UnicodeEncodeError as error:
+            loaded.problem = tool_diagnostic("EMA004", file.path, f"cannot read notebook: {error.reason} in its code")
+            return loaded
+        loaded.raw, loaded.source, loaded.cells = loaded.source, python_bytes, cells
         return loaded
     loaded.problem = undecodable(file.path, loaded.source)
     return loaded
@@ -129,16 +136,17 @@ def in_cells(loaded: _Loaded, result: FileResult) -> FileResult:
     return FileResult(result.path, mapped, parsed=result.parsed, skipped=result.skipped)
 
 
-def with_separate_roots(files: Sequence[SourceFile]) -> list[SourceFile]:
-    """`files`, each told what its imports mean: the renames its import root needs (see
-    `separate_roots`) and its sibling modules (see `sibling_imports`)."""
-    names = [(module_name_for(f.path, f.root), f.root) for f in files]
+def _tell_imports(loaded: list[_Loaded]) -> None:
+    """Each file told what its imports mean: the renames its import root needs (see
+    `separate_roots`) and the modules beside it that its imports name (`sibling_imports`)."""
+    names = [(module_name_for(item.file.path, item.file.root), item.file.root) for item in loaded]
     renames = separate_roots(names)
-    siblings = sibling_imports(names, renames)
-    return [
-        SourceFile(f.path, f.root, renames.get(f.root, ()), renames.get(f.root, ()) + siblings.get((f.root, name), ()))
-        for f, (name, _) in zip(files, names)
-    ]
+    imported = [imported_top_names(item.source) if item.source is not None else frozenset() for item in loaded]
+    siblings = sibling_imports(names, renames, imported)
+    for item, (_, root), beside in zip(loaded, names, siblings):
+        own = renames.get(root, ())
+        if own or beside:
+            item.file = SourceFile(item.file.path, root, own, own + beside)
 
 
 def _summarize(loaded: _Loaded) -> _Loaded:
@@ -229,7 +237,8 @@ def load_and_index(
 ) -> tuple[list[_Loaded], ProjectIndex]:
     """Phase 1: every file's bytes and facts (or the problem that ends its check), and the
     project index built from them."""
-    loaded = [_load(f) for f in with_separate_roots(files)]
+    loaded = [_load(f) for f in files]
+    _tell_imports(loaded)
     if cache is not None:
         cache.fill_facts(loaded)
     _map_in_place(

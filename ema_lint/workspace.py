@@ -79,7 +79,12 @@ class Workspace:
             selection=selection,
             rules=rules,
             files=files,
-            problems=[*(d for settings in used for d in settings.problems), *exclude_problems, *problems],
+            problems=[
+                *resolver.problems,
+                *(d for settings in used for d in settings.problems),
+                *exclude_problems,
+                *problems,
+            ],
         )
         workspace.warnings = workspace._unmatched_per_file_ignores(paths)
         return workspace
@@ -114,8 +119,9 @@ class Workspace:
 
     def _ignored_for_file(self, diagnostic: Diagnostic, settings: Settings) -> bool:
         return any(
-            is_enabled(diagnostic.code, codes, ()) and matches_or_inside(diagnostic.path, patterns, settings.root)
-            for patterns, codes in _per_file_ignores(settings)
+            is_enabled(diagnostic.code, codes, ())
+            and matches_or_inside(diagnostic.path, patterns, settings.root) != negated
+            for patterns, codes, negated in _per_file_ignores(settings)
         )
 
     def _unmatched_per_file_ignores(self, paths: Sequence[str]) -> list[str]:
@@ -123,27 +129,33 @@ class Workspace:
         whole folder was checked (a pre-commit run over a few files proves nothing)."""
         walked = [os.path.abspath(p) for p in paths if os.path.isdir(p)]
         warnings = []
+        by_settings: dict[int, list[str]] = {}
+        for file in self.files:
+            by_settings.setdefault(id(self.settings_for(file.path)), []).append(file.path)
         for settings in self.resolver.used:
             if settings.config_path is None or not any(
                 settings.root == folder or settings.root.startswith(folder.rstrip(os.sep) + os.sep) for folder in walked
             ):
                 continue
-            governed = [f.path for f in self.files if self.settings_for(f.path) is settings]
-            for (patterns, _), (text, _) in zip(_per_file_ignores(settings), settings.per_file_ignores):
+            governed = by_settings.get(id(settings), [])
+            for (patterns, _, _), (text, _) in zip(_per_file_ignores(settings), settings.per_file_ignores):
                 if not any(matches_or_inside(path, patterns, settings.root) for path in governed):
                     warnings.append(f"{os.path.relpath(settings.config_path)}: per-file-ignores pattern {text!r} matches no file")
         return warnings
 
 
-def _per_file_ignores(settings: Settings) -> list[tuple[list[IgnorePattern], tuple[str, ...]]]:
+def _per_file_ignores(settings: Settings) -> list[tuple[list[IgnorePattern], tuple[str, ...], bool]]:
     return _compiled_per_file_ignores(settings.root, settings.per_file_ignores)
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_per_file_ignores(root: str, table: tuple) -> list[tuple[list[IgnorePattern], tuple[str, ...]]]:
-    """Each `per-file-ignores` glob (`**`, `{a,b}`, gitignore anchoring) as patterns."""
+def _compiled_per_file_ignores(root: str, table: tuple) -> list[tuple[list[IgnorePattern], tuple[str, ...], bool]]:
+    """Each `per-file-ignores` glob (`**`, `{a,b}`, gitignore anchoring, a leading `./`) as
+    patterns, and whether it is negated (`!tests/**`: the codes apply outside tests, as in ruff)."""
     compiled = []
     for glob, codes in table:
+        negated = glob.startswith("!")
+        glob = glob.removeprefix("!").removeprefix("./")
         patterns = [p for option in expand_braces(glob) if (p := compile_pattern(option, root)) is not None]
-        compiled.append((patterns, codes))
+        compiled.append((patterns, codes, negated))
     return compiled

@@ -171,3 +171,40 @@ def test_git_info_exclude_and_escaped_patterns_are_honoured(tmp_path: Path, monk
     )
     monkeypatch.chdir(tmp_path)
     assert _codes(".") == ["literalA.py:EMA202"]
+
+
+def test_an_extended_files_patterns_stay_relative_to_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(
+        tmp_path,
+        {
+            "ema-lint.toml": 'exclude = ["pkg/generated/"]\nper-file-ignores = { "pkg/legacy/*.py" = ["EMA2"] }\n',
+            "pkg/ema-lint.toml": 'extend = "../ema-lint.toml"\n',
+            "pkg/generated/model.py": ACCUMULATES,
+            "pkg/legacy/old.py": ACCUMULATES,
+            "pkg/new.py": ACCUMULATES,
+        },
+    )
+    monkeypatch.chdir(tmp_path)
+    assert _codes(".") == ["pkg/new.py:EMA202"]
+
+
+def test_a_negated_per_file_ignore_applies_everywhere_else(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(
+        tmp_path,
+        {"ema-lint.toml": 'per-file-ignores = { "!tests/**" = ["EMA202"] }\n', "src/s.py": ACCUMULATES, "tests/t.py": ACCUMULATES},
+    )
+    monkeypatch.chdir(tmp_path)
+    assert _codes(".") == ["tests/t.py:EMA202"]
+
+
+def test_a_bad_override_is_reported_once_against_the_command_line(monorepo: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["check", "--no-cache", "-j", "1", "-q", "--output-format", "concise", ".", "--config", 'fail-on = "bogus"']
+    )
+    assert result.output.count("EMA002") == 1 and "<--config>:1:1: EMA002 `fail-on` must be one of" in result.output
+
+
+def test_only_escaped_hash_and_bang_lose_their_backslash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path, {".git/HEAD": "", ".gitignore": "\\*.py\n", "train.py": ACCUMULATES})
+    monkeypatch.chdir(tmp_path)
+    assert _codes(".") == ["train.py:EMA202"]  # `\*.py` names a file called `*.py` only

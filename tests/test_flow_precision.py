@@ -107,3 +107,43 @@ def test_a_meter_that_sums_through_data_keeps_no_graph(tmp_path) -> None:
         "Averager": {},
         "Leaky": {"add": ("0", "v")},
     }
+
+
+def test_an_item_taken_under_no_grad_still_aliases_its_graph() -> None:
+    source = """
+    import torch
+
+    def train(model, loader, criterion):
+        total = 0
+        for x, y in loader:
+            outputs = model(x)
+            loss = criterion(outputs, y)
+            loss.backward()
+            with torch.no_grad():
+                first = outputs[0]
+                scaled = outputs * 2
+            total += first
+            total += scaled
+    """
+    assert _findings("EMA202", source) == [13]
+
+
+def test_a_cut_in_the_receiver_does_not_hide_a_graph_in_the_arguments() -> None:
+    from ema_lint.project import summarize
+
+    facts = summarize("meters", b"class Meter:\n    def update(self, val):\n        self.sum += self.weight.data.mul(val)\n")
+    assert facts.class_facts[0].accumulating_arguments == {"update": ("0", "val")}
+
+
+def test_star_import_diamonds_resolve_in_linear_time() -> None:
+    import time
+
+    from ema_lint.project import ProjectIndex, summarize
+
+    modules = [summarize(f"pkg.m{k}", f"from pkg.m{k + 1} import *\nfrom pkg.m{k + 2} import *\n".encode()) for k in range(40)]
+    modules.append(summarize("pkg.m40", b"def compute(x):\n    return x\n"))
+    index = ProjectIndex.from_facts(modules)
+    started = time.perf_counter()
+    assert index.resolve("pkg.m0.compute") == "pkg.m40.compute"
+    assert index.resolve("pkg.m0.nothing") == "pkg.m0.nothing"
+    assert time.perf_counter() - started < 1.0

@@ -140,7 +140,6 @@ def test_a_layout_that_cannot_be_reproduced_is_never_rewritten(tmp_path: Path) -
     [
         (b"{not json", "not valid notebook JSON"),
         (json.dumps({"cells": 5}).encode(), "no `cells` list"),
-        (json.dumps(_notebook(_code("x <- 1"), language="R")).encode(), "a r notebook, not Python"),
     ],
 )
 def test_unreadable_notebooks_are_reported_and_the_run_goes_on(tmp_path: Path, content: bytes, reason: str) -> None:
@@ -167,3 +166,32 @@ def test_a_fix_that_drops_a_magic_is_refused() -> None:
     notebook = Notebook(_jupyter_bytes(_notebook(_code("!ls\nx = 1\n"))))
     with pytest.raises(NotebookError, match="removed an IPython magic"):
         notebook.with_python("x = 2\n")
+
+
+def test_a_question_mark_in_a_comment_is_python(tmp_path: Path) -> None:
+    path = tmp_path / "q.ipynb"
+    loop = LOOP.replace("    total += loss\n", "    total += loss  # why?\n").replace("range(3):", "range(3):  # enough?")
+    path.write_bytes(_jupyter_bytes(_notebook(_code(IMPORTS), _code(BLOCK), _code(loop))))
+    codes = [line.split(": ")[1].split()[0] for line in _check(str(path), "--output-format", "concise").output.splitlines() if ": EMA" in line]
+    assert codes == ["EMA101", "EMA202"]
+
+
+def test_an_import_a_fix_needs_goes_below_a_cell_magic(tmp_path: Path) -> None:
+    path = tmp_path / "colab.ipynb"
+    first = "%%capture\n!pip install timm\nimport torch\nfrom torch.utils.checkpoint import checkpoint\n"
+    path.write_bytes(_jupyter_bytes(_notebook(_code(first), _code(BLOCK))))
+    assert CliRunner().invoke(main, ["fix", "--write", "-j", "1", str(path)]).exit_code == 0
+    cell = "".join(json.loads(path.read_bytes())["cells"][1]["source"])
+    assert cell.startswith("%%capture\nfrom ema_lint.runtime import running_stats_context_fn\n!pip install timm\n")
+
+
+def test_a_lone_surrogate_costs_only_its_notebook(tmp_path: Path) -> None:
+    (tmp_path / "bad.ipynb").write_text('{"cells": [{"cell_type": "code", "source": "x = \\"\\ud83d\\"\\n"}]}')
+    (tmp_path / "train.py").write_text(f"import torch\nfrom torch.utils.checkpoint import checkpoint\n{BLOCK}")
+    result = _check(str(tmp_path), "--output-format", "concise")
+    assert "bad.ipynb:1:1: EMA004 cannot read notebook" in result.output and "train.py:9:16: EMA101" in result.output
+
+
+def test_notebooks_of_other_languages_are_skipped_silently(tmp_path: Path) -> None:
+    (tmp_path / "r.ipynb").write_bytes(_jupyter_bytes(_notebook(_code("x <- 1"), language="R")))
+    assert _check(str(tmp_path)).output == "All checks passed!\n"

@@ -14,36 +14,47 @@ from ema_lint.analysis.torch_names import CUT_METHODS, GRAD_OFF_CONTEXTS, SCALAR
 # Methods whose result never carries a graph, whatever their receiver and arguments:
 # comparisons, index and sign functions, integer and boolean casts.
 NON_DIFFERENTIABLE_METHODS = frozenset(
-    {"eq", "ne", "lt", "le", "gt", "ge", "equal", "argmax", "argmin", "argsort", "nonzero", "sign", "long", "int", "bool"}
+    {"eq", "ne", "lt", "le", "gt", "ge", "equal", "argmax", "argmin", "argsort", "nonzero", "long", "int", "bool"}
 ) | CUT_METHODS | SHAPE_METHODS
 # Methods returning `(values, indices)`: the second element is integer positions.
 VALUES_AND_INDICES = frozenset({"topk", "max", "min", "sort", "kthvalue", "mode", "median"})
 _FREE = ast.Constant(None)  # stands for a value known to carry no graph
+_UNKNOWN = ast.Name("<unknown>")  # stands for a value this reading cannot see (a parameter)
+# Contexts and decorators that turn gradient recording back on inside a grad-off region.
+GRAD_ON_CONTEXTS = frozenset({"enable_grad"})
+
+
+def _grad_mode(expression: ast.expr) -> bool | None:
+    """False for a context or decorator that turns gradient recording off (`torch.no_grad()`,
+    `inference_mode()`, `set_grad_enabled(False)`), True for one that turns it on
+    (`enable_grad()`, `set_grad_enabled(True)`, `inference_mode(False)`), else None."""
+    target = expression.func if isinstance(expression, ast.Call) else expression
+    name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
+    first = expression.args[0] if isinstance(expression, ast.Call) and expression.args else None
+    flag = first.value if isinstance(first, ast.Constant) else None
+    if name == "no_grad" or (name == "inference_mode" and flag is not False):
+        return False
+    if name == "enable_grad" or (name == "inference_mode" and flag is False):
+        return True
+    if name == "set_grad_enabled" and isinstance(flag, bool):
+        return flag
+    return None
 
 
 def turns_grad_off(expression: ast.expr) -> bool:
-    """`torch.no_grad()`, `no_grad`, `torch.inference_mode()`, `torch.set_grad_enabled(False)`."""
-    target = expression.func if isinstance(expression, ast.Call) else expression
-    name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
-    if name in GRAD_OFF_CONTEXTS:
-        return True
-    return (
-        name == "set_grad_enabled"
-        and isinstance(expression, ast.Call)
-        and bool(expression.args)
-        and isinstance(expression.args[0], ast.Constant)
-        and expression.args[0].value is False
-    )
+    return _grad_mode(expression) is False
 
 
 def returns_no_graph(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    """Every value `function` returns holds no autograd history: it runs with gradients off
-    (a decorator), or each `return` with a value sits under a grad-off `with` or returns a
-    value made only of graph-free values (see `_GraphFree`)."""
-    if any(turns_grad_off(decorator) for decorator in function.decorator_list):
-        return True
+    """Every value `function` returns holds no autograd history: each `return` with a value
+    returns a new value made with gradients off (a decorator or a `with`, not undone by
+    `enable_grad`), or a value made only of graph-free values (see `_GraphFree`)."""
+    decorated_off = any(turns_grad_off(decorator) for decorator in function.decorator_list)
+    parameters = function.args.posonlyargs + function.args.args + function.args.kwonlyargs
+    parameters += [a for a in (function.args.vararg, function.args.kwarg) if a is not None]
     returns: list[tuple[ast.expr, bool]] = []
-    bindings: dict[str, list[ast.expr]] = {}
+    # a parameter holds whatever the caller passes: never graph-free, whatever it is rebound to
+    bindings: dict[str, list[ast.expr]] = {a.arg: [_UNKNOWN] for a in parameters}
 
     def visit(statements: list[ast.stmt], grad_off: bool) -> None:
         for statement in statements:
@@ -54,10 +65,10 @@ def returns_no_graph(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
                     returns.append((statement.value, grad_off))
                 continue
             _bind(statement, bindings, grad_off)
-            off = grad_off or (
-                isinstance(statement, (ast.With, ast.AsyncWith))
-                and any(turns_grad_off(item.context_expr) for item in statement.items)
-            )
+            off = grad_off
+            if isinstance(statement, (ast.With, ast.AsyncWith)):
+                modes = [_grad_mode(item.context_expr) for item in statement.items]
+                off = False if True in modes else (grad_off or False in modes)
             for field_name in ("body", "orelse", "finalbody"):
                 block = getattr(statement, field_name, None)
                 if isinstance(block, list):
@@ -65,11 +76,30 @@ def returns_no_graph(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
             for clause in (*getattr(statement, "handlers", ()), *getattr(statement, "cases", ())):
                 visit(clause.body, off)
 
-    visit(function.body, False)
+    visit(function.body, decorated_off)
     if not returns:
         return False
     free = _GraphFree(bindings)
-    return all(grad_off or free.expression(value) for value, grad_off in returns)
+    # under grad-off a new value has no history, but a returned name may alias an older one
+    return all((grad_off and not _aliases(value)) or free.expression(value) for value, grad_off in returns)
+
+
+def _aliases(value: ast.expr) -> bool:
+    """A value that may be an existing tensor rather than a new one: a name, an attribute,
+    an item, a conditional or a container of such."""
+    if isinstance(value, (ast.Name, ast.Attribute, ast.Subscript, ast.Starred)):
+        return True
+    if isinstance(value, ast.IfExp):
+        return _aliases(value.body) or _aliases(value.orelse)
+    if isinstance(value, (ast.Tuple, ast.List, ast.Set)):
+        return any(_aliases(element) for element in value.elts)
+    if isinstance(value, ast.Dict):
+        return any(_aliases(element) for element in value.values)
+    return False
+
+
+def _as_load(target: ast.expr) -> ast.expr:
+    return ast.Name(target.id) if isinstance(target, ast.Name) else target
 
 
 def _bind(statement: ast.stmt, bindings: dict[str, list[ast.expr]], grad_off: bool) -> None:
@@ -78,8 +108,17 @@ def _bind(statement: ast.stmt, bindings: dict[str, list[ast.expr]], grad_off: bo
 
     def bind(target: ast.expr, value: ast.expr) -> None:
         if isinstance(target, ast.Name):
-            made_without_graph = grad_off and not isinstance(value, (ast.Name, ast.Attribute))
+            made_without_graph = grad_off and not _aliases(value)
             bindings.setdefault(target.id, []).append(_FREE if made_without_graph else value)
+        elif isinstance(target, (ast.Subscript, ast.Attribute)):
+            # `losses[0] = criterion(...)`, `state.x = ...`: the container holds the value
+            owner = target.value
+            while isinstance(owner, (ast.Subscript, ast.Attribute)):
+                owner = owner.value
+            if isinstance(owner, ast.Name):
+                bindings.setdefault(owner.id, []).append(value)
+        elif isinstance(target, ast.Starred):
+            bind(target.value, value)
         elif isinstance(target, (ast.Tuple, ast.List)):
             elements = target.elts
             if isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(elements):
@@ -98,9 +137,15 @@ def _bind(statement: ast.stmt, bindings: dict[str, list[ast.expr]], grad_off: bo
     if isinstance(statement, ast.Assign):
         for target in statement.targets:
             bind(target, statement.value)
-    elif isinstance(statement, (ast.AugAssign, ast.AnnAssign)) and statement.value is not None:
-        if isinstance(statement.target, ast.Name):
-            bindings.setdefault(statement.target.id, []).append(statement.value)
+    elif isinstance(statement, ast.AugAssign):
+        # `loss *= 0.5` keeps what `loss` held
+        bind(statement.target, ast.BinOp(_as_load(statement.target), statement.op, statement.value))
+    elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+        bind(statement.target, statement.value)
+    elif isinstance(statement, (ast.With, ast.AsyncWith)):
+        for item in statement.items:
+            if item.optional_vars is not None:
+                bind(item.optional_vars, _UNKNOWN)
     elif isinstance(statement, (ast.For, ast.AsyncFor)):
         bind(statement.target, statement.iter)
     elif isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call):
@@ -121,6 +166,8 @@ class _GraphFree:
     def __init__(self, bindings: dict[str, list[ast.expr]]):
         self.bindings = bindings
         self.names = set(bindings)
+        # a name bound where this reading does not look (a walrus, a comprehension, `global`)
+        self.names -= _bound_elsewhere(bindings)
         changed = True
         while changed:
             changed = False
@@ -132,6 +179,8 @@ class _GraphFree:
     def expression(self, node: ast.expr) -> bool:
         if node is _FREE or isinstance(node, (ast.Constant, ast.Compare, ast.JoinedStr)):
             return True
+        if node is _UNKNOWN:
+            return False
         if isinstance(node, ast.Name):
             return node.id in self.names
         if isinstance(node, (ast.Tuple, ast.List)):
@@ -151,3 +200,14 @@ class _GraphFree:
                     return True
                 return self.expression(function.value) and all(self.expression(a) for a in node.args)
         return False
+
+
+def _bound_elsewhere(bindings: dict[str, list[ast.expr]]) -> set[str]:
+    """Names an expression binds (`(x := f())`): their values are not in `bindings`."""
+    found = set()
+    for values in bindings.values():
+        for value in values:
+            for node in ast.walk(value):
+                if isinstance(node, ast.NamedExpr) and isinstance(node.target, ast.Name):
+                    found.add(node.target.id)
+    return found

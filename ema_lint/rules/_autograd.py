@@ -613,6 +613,20 @@ def _is_constant(node: cst.BaseExpression) -> bool:
     )
 
 
+# Builtins that hand back the objects they are given (or containers of them).
+_PASS_THROUGH_CALLS = frozenset({"list", "tuple", "dict", "set", "sorted", "reversed", "min", "max", "next", "iter", "getattr"})
+
+
+def _made_new(value: cst.BaseExpression) -> bool:
+    """Arithmetic or a call that computes a new tensor, not one that may hand back an existing
+    one (`outputs[0]`, `x if c else y`, `list(outputs)`)."""
+    if isinstance(value, (cst.BinaryOperation, cst.UnaryOperation)):
+        return True
+    return isinstance(value, cst.Call) and not (
+        isinstance(value.func, cst.Name) and value.func.value in _PASS_THROUGH_CALLS
+    )
+
+
 def _leaves_torch(node: cst.BaseExpression) -> bool:
     """`x.numpy()`, `x.cpu().numpy()`, `x.tolist()`: a value handed to non-torch code."""
     return m.matches(node, m.Call(func=m.Attribute(attr=m.Name("numpy") | m.Name("tolist"))))
@@ -923,8 +937,8 @@ class FileFacts:
         """Like `_sources`, for the value one binding gives its name."""
         if binding.element_index is not None and self._unpacked_element_is_free(binding):
             return False
-        if binding.grad_off and not binding.element_of and not isinstance(strip_parens(binding.value), (cst.Name, cst.Attribute)):
-            return False  # computed with gradients off: a new tensor without history (a bare name only aliases)
+        if binding.grad_off and not binding.element_of and _made_new(strip_parens(binding.value)):
+            return False  # computed with gradients off: a new tensor without history
         if binding.element_of:
             kind = collection_kind(binding.value)
             if kind in PARAMETER_SOURCES:
