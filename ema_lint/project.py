@@ -822,6 +822,7 @@ def may_hold_loop_update(loops: list[ast.AST]) -> bool:
                     if _reads_a_name(node.value) and any(
                         (isinstance(t, ast.Subscript) or (isinstance(t, ast.Attribute) and t.attr == "data"))
                         and _follows(t, bound)
+                        and _averages_into(t, node.value, loop)
                         for t in node.targets
                     ):
                         return True
@@ -836,6 +837,43 @@ def may_hold_loop_update(loops: list[ast.AST]) -> bool:
                     ):
                         return True
     return False
+
+
+_WEIGHING_CALLS = frozenset({"lerp", "lerp_", "mul", "mul_", "add", "add_", "sub", "sub_", "div", "div_", "addcmul"})
+
+
+def _averages_into(target: ast.AST, value: ast.AST, loop: ast.AST) -> bool:
+    """What `model_ema_loops` asks of `target = value` (a store, not an in-place method): the
+    new value keeps part of the old one and weighs it, so `value`, with the temporaries it
+    reads from the loop's own assignments, reads `target`'s root name and holds arithmetic,
+    a weighing call or an EMA-named helper (`out[i] = f(x)` and dict fills hold neither)."""
+    root = target
+    while isinstance(root, (ast.Attribute, ast.Subscript)):
+        root = root.value
+    if not isinstance(root, ast.Name):
+        return True
+    temporaries: dict[str, list[ast.AST]] = {}
+    for node in ast.walk(loop):
+        if isinstance(node, ast.Assign):
+            for name in node.targets:
+                if isinstance(name, ast.Name):
+                    temporaries.setdefault(name.id, []).append(node.value)
+    reads_target = weighs = False
+    pending, seen = [value], set()
+    while pending:
+        for node in ast.walk(pending.pop()):
+            if isinstance(node, ast.BinOp):
+                weighs = True
+            elif isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if name in _WEIGHING_CALLS or any(word in name.lower() for word in EMA_HELPER_WORDS):
+                    weighs = True
+            elif isinstance(node, ast.Name):
+                reads_target = reads_target or node.id == root.id
+                if node.id in temporaries and node.id not in seen:
+                    seen.add(node.id)
+                    pending.extend(temporaries[node.id])
+    return reads_target and weighs
 
 
 def _follows(target: ast.AST, bound: set[str]) -> bool:
