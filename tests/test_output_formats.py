@@ -127,3 +127,14 @@ def test_github_escapes_properties_and_data() -> None:
 def test_no_color_and_non_tty_output_has_no_escape_codes(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_COLOR", "1")
     assert "\x1b[" not in _run("--show-source").output
+
+
+def test_control_characters_are_shown_escaped_in_text_output() -> None:
+    from ema_lint.diagnostics import Diagnostic, Location, Severity
+    from ema_lint.render import render_concise
+
+    finding = Diagnostic(
+        "EMA202", "loss-accumulated-with-graph", "`stats['\x1b[2J']` accumulates `loss`", "a\x1b]0;x\x07\n.py",
+        Location(1, 1), Location(1, 2), Severity.ERROR,
+    )
+    assert render_concise([finding]) == "a\\x1b]0;x\\x07\\x0a.py:1:1: EMA202 `stats['\\x1b[2J']` accumulates `loss`\n"

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import ast
 
-from ema_lint.analysis.torch_names import CUT_METHODS, GRAD_OFF_CONTEXTS, SCALAR_CASTS, SHAPE_METHODS
+from ema_lint.analysis.torch_names import GRAD_OFF_CONTEXTS, HISTORY_CUTTING_METHODS, SCALAR_CASTS, SHAPE_METHODS
 
 # Methods whose result never carries a graph, whatever their receiver and arguments:
 # comparisons, index and sign functions, integer and boolean casts.
 NON_DIFFERENTIABLE_METHODS = frozenset(
     {"eq", "ne", "lt", "le", "gt", "ge", "equal", "argmax", "argmin", "argsort", "nonzero", "long", "int", "bool"}
-) | CUT_METHODS | SHAPE_METHODS
+) | HISTORY_CUTTING_METHODS | SHAPE_METHODS
 # Methods returning `(values, indices)`: the second element is integer positions.
 VALUES_AND_INDICES = frozenset({"topk", "max", "min", "sort", "kthvalue", "mode", "median"})
 _FREE = ast.Constant(None)  # stands for a value known to carry no graph
 _UNKNOWN = ast.Name("<unknown>")  # stands for a value this reading cannot see (a parameter)
-# Contexts and decorators that turn gradient recording back on inside a grad-off region.
-GRAD_ON_CONTEXTS = frozenset({"enable_grad"})
 
 
 def _grad_mode(expression: ast.expr) -> bool | None:
@@ -32,9 +30,10 @@ def _grad_mode(expression: ast.expr) -> bool | None:
     name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
     first = expression.args[0] if isinstance(expression, ast.Call) and expression.args else None
     flag = first.value if isinstance(first, ast.Constant) else None
-    if name == "no_grad" or (name == "inference_mode" and flag is not False):
-        return False
-    if name == "enable_grad" or (name == "inference_mode" and flag is False):
+    if name in GRAD_OFF_CONTEXTS:
+        # `inference_mode(False)` is the one spelling that turns recording back on
+        return name == "inference_mode" and flag is False
+    if name == "enable_grad":
         return True
     if name == "set_grad_enabled" and isinstance(flag, bool):
         return flag

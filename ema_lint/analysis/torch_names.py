@@ -21,7 +21,7 @@ GRADIENT_NAMES = frozenset({"grad", "grads", "gradient", "gradients", "d_p", "pa
 # Contexts and decorators that turn gradient recording off (`torch.set_grad_enabled(False)` too).
 GRAD_OFF_CONTEXTS = frozenset({"no_grad", "inference_mode"})
 # Calls whose result holds no autograd history, whatever their input: numbers, lists, arrays.
-CUT_METHODS = frozenset({"item", "tolist", "numpy", "detach"})
+HISTORY_CUTTING_METHODS = frozenset({"item", "tolist", "numpy", "detach"})
 SCALAR_CASTS = frozenset({"float", "int", "bool", "str", "len", "round"})
 # torch functions whose result never carries a graph: `clip_grad_norm_` measures gradients
 # under `no_grad`, the others report memory or learning rates.

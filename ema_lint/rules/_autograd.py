@@ -28,6 +28,8 @@ import libcst.matchers as m
 from ema_lint.analysis.names import dotted_text
 from ema_lint.analysis.torch_names import (
     CONFIGURATION_CALLS,
+    GRAD_OFF_CONTEXTS,
+    SCALAR_CASTS,
     NAMED_ITEMS,
     NO_GRAPH_CALLS,
     NUMERIC_LIBRARIES,
@@ -37,7 +39,6 @@ from ema_lint.rule import Rule
 
 # Methods whose tensor arguments are the model's inputs during a training step.
 FORWARD_METHODS = frozenset({"forward", "__call__", "training_step", "compute_loss", "_forward"})
-GRAD_OFF_CONTEXTS = frozenset({"no_grad", "inference_mode"})
 # `numel()`, `.shape` and friends describe a tensor; they are plain numbers, never graph nodes.
 CUT_METHODS = frozenset(
     {
@@ -71,7 +72,6 @@ CUT_METHODS = frozenset(
     }
 )
 CUT_ATTRIBUTES = frozenset({"data", "grad", "shape", "ndim", "dtype", "device", "indices"})
-SCALAR_CASTS = frozenset({"float", "int", "len", "bool", "round", "str"})
 # Element kinds of collections an EMA loop iterates over.
 PARAMETER_SOURCES = frozenset({"parameters", "named_parameters"})
 DETACHED_SOURCES = frozenset({"buffers", "named_buffers", "state_dict"})
