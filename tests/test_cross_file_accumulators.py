@@ -161,3 +161,32 @@ def test_scripts_in_different_folders_each_import_their_own_utils(tmp_path: Path
     report = check_files(files, [rule_for("EMA202")])
     # only `a`'s meter accumulates; the old-style `accuracy` returns `eq`-derived numbers
     assert [(os.path.relpath(d.path, tmp_path), d.start.line) for d in report.diagnostics] == [("a/train.py", 11)]
+
+
+DICT_OF_METERS = """\
+from collections import defaultdict
+
+from pkg.meter import AverageMeter, FloatMeter
+
+
+def train(model, loader, optimizer, criterion):
+    metrics = defaultdict(AverageMeter)
+    named = {"loss": AverageMeter(), "acc": FloatMeter()}
+    for x, y in loader:
+        loss = criterion(model(x), y)
+        loss.backward()
+        metrics["loss"].update(loss)
+        named["loss"].update(loss)
+        metrics["step"].update(loss.item())
+"""
+
+
+def test_meters_held_in_a_dict_are_meters_too(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "meter.py").write_text(METER)
+    (package / "train.py").write_text(DICT_OF_METERS)
+    files = [SourceFile(str(package / name), str(tmp_path)) for name in ("__init__.py", "meter.py", "train.py")]
+    report = check_files(files, [rule_for("EMA202")])
+    assert [(Path(d.path).name, d.start.line) for d in report.diagnostics] == [("train.py", 12), ("train.py", 13)]

@@ -127,11 +127,19 @@ class LossAccumulatedWithGraph(AutogradRule):
     def _accumulating_arguments(self, site, receiver: cst.BaseExpression, method: str) -> tuple[str, ...]:
         project, module_name = self.context.project, self.context.module_name
         classes: list[str] = []
+        # `meters["loss"].update(loss)`: the meters a dict of them holds
+        of_items = isinstance(receiver, cst.Subscript)
+        if of_items:
+            receiver = strip_parens(receiver.value)
         if isinstance(receiver, cst.Name):
             for binding in site.function.bindings.get(receiver.value, ()):
                 value = strip_parens(binding.value)
-                if not binding.element_of and isinstance(value, cst.Call):
-                    dotted = dotted_text(value.func)
+                if binding.element_of:
+                    continue
+                for made in _item_constructors(value) if of_items else [value]:
+                    if isinstance(made, cst.Call):
+                        made = made.func
+                    dotted = dotted_text(made)
                     if dotted is not None:
                         classes.append(project.qualify(module_name, dotted))
         for qualified in classes:
@@ -256,3 +264,15 @@ def _stores_parameter(found: Accumulation) -> bool:
     return bool(bindings) and all(
         b.element_of and collection_kind(b.value) in PARAMETER_SOURCES for b in bindings
     )
+
+
+def _item_constructors(value: cst.BaseExpression) -> list[cst.BaseExpression]:
+    """What builds the items of a dict: `defaultdict(AverageMeter)` -> `AverageMeter`,
+    `{"loss": AverageMeter(), ...}` and `{k: AverageMeter() for k in keys}` -> the calls."""
+    if isinstance(value, cst.Call) and (dotted_text(value.func) or "").rpartition(".")[2] == "defaultdict":
+        return [value.args[0].value] if value.args else []
+    if isinstance(value, cst.Dict):
+        return [element.value for element in value.elements if isinstance(element, cst.DictElement)]
+    if isinstance(value, cst.DictComp):
+        return [value.value]
+    return []
