@@ -805,14 +805,15 @@ def may_hold_loop_update(loops: list[ast.AST]) -> bool:
     with the iteration: rooted at a name the loop binds (a loop variable, or a name assigned
     in its body), or a lookup keyed by one (`esd[k]`)."""
     for loop in loops:
-        bound = {
-            name.id
-            for node in ast.walk(loop)
-            if isinstance(node, (ast.For, ast.AsyncFor, ast.Assign, ast.AnnAssign))
-            for target in ([node.target] if not isinstance(node, ast.Assign) else node.targets)
-            for name in ast.walk(target)
-            if isinstance(name, ast.Name)
-        }
+        bound: set[str] = set()
+        # the values the loop assigns to plain names, which a store may read through
+        temporaries: dict[str, list[ast.AST]] = {}
+        for node in ast.walk(loop):
+            if isinstance(node, (ast.For, ast.AsyncFor, ast.Assign, ast.AnnAssign)):
+                for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                    bound.update(name.id for name in ast.walk(target) if isinstance(name, ast.Name))
+                    if isinstance(node, ast.Assign) and isinstance(target, ast.Name):
+                        temporaries.setdefault(target.id, []).append(node.value)
         for statement in loop.body:
             for node in ast.walk(statement):
                 if isinstance(node, ast.AugAssign) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)):
@@ -822,7 +823,7 @@ def may_hold_loop_update(loops: list[ast.AST]) -> bool:
                     if _reads_a_name(node.value) and any(
                         (isinstance(t, ast.Subscript) or (isinstance(t, ast.Attribute) and t.attr == "data"))
                         and _follows(t, bound)
-                        and _averages_into(t, node.value, loop)
+                        and _averages_into(t, node.value, temporaries)
                         for t in node.targets
                     ):
                         return True
@@ -842,9 +843,9 @@ def may_hold_loop_update(loops: list[ast.AST]) -> bool:
 _WEIGHING_CALLS = frozenset({"lerp", "lerp_", "mul", "mul_", "add", "add_", "sub", "sub_", "div", "div_", "addcmul"})
 
 
-def _averages_into(target: ast.AST, value: ast.AST, loop: ast.AST) -> bool:
+def _averages_into(target: ast.AST, value: ast.AST, temporaries: dict[str, list[ast.AST]]) -> bool:
     """What `model_ema_loops` asks of `target = value` (a store, not an in-place method): the
-    new value keeps part of the old one and weighs it, so `value`, with the temporaries it
+    new value keeps part of the old one and weighs it, so `value`, with the `temporaries` it
     reads from the loop's own assignments, reads `target`'s root name and holds arithmetic,
     a weighing call or an EMA-named helper (`out[i] = f(x)` and dict fills hold neither)."""
     root = target
@@ -852,12 +853,6 @@ def _averages_into(target: ast.AST, value: ast.AST, loop: ast.AST) -> bool:
         root = root.value
     if not isinstance(root, ast.Name):
         return True
-    temporaries: dict[str, list[ast.AST]] = {}
-    for node in ast.walk(loop):
-        if isinstance(node, ast.Assign):
-            for name in node.targets:
-                if isinstance(name, ast.Name):
-                    temporaries.setdefault(name.id, []).append(node.value)
     reads_target = weighs = False
     pending, seen = [value], set()
     while pending:
