@@ -6,10 +6,12 @@ These import torch and look at a live model; `ema-lint check` never imports this
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 from ema_lint.diagnostics import Diagnostic, Location
 from ema_lint.passes import (
@@ -24,8 +26,13 @@ from ema_lint.passes import (
 from ema_lint.passes import audit as _audit
 from ema_lint.passes.audit import run_audit
 from ema_lint.passes.findings import GRAPH_CODES, class_location
+from ema_lint.passes.partial_trace import PartialTraces, trace_parts
 from ema_lint.runtime import convert_running_stats, detach_after_forward, replay_on_recompute
 from ema_lint.runtime.running_stats import is_converted, is_running_stat_module
+
+
+# What the audit's real steps measure; graph analyses of parts only infer these.
+MEASURED_CODES = frozenset({"EMA101", "EMA103", "EMA201"})
 
 
 @dataclass
@@ -46,8 +53,11 @@ def check_model(model: torch.nn.Module, example_inputs: tuple[Any, ...] | None =
     """
     traced = _trace_or_reason(model)
     if isinstance(traced, str):
-        found = [_not_traceable(model, traced)]
+        parts = trace_parts(model, traced)
+        found = [_not_traceable(model, parts)] + _analyse_parts(parts)
         if example_inputs is not None:
+            # The real steps measure these hazards; the parts' graphs only infer them.
+            found = [d for d in found if d.code not in MEASURED_CODES]
             found += _audit(copy.deepcopy(model), default_step(example_inputs))
         return found
     return _analyse(traced)
@@ -92,17 +102,16 @@ def transform(
         fused = FuseEmaUpdatesPass()(traced.graph_module)
         if fused.modified:
             result_model, modified = fused.graph_module, True
+    if result_model is target:
+        modified |= _replay_and_detach(target, traced)
+        return TransformResult(result_model, diagnostics, modified)
     for module in replay_targets(traced).values():
         replay_on_recompute(module)
         modified = True
     history = history_keeping_attributes(traced)
-    if result_model is not target and history:
+    if history:
         # The graph module runs every forward inline, so only its own hook would fire.
         detach_after_forward(result_model, [name for _, names in history.values() for name in names])
-        modified = True
-    elif history:
-        for module, names in _by_module(history).items():
-            detach_after_forward(target.get_submodule(module), names)
         modified = True
     return TransformResult(result_model, diagnostics, modified)
 
@@ -114,18 +123,26 @@ def audit(model: torch.nn.Module, step_fn: Callable[[torch.nn.Module], Any], ste
 
 
 def default_step(example_inputs: tuple[Any, ...]) -> Callable[[torch.nn.Module], None]:
-    """A training step for the audit: forward `example_inputs`, backward the sum of the outputs."""
+    """A training step for the audit: forward `example_inputs` as given (what requires grad
+    stays as the caller made it), backward the sum of every floating output that carries
+    gradient, wherever it sits in the output (`ModelOutput`, dicts, tuples, dataclasses)."""
 
     def step(model: torch.nn.Module) -> None:
-        inputs = tuple(
-            x.detach().requires_grad_(x.is_floating_point()) if isinstance(x, torch.Tensor) else x
-            for x in example_inputs
-        )
-        outputs = model(*inputs)
-        flat = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-        sum(o.float().sum() for o in flat if isinstance(o, torch.Tensor)).backward()
+        carrying = [leaf for leaf in _tensor_leaves(model(*example_inputs)) if leaf.requires_grad]
+        if carrying:
+            torch.stack([leaf.float().sum() for leaf in carrying if not leaf.is_complex()]).sum().backward()
 
     return step
+
+
+def _tensor_leaves(value: Any) -> Iterator[torch.Tensor]:
+    for leaf in tree_leaves(value):
+        if isinstance(leaf, torch.Tensor):
+            yield leaf
+        elif dataclasses.is_dataclass(leaf) and not isinstance(leaf, type):
+            # A dataclass torch's pytree does not know is one leaf to it.
+            for item in dataclasses.fields(leaf):
+                yield from _tensor_leaves(getattr(leaf, item.name))
 
 
 def _by_module(history: dict[str, tuple[str, tuple[str, ...]]]) -> dict[str, list[str]]:
@@ -149,13 +166,23 @@ def _analyse(traced: Trace) -> list[Diagnostic]:
     return [diagnostic for analysis in ANALYSES for diagnostic in analysis(traced)]
 
 
-def _not_traceable(model: torch.nn.Module, reason: str) -> Diagnostic:
+def _analyse_parts(parts: PartialTraces) -> list[Diagnostic]:
+    return [diagnostic for part in parts.traces for diagnostic in _analyse(part)]
+
+
+def _not_traceable(model: torch.nn.Module, parts: PartialTraces) -> Diagnostic:
     name, severity = GRAPH_CODES["EMA003"]
     path, line = class_location(type(model))
+    untraced = len(parts.untraced) - 1
+    also = f", {untraced} submodules did not either" if untraced else ""
+    count = len(parts.traces)
     return Diagnostic(
         code="EMA003",
         name=name,
-        message=f"model could not be traced: {reason}",
+        message=(
+            f"model could not be traced: {parts.untraced['']}{also}; "
+            f"analysed the {count} {'part' if count == 1 else 'parts'} of it that trace"
+        ),
         path=path,
         start=Location(line, 1),
         end=Location(line, 1),
@@ -165,21 +192,37 @@ def _not_traceable(model: torch.nn.Module, reason: str) -> Diagnostic:
 
 
 def _fall_back(target: torch.nn.Module, reason: str, example_inputs: tuple[Any, ...] | None) -> TransformResult:
-    diagnostics = [_not_traceable(target, reason)]
+    parts = trace_parts(target, reason)
+    diagnostics = [_not_traceable(target, parts)] + _analyse_parts(parts)
     found = run_audit(copy.deepcopy(target), default_step(example_inputs)) if example_inputs is not None else None
     modified = any(_has_running_stats(m) for m in target.modules())
     convert_running_stats(target)
-    if found is not None:
-        diagnostics += found.diagnostics
-        for name in found.buffer_writers_in_backward:
-            replay_on_recompute(target.get_submodule(name))
-            modified = True
-        # The audit knows owners, not writers: the root's forward encloses every write.
-        history = [f"{owner}.{name}" if owner else name for owner, names in found.attributes_with_history.items() for name in names]
-        if history:
-            detach_after_forward(target, history)
-            modified = True
+    if found is None:
+        for part in parts.traces:
+            modified |= _replay_and_detach(target, part)
+        return TransformResult(target, diagnostics, modified)
+    diagnostics = [d for d in diagnostics if d.code not in MEASURED_CODES] + found.diagnostics
+    for name in found.buffer_writers_in_backward:
+        replay_on_recompute(target.get_submodule(name))
+        modified = True
+    # The audit knows owners, not writers: the root's forward encloses every write.
+    history = [f"{owner}.{name}" if owner else name for owner, names in found.attributes_with_history.items() for name in names]
+    if history:
+        detach_after_forward(target, history)
+        modified = True
     return TransformResult(target, diagnostics, modified)
+
+
+def _replay_and_detach(target: torch.nn.Module, traced: Trace) -> bool:
+    """Apply the EMA103 and EMA201 remedies `traced` shows to `target`; whether any applied."""
+    modified = False
+    for module in replay_targets(traced).values():
+        replay_on_recompute(module)
+        modified = True
+    for module, names in _by_module(history_keeping_attributes(traced)).items():
+        detach_after_forward(target.get_submodule(module), names)
+        modified = True
+    return modified
 
 
 def _has_running_stats(module: torch.nn.Module) -> bool:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import inspect
 import math
 import sys
 import threading
@@ -189,13 +190,23 @@ def _qualified_name(value: Any) -> str:
 
 
 class EmaTracer(torch.fx.Tracer):
-    def __init__(self, inputs_require_grad: bool = False) -> None:
+    """`part`, when given, names the submodule whose forward is traced, with every name in the
+    graph still qualified from the root; `enclosing` are the checkpoint regions its caller
+    runs it in (ids 0, 1, ... outermost first), which the trace cannot see."""
+
+    def __init__(
+        self,
+        inputs_require_grad: bool = False,
+        part: str | None = None,
+        enclosing: tuple[CheckpointRegion, ...] = (),
+    ) -> None:
         super().__init__(autowrap_modules=(math,))
         self.proxy_buffer_attributes = True
         self.inputs_require_grad = inputs_require_grad
-        self.regions: dict[int, CheckpointRegion] = {}
+        self.part = part
+        self.regions: dict[int, CheckpointRegion] = {region.id: region for region in enclosing}
         self.module_calls: collections.Counter[str] = collections.Counter()
-        self._region_stack: list[int] = []
+        self._region_stack: list[int] = [region.id for region in enclosing]
         self._graph_grad_enabled = True
         self._saved_grad_mode: Node | None = None
         self._assigned: dict[int, Any] = {}  # id(tensor) -> the proxy last stored into it
@@ -248,7 +259,7 @@ class EmaTracer(torch.fx.Tracer):
 
     def _current_module_path(self) -> str:
         if not self.module_stack:
-            return ""
+            return self.part or ""
         return next(reversed(self.module_stack.values()))[0]
 
     def _record_grad_mode_switch(self, enabled: bool) -> None:
@@ -305,8 +316,9 @@ class EmaTracer(torch.fx.Tracer):
 
     def _trace(self, root: Any, concrete_args: dict[str, Any] | None) -> torch.fx.Graph:
         if isinstance(root, torch.nn.Module):
-            self._traced_module_ids = {id(m) for m in root.modules()}
-            scope_roots = list(root.modules())
+            traced = root.get_submodule(self.part) if self.part else root
+            self._traced_module_ids = {id(m) for m in traced.modules()}
+            scope_roots = list(traced.modules())
             members = [*root.named_parameters(remove_duplicate=False), *root.named_buffers(remove_duplicate=False)]
             for name, tensor in reversed(members):  # a shared tensor keeps its first name
                 self._member_names[id(tensor)] = name
@@ -317,6 +329,16 @@ class EmaTracer(torch.fx.Tracer):
             self._patch_module_classes(patches, list(dict.fromkeys(type(m) for m in scope_roots)))
             graph = super().trace(root, concrete_args)
         return graph
+
+    def create_args_for_root(
+        self, root_fn: Callable[..., Any], is_module: bool, concrete_args: Any = None
+    ) -> tuple[Any, list[Any]]:
+        if not self.part:
+            return super().create_args_for_root(root_fn, is_module, concrete_args)
+        # The part's forward with the part as `self`; torch.fx keeps the root for names.
+        part = self.root.get_submodule(self.part)
+        function, args = super().create_args_for_root(type(part).forward, is_module, concrete_args)
+        return function, [part, *args[1:]]
 
     def _patch_module_classes(self, patches: "_Patches", classes: list[type]) -> None:
         """Intercept attribute assignment and parameter/buffer iteration on the traced classes.
@@ -659,4 +681,20 @@ def trace(model: torch.nn.Module, inputs_require_grad: bool = False) -> Trace:
     """Trace `model` with `EmaTracer`; raises whatever torch.fx raises when it cannot."""
     tracer = EmaTracer(inputs_require_grad=inputs_require_grad)
     graph = tracer.trace(model)
+    return Trace(model, graph, tracer.regions, tracer.module_calls)
+
+
+def trace_part(model: torch.nn.Module, part: str, enclosing: tuple[CheckpointRegion, ...] = ()) -> Trace:
+    """Trace the forward of `model.get_submodule(part)` as its caller would run it inside the
+    `enclosing` regions, names qualified from `model`. Its inputs count as carrying gradient
+    (a part's inputs are usually computed from parameters); arguments that default to a
+    constant keep their default, as most callers leave them. Raises as `trace` does."""
+    tracer = EmaTracer(inputs_require_grad=True, part=part, enclosing=enclosing)
+    forward = inspect.unwrap(type(model.get_submodule(part)).forward)
+    constants = {
+        name: parameter.default
+        for name, parameter in inspect.signature(forward).parameters.items()
+        if parameter.default is None or isinstance(parameter.default, (bool, int, float, str))
+    }
+    graph = tracer.trace(model, concrete_args=constants or None)
     return Trace(model, graph, tracer.regions, tracer.module_calls)
