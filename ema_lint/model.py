@@ -14,6 +14,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from ema_lint.diagnostics import Diagnostic, Location
+from ema_lint.model_wrappers import unwrap
 from ema_lint.passes import (
     ANALYSES,
     FuseEmaUpdatesPass,
@@ -51,6 +52,7 @@ def check_model(model: torch.nn.Module, example_inputs: tuple[Any, ...] | None =
     When torch.fx cannot trace `model`, EMA003 says why; with `example_inputs`, two real
     training steps on a copy (the audit) then report the hazards instead.
     """
+    model = unwrap(model).module
     traced = _trace_or_reason(model)
     if isinstance(traced, str):
         parts = trace_parts(model, traced)
@@ -90,6 +92,16 @@ def transform(
     `example_inputs`, two real steps on a copy then find the hazards the graph would have,
     and the EMA103 and EMA201 ones they show are fixed as above.
     """
+    wrappers = unwrap(model)
+    if wrappers.kinds:
+        if inplace and "torch.compile" in wrappers.kinds:
+            raise TypeError(
+                "transform(inplace=True) cannot change a compiled model's module under its compiled "
+                "code: transform the module before `torch.compile`, or pass inplace=False"
+            )
+        inner = transform(wrappers.module, example_inputs, inplace, fuse_ema_updates)
+        wrapped = model if inplace else wrappers.rewrap(inner.model)
+        return TransformResult(wrapped, inner.diagnostics, inner.modified)
     target = model if inplace else copy.deepcopy(model)
     traced = _trace_or_reason(target)
     if isinstance(traced, str):
