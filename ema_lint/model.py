@@ -27,7 +27,7 @@ from ema_lint.passes import (
 from ema_lint.passes import audit as _audit
 from ema_lint.passes.audit import run_audit
 from ema_lint.passes.findings import GRAPH_CODES, class_location
-from ema_lint.passes.partial_trace import PartialTraces, trace_parts
+from ema_lint.passes.partial_trace import PartialTraces, failure_reason, trace_parts
 from ema_lint.runtime import convert_running_stats, detach_after_forward, replay_on_recompute
 from ema_lint.runtime.running_stats import is_converted, is_running_stat_module
 
@@ -49,8 +49,10 @@ class TransformResult:
 def check_model(model: torch.nn.Module, example_inputs: tuple[Any, ...] | None = None) -> list[Diagnostic]:
     """Diagnostics for `model`'s hazards, found by tracing; `model` is not changed.
 
-    When torch.fx cannot trace `model`, EMA003 says why; with `example_inputs`, two real
-    training steps on a copy (the audit) then report the hazards instead.
+    A `torch.compile`, DataParallel or DDP wrapper is seen through. When torch.fx cannot
+    trace the model as a whole, EMA003 says why and the parts that trace are analysed
+    (`ema_lint.passes.partial_trace`); with `example_inputs`, two real training steps on a
+    copy (the audit) then decide the hazards they measure.
     """
     model = unwrap(model).module
     traced = _trace_or_reason(model)
@@ -88,9 +90,13 @@ def transform(
     accelerator, where it saves kernel launches; on a CPU it is about as fast as the loop.
 
     When torch.fx cannot trace the model, every running-stat module is converted (the runtime
-    detects recomputation itself, so this needs no graph) and EMA003 says why; with
-    `example_inputs`, two real steps on a copy then find the hazards the graph would have,
-    and the EMA103 and EMA201 ones they show are fixed as above.
+    detects recomputation itself, so this needs no graph), EMA003 says why, and the EMA103 and
+    EMA201 findings of the parts that trace are fixed as above; with `example_inputs`, two
+    real steps on a copy decide those instead.
+
+    A wrapped model (`torch.compile`, DataParallel, DDP) gives back the same wrapper kind with
+    the caller's settings around the fixed module; `inplace=True` keeps the caller's
+    DataParallel or DDP wrapper and is refused for a compiled model.
     """
     wrappers = unwrap(model)
     if wrappers.kinds:
@@ -140,9 +146,13 @@ def default_step(example_inputs: tuple[Any, ...]) -> Callable[[torch.nn.Module],
     gradient, wherever it sits in the output (`ModelOutput`, dicts, tuples, dataclasses)."""
 
     def step(model: torch.nn.Module) -> None:
-        carrying = [leaf for leaf in _tensor_leaves(model(*example_inputs)) if leaf.requires_grad]
+        carrying = [
+            leaf.abs() if leaf.is_complex() else leaf
+            for leaf in _tensor_leaves(model(*example_inputs))
+            if leaf.requires_grad
+        ]
         if carrying:
-            torch.stack([leaf.float().sum() for leaf in carrying if not leaf.is_complex()]).sum().backward()
+            torch.stack([leaf.float().sum() for leaf in carrying]).sum().backward()
 
     return step
 
@@ -170,8 +180,7 @@ def _trace_or_reason(model: torch.nn.Module) -> Trace | str:
     try:
         return trace(model)
     except Exception as error:  # any failure of user code under tracing means "not traceable"
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+        return failure_reason(error)
 
 
 def _analyse(traced: Trace) -> list[Diagnostic]:

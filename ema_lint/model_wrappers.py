@@ -9,6 +9,7 @@ only eager copies of the inner module are traced or stepped.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,6 +28,7 @@ class Unwrapped:
 
 
 def unwrap(model: torch.nn.Module) -> Unwrapped:
+    """Peel every wrapper this module knows off `model`, outermost first."""
     rewraps: list[Callable[[torch.nn.Module], torch.nn.Module]] = []
     kinds: list[str] = []
     while True:
@@ -70,16 +72,14 @@ def _same_distributed(
     wrapper: torch.nn.parallel.DistributedDataParallel, inner: torch.nn.Module
 ) -> torch.nn.parallel.DistributedDataParallel:
     """A DDP wrapper with `wrapper`'s settings; like any DDP construction, every rank must
-    make it (it broadcasts the module's state from rank 0)."""
-    return torch.nn.parallel.DistributedDataParallel(
-        inner,
-        device_ids=wrapper.device_ids,
-        output_device=wrapper.output_device,
-        dim=wrapper.dim,
-        broadcast_buffers=wrapper.broadcast_buffers,
-        process_group=wrapper.process_group,
-        bucket_cap_mb=wrapper.bucket_bytes_cap / (1024 * 1024),
-        find_unused_parameters=wrapper.find_unused_parameters,
-        gradient_as_bucket_view=wrapper.gradient_as_bucket_view,
-        static_graph=wrapper.static_graph,
-    )
+    make it (it broadcasts the module's state from rank 0). The settings DDP keeps under
+    their own names are carried over; a communication hook cannot be, so that is refused."""
+    if getattr(wrapper, "_comm_hooks", None):
+        raise TypeError(
+            "a DistributedDataParallel wrapper with a communication hook cannot be rebuilt around "
+            "a fixed copy: pass inplace=True to fix the module under the caller's wrapper"
+        )
+    parameters = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    settings = {name: getattr(wrapper, name) for name in parameters if name != "module" and hasattr(wrapper, name)}
+    settings["bucket_cap_mb"] = wrapper.bucket_bytes_cap / (1024 * 1024)
+    return torch.nn.parallel.DistributedDataParallel(inner, **settings)

@@ -179,6 +179,7 @@ def _diagnostics(
     steps: int,
 ) -> list[Diagnostic]:
     diagnostics = []
+    model = modules[""]
     for name, module in modules.items():
         kind = type(module).__name__
         if name in running_stat:
@@ -191,12 +192,12 @@ def _diagnostics(
                 if name in backward_writers:
                     facts += " and updated its running statistics during backward"
                 message = f"`{name}` ({kind}) {facts}"
-                diagnostics.append(module_diagnostic("EMA101", message, module, name))
+                diagnostics.append(module_diagnostic("EMA101", message, model, name))
         elif name in backward_writers:
             message = f"`{name or kind}` ({kind}) wrote its buffers during backward"
-            diagnostics.append(module_diagnostic("EMA103", message, module, name))
+            diagnostics.append(module_diagnostic("EMA103", message, model, name))
         for attribute in sorted(history[name]):
             where = f"`{name}`" if name else f"the root `{kind}`"
             message = f"`{attribute}` of {where} holds autograd history after a step"
-            diagnostics.append(module_diagnostic("EMA201", message, module, name))
+            diagnostics.append(module_diagnostic("EMA201", message, model, name))
     return diagnostics

@@ -83,5 +83,5 @@ def find_ema_history(trace: Trace) -> list[Diagnostic]:
         module = trace.root.get_submodule(owner)
         where = f"`{owner}`" if owner else f"the root `{type(module).__name__}`"
         message = f"`{name}` of {where} is updated from a value that carries autograd history"
-        diagnostics.append(module_diagnostic("EMA201", message, module, owner, FIX))
+        diagnostics.append(module_diagnostic("EMA201", message, trace.root, owner, FIX))
     return diagnostics

@@ -103,9 +103,8 @@ def find_ema_loop_updates(trace: Trace) -> list[Diagnostic]:
             f"`{_common_owner(sources) or root_name}` one at a time, one kernel per tensor instead "
             "of one `torch._foreach_*` call"
         )
-        module = trace.root.get_submodule(group.module)
         fix = FIX if fusable(group, functools.partial(resolve_attribute, trace.root)) else None
-        diagnostics.append(module_diagnostic("EMA301", message, module, group.module, fix))
+        diagnostics.append(module_diagnostic("EMA301", message, trace.root, group.module, fix))
     return diagnostics
 
 

@@ -34,11 +34,14 @@ def find_running_stats_in_checkpoint(trace: Trace) -> list[Diagnostic]:
         module = trace.root.get_submodule(name)
         if not is_running_stat_module(module):
             continue
-        if is_recompute_safe(module, [trace.regions[i] for i in node.meta[REGIONS_META]]):
+        regions = [trace.regions[i] for i in node.meta[REGIONS_META]]
+        if is_recompute_safe(module, regions):
             continue
         message = (
             f"`{name}` ({type(module).__name__}) updates its running statistics again when "
             "checkpoint recomputes it in backward"
         )
-        diagnostics[name] = module_diagnostic("EMA101", message, module, name, FIX)
+        origin = regions[-1].origin
+        notes = (f"recomputed by the checkpoint at {origin}",) if origin else ()
+        diagnostics[name] = module_diagnostic("EMA101", message, trace.root, name, FIX, notes)
     return list(diagnostics.values())

@@ -80,7 +80,7 @@ def find_stateful_modules_in_checkpoint(trace: Trace) -> list[Diagnostic]:
             "EMA103",
             f"`{name or type(module).__name__}` ({type(module).__name__}) writes its buffers in forward, "
             "so checkpoint recomputation writes them again in backward",
-            module,
+            trace.root,
             name,
             FIX if any(_within(name, target) for target in replayed) else CALL_SITE_HINT,
         )

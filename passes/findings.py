@@ -1,14 +1,17 @@
 """Shared by the analyses: graph-finding codes, where a module is defined, which nodes
 write module state.
 
-A finding in a model is located at the class definition of the module it names (the
+A finding in a model is located where code outside torch builds the module it names (the
 model has no call-site source to point at); `Diagnostic.module` carries the qualified name.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
+import os
+import textwrap
 from typing import Iterator
 
 import torch
@@ -39,10 +42,16 @@ def class_location(cls: type) -> tuple[str, int]:
 
 
 def module_diagnostic(
-    code: str, message: str, module: torch.nn.Module, module_name: str, fix: Fix | None = None
+    code: str,
+    message: str,
+    root: torch.nn.Module,
+    module_name: str,
+    fix: Fix | None = None,
+    notes: tuple[str, ...] = (),
 ) -> Diagnostic:
+    """A finding on `root.get_submodule(module_name)`, located where the user's code builds it."""
     name, severity = GRAPH_CODES[code]
-    path, line = class_location(type(module))
+    path, line, built_notes = built_at(root, module_name)
     return Diagnostic(
         code=code,
         name=name,
@@ -53,7 +62,77 @@ def module_diagnostic(
         severity=severity,
         fix=fix,
         module=module_name,
+        notes=(*notes, *built_notes),
     )
+
+
+def built_at(root: torch.nn.Module, name: str) -> tuple[str, int, tuple[str, ...]]:
+    """The file and line where code outside torch builds the module `name`: its own class
+    when that is not torch's, else the assignment of the attribute that holds it (or of its
+    container, for `layers.0`) in the nearest owner whose class is not torch's; a torch class
+    is named in a note."""
+    module = root.get_submodule(name)
+    path, line = class_location(type(module))
+    if not _is_torch(path):
+        return path, line, ()
+    note = (f"`{type(module).__name__}` is defined at {path}:{line}",)
+    parts = name.split(".") if name else []
+    for depth in range(len(parts) - 1, -1, -1):
+        owner = type(root.get_submodule(".".join(parts[:depth])))
+        owner_path, owner_line = class_location(owner)
+        if not _is_torch(owner_path):
+            return owner_path, _assignment_line(owner, parts[depth]) or owner_line, note
+    return path, line, ()
+
+
+def _is_torch(path: str) -> bool:
+    return path.startswith(_TORCH_DIRECTORY)
+
+
+_TORCH_DIRECTORY = os.path.dirname(torch.__file__) + os.sep
+
+
+@functools.lru_cache(maxsize=None)
+def _assignment_line(cls: type, attribute: str) -> int | None:
+    """The line of `self.<attribute> = ...` (or `add_module` / `setattr` with that name) in
+    the source of `cls` or a class it inherits from outside torch."""
+    for base in cls.__mro__:
+        if _is_torch(class_location(base)[0]):
+            break
+        try:
+            lines, start = inspect.getsourcelines(base)
+            tree = ast.parse(textwrap.dedent("".join(lines)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) or not function.args.args:
+                continue
+            receiver = function.args.args[0].arg  # `self`, whatever it is called
+            for node in ast.walk(function):
+                if _assigns(node, receiver, attribute):
+                    return start + node.lineno - 1
+    return None
+
+
+def _assigns(node: ast.AST, receiver: str, attribute: str) -> bool:
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return any(
+            isinstance(t, ast.Attribute)
+            and t.attr == attribute
+            and isinstance(t.value, ast.Name)
+            and t.value.id == receiver
+            for t in targets
+        )
+    if isinstance(node, ast.Call) and len(node.args) >= 2:
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+        key = node.args[1] if name == "setattr" else node.args[0]
+        return (
+            name in ("add_module", "register_module", "setattr")
+            and isinstance(key, ast.Constant)
+            and key.value == attribute
+        )
+    return False
 
 
 def in_recomputed_region(node: Node) -> bool:

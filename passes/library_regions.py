@@ -34,12 +34,14 @@ def own_region(module: torch.nn.Module, name: str) -> CheckpointRegion | None:
     """The region `module`'s forward runs its own body in, when a flag says it does."""
     if _is_hugging_face_layer(module):
         if module.gradient_checkpointing is True and module.training:
-            return _region(getattr(module, "_gradient_checkpointing_func", None), name, name)
+            return _region(getattr(module, "_gradient_checkpointing_func", None), name, name, "gradient_checkpointing")
         return None
     if isinstance(module, CheckpointWrapper):
-        return _region(getattr(module, "checkpoint_fn", None), name, f"{name}._checkpoint_wrapped_module")
+        return _region(
+            getattr(module, "checkpoint_fn", None), name, f"{name}._checkpoint_wrapped_module", "CheckpointWrapper"
+        )
     if getattr(module, "with_cp", None) is True:
-        return _region(torch.utils.checkpoint.checkpoint, name, name)
+        return _region(torch.utils.checkpoint.checkpoint, name, name, "with_cp")
     return None
 
 
@@ -50,8 +52,9 @@ def child_regions(module: torch.nn.Module, name: str) -> dict[str, CheckpointReg
     ):
         return {}
     function = getattr(module, "_gradient_checkpointing_func", None) or torch.utils.checkpoint.checkpoint
+    flag = next((f for f in _CONTAINER_FLAGS if getattr(module, f, None) is True), "gradient_checkpointing")
     return {
-        child_name: _region(function, name, f"{name}.{child_name}" if name else child_name)
+        child_name: _region(function, name, f"{name}.{child_name}" if name else child_name, flag)
         for child_name, child in module.named_children()
         if isinstance(child, (torch.nn.Sequential, torch.nn.ModuleList))
     }
@@ -74,9 +77,10 @@ def _is_hugging_face_layer(module: torch.nn.Module) -> bool:
     )
 
 
-def _region(function: Any, caller: str, checkpointed: str) -> CheckpointRegion:
+def _region(function: Any, caller: str, checkpointed: str, flag: str) -> CheckpointRegion:
     """A region entered through `function` (a checkpoint entry point, possibly a
-    `functools.partial` of one with its keyword arguments), ids set by the caller's chain."""
+    `functools.partial` of one with its keyword arguments) because of `flag` on the `caller`
+    module, ids set by the caller's chain."""
     keywords: dict[str, Any] = {}
     while isinstance(function, functools.partial):
         keywords = {**function.keywords, **keywords}
@@ -91,4 +95,5 @@ def _region(function: Any, caller: str, checkpointed: str) -> CheckpointRegion:
         parent=None,
         module=caller,
         context_fn=options.get("context_fn"),
+        origin=f"`{flag}` of `{caller or 'the model'}`",
     )

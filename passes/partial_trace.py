@@ -36,8 +36,8 @@ from ema_lint.passes.tracer import (
 
 @dataclass
 class PartialTraces:
-    """`traces` cover every module of the model once; `untraced` are the modules whose
-    forward did not trace, with why (their children are traced instead)."""
+    """`traces` cover every module of the model once; `untraced` maps each module whose
+    forward did not trace (the root as "") to why; their children are traced instead."""
 
     traces: list[Trace] = field(default_factory=list)
     untraced: dict[str, str] = field(default_factory=dict)
@@ -64,7 +64,7 @@ def _visit(
         result.traces.append(trace_part(model, name, enclosing))
         return
     except Exception as error:  # any failure of user code under tracing: trace the children
-        result.untraced[name] = _reason(error)
+        result.untraced[name] = failure_reason(error)
     if next(module.children(), None) is None:
         result.traces.append(_called_inside(model, name, enclosing))
         return
@@ -87,7 +87,8 @@ def _visit_children(
         _visit(model, qualified, child, _chain((*inner, region) if region else inner), result)
 
 
-def _reason(error: Exception) -> str:
+def failure_reason(error: Exception) -> str:
+    """Why a trace failed, in one line."""
     first_line = (str(error).strip().splitlines() or [""])[0]
     return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
 

@@ -32,6 +32,7 @@ import collections
 import functools
 import inspect
 import math
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -93,6 +94,9 @@ class CheckpointRegion:
     # whether grad was on where checkpoint was called: torch recomputes only then
     grad_enabled: bool = True
     context_fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    # where the region comes from, for people: `file:line` of the call outside torch, or the
+    # library flag that implies it
+    origin: str | None = field(default=None, compare=False)
 
 
 @dataclass(eq=False)
@@ -489,6 +493,8 @@ class EmaTracer(torch.fx.Tracer):
                 if isinstance(value, functools.partial) and id(value.func) in originals:
                     rebound = functools.partial(originals[id(value.func)], *value.args, **value.keywords)
                     patches.set_item(vars(module), key, rebound)
+                elif id(value) in originals:  # an entry point stored as is (`self._ckpt = checkpoint`)
+                    patches.set_item(vars(module), key, originals[id(value)])
 
     def _intercept_checkpoint(self, original: Callable[..., Any]) -> Callable[..., Any]:
         tracer = self
@@ -516,9 +522,25 @@ class EmaTracer(torch.fx.Tracer):
             module=self._current_module_path(),
             grad_enabled=torch.is_grad_enabled(),
             context_fn=options.get("context_fn"),
+            origin=_call_site_outside_torch(),
         )
         self.regions[region.id] = region
         return _RegionScope(self._region_stack, region.id)
+
+
+_TORCH_DIRECTORY = os.path.dirname(torch.__file__) + os.sep
+
+
+def _call_site_outside_torch() -> str | None:
+    """`file:line` of the innermost frame that is neither torch nor this tracer: the user's
+    checkpoint call, also when it went through `checkpoint_sequential` or a wrapper."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(_TORCH_DIRECTORY) and filename != __file__:
+            return f"{filename}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
 
 
 class _RegionScope:
@@ -687,14 +709,27 @@ def trace(model: torch.nn.Module, inputs_require_grad: bool = False) -> Trace:
 def trace_part(model: torch.nn.Module, part: str, enclosing: tuple[CheckpointRegion, ...] = ()) -> Trace:
     """Trace the forward of `model.get_submodule(part)` as its caller would run it inside the
     `enclosing` regions, names qualified from `model`. Its inputs count as carrying gradient
-    (a part's inputs are usually computed from parameters); arguments that default to a
-    constant keep their default, as most callers leave them. Raises as `trace` does."""
+    (a part's inputs are usually computed from parameters). Every argument is a graph input
+    at first, so `if residual is not None:` traces the branch that uses it; when that fails,
+    flags that default to a constant (`output_attentions=False`) keep their default. Raises
+    as `trace` does."""
+    try:
+        return _trace_part(model, part, enclosing, None)
+    except Exception:  # any failure of user code under tracing: retry with the flags fixed
+        forward = inspect.unwrap(type(model.get_submodule(part)).forward)
+        flags = {
+            name: parameter.default
+            for name, parameter in inspect.signature(forward).parameters.items()
+            if isinstance(parameter.default, (bool, int, float, str))
+        }
+        if not flags:
+            raise
+        return _trace_part(model, part, enclosing, flags)
+
+
+def _trace_part(
+    model: torch.nn.Module, part: str, enclosing: tuple[CheckpointRegion, ...], constants: dict[str, Any] | None
+) -> Trace:
     tracer = EmaTracer(inputs_require_grad=True, part=part, enclosing=enclosing)
-    forward = inspect.unwrap(type(model.get_submodule(part)).forward)
-    constants = {
-        name: parameter.default
-        for name, parameter in inspect.signature(forward).parameters.items()
-        if parameter.default is None or isinstance(parameter.default, (bool, int, float, str))
-    }
-    graph = tracer.trace(model, concrete_args=constants or None)
+    graph = tracer.trace(model, concrete_args=constants)
     return Trace(model, graph, tracer.regions, tracer.module_calls)

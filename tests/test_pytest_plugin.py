@@ -7,11 +7,9 @@ re-imports modules between runs, which torch's operator registry refuses.
 
 from __future__ import annotations
 
-import inspect
 import textwrap
 
 import pytest
-import torch
 
 MODELS = '''
 import torch
@@ -55,8 +53,11 @@ def user_suite(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
-def _location(cls: type) -> str:
-    return f"{inspect.getsourcefile(cls)}:{inspect.getsourcelines(cls)[1]}"
+def _built_at(file: str, source: str, assignment: str) -> str:
+    """Where a finding on a module points: the line that builds it (pytester strips the
+    leading blank line)."""
+    line = next(i for i, text in enumerate(textwrap.dedent(source).strip("\n").splitlines(), 1) if assignment in text)
+    return f"{file}:{line}"
 
 
 def _failure_message(result: pytest.RunResult) -> list[str]:
@@ -83,7 +84,7 @@ def test_batchnorm_in_checkpoint_fails_with_module_path_and_fix(user_suite: pyte
     assert _failure_message(result) == [
         "ema-lint found 1 running-stat or autograd-history hazard in `CheckpointedNet`:",
         "",
-        f"EMA101 batchnorm-in-checkpoint at `block.1` ({_location(torch.nn.BatchNorm2d)})",
+        f"EMA101 batchnorm-in-checkpoint at `block.1` ({_built_at('models.py', MODELS, 'self.block =')})",
         "  `block.1` (BatchNorm2d) updates its running statistics again when checkpoint recomputes it in backward",
         "  `block.1` (BatchNorm2d) counted 4 batches over 2 training forwards in 2 steps"
         " and updated its running statistics during backward",
@@ -137,40 +138,39 @@ def test_history_kept_by_buffer_update_fails(user_suite: pytest.Pytester) -> Non
     ]
 
 
+BRANCHY = """
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        if x.sum() > -1e9:
+            x = checkpoint(self.norm, x, use_reentrant=False)
+        return x
+
+def step(model):
+    model(torch.randn(4, 3, requires_grad=True)).pow(2).mean().backward()
+
+def test_model(ema_lint_model_check):
+    ema_lint_model_check(Branchy(), step=step, steps=3)
+"""
+
+
 def test_custom_step_and_untraceable_model(user_suite: pytest.Pytester) -> None:
     """A model fx cannot trace (data-dependent control flow) is still audited by its steps;
     the fix then comes from the analysis' standard fix for the code."""
-    user_suite.makepyfile(
-        test_user=textwrap.dedent(
-            """
-            import torch
-            from torch import nn
-            from torch.utils.checkpoint import checkpoint
-
-            class Branchy(nn.Module):
-                def __init__(self):
-                    super().__init__()
-                    self.norm = nn.BatchNorm1d(3)
-
-                def forward(self, x):
-                    if x.sum() > -1e9:
-                        x = checkpoint(self.norm, x, use_reentrant=False)
-                    return x
-
-            def step(model):
-                model(torch.randn(4, 3, requires_grad=True)).pow(2).mean().backward()
-
-            def test_model(ema_lint_model_check):
-                ema_lint_model_check(Branchy(), step=step, steps=3)
-            """
-        )
-    )
+    user_suite.makepyfile(test_user=BRANCHY)
     result = user_suite.runpytest_subprocess()
     result.assert_outcomes(failed=1)
     message = _failure_message(result)
     assert message[0] == "ema-lint found 1 running-stat or autograd-history hazard in `Branchy`:"
     assert message[2:] == [
-        f"EMA101 batchnorm-in-checkpoint at `norm` ({_location(torch.nn.BatchNorm1d)})",
+        f"EMA101 batchnorm-in-checkpoint at `norm` ({_built_at('test_user.py', BRANCHY, 'self.norm =')})",
         "  `norm` (BatchNorm1d) counted 6 batches over 3 training forwards in 3 steps"
         " and updated its running statistics during backward",
         "  fix: Make running-stat modules update once per step with `ema_lint.transform`",
