@@ -102,6 +102,32 @@ def _read_lines(diagnostic: Diagnostic) -> list[str] | None:
         return None
 
 
+def emit(
+    diagnostics: Sequence[Diagnostic],
+    output_format: str,
+    *,
+    show_source: bool = False,
+    quiet: bool = False,
+    statistics: bool = False,
+) -> None:
+    """Print `diagnostics` in `output_format` (one of FORMATS), as `check` and `check-model` do."""
+    if output_format == "text":
+        style = _styler(use_colour())
+        click.echo(render_text(diagnostics, show_source=show_source, read_lines=_read_lines, style=style), nl=False)
+        if not quiet:
+            click.echo(render_summary(diagnostics, statistics=statistics), nl=False)
+    elif output_format == "concise":
+        click.echo(render_concise(diagnostics), nl=False)
+        if not quiet:
+            click.echo(render_summary(diagnostics, statistics=statistics), nl=False)
+    elif output_format == "json":
+        click.echo(render_json(diagnostics), nl=False)
+    elif output_format == "sarif":
+        click.echo(render_sarif(diagnostics, os.getcwd()), nl=False)
+    else:
+        click.echo(render_github(diagnostics), nl=False)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ema-lint")
 def main() -> None:
@@ -161,22 +187,7 @@ def check(
     for note in cache.notes if cache is not None else ():
         click.echo(f"note: {note}", err=True)
 
-    if output_format == "text":
-        style = _styler(use_colour())
-        click.echo(render_text(diagnostics, show_source=show_source, read_lines=_read_lines, style=style), nl=False)
-        if not quiet:
-            click.echo(render_summary(diagnostics, statistics=statistics), nl=False)
-    elif output_format == "concise":
-        click.echo(render_concise(diagnostics), nl=False)
-        if not quiet:
-            click.echo(render_summary(diagnostics, statistics=statistics), nl=False)
-    elif output_format == "json":
-        click.echo(render_json(diagnostics), nl=False)
-    elif output_format == "sarif":
-        click.echo(render_sarif(diagnostics, os.getcwd()), nl=False)
-    else:
-        click.echo(render_github(diagnostics), nl=False)
-
+    emit(diagnostics, output_format, show_source=show_source, quiet=quiet, statistics=statistics)
     failing = [d for d in diagnostics if workspace.fails(d)]
     sys.exit(0 if exit_zero or not failing else 1)
 

@@ -32,7 +32,8 @@ def find_running_stats_in_checkpoint(trace: Trace) -> list[Diagnostic]:
             continue
         name = str(node.target)
         module = trace.root.get_submodule(name)
-        if not is_running_stat_module(module):
+        # In eval mode the statistics are only read, recomputed or not.
+        if not is_running_stat_module(module) or not module.training:
             continue
         regions = [trace.regions[i] for i in node.meta[REGIONS_META]]
         if is_recompute_safe(module, regions):

@@ -11,13 +11,13 @@ import ast
 import functools
 import inspect
 import os
-import textwrap
 from typing import Iterator
 
 import torch
 from torch.fx.node import Node
 
 from ema_lint.diagnostics import Diagnostic, Fix, Location, Severity
+from ema_lint.passes.class_source import class_definition
 from ema_lint.passes.tracer import RECOMPUTED_META, writes_in_place
 
 # A hazard keeps one code wherever it is found; these are the names the source rules use.
@@ -99,18 +99,16 @@ def _assignment_line(cls: type, attribute: str) -> int | None:
     for base in cls.__mro__:
         if _is_torch(class_location(base)[0]):
             break
-        try:
-            lines, start = inspect.getsourcelines(base)
-            tree = ast.parse(textwrap.dedent("".join(lines)))
-        except (OSError, TypeError, SyntaxError):
+        parsed = class_definition(base)
+        if parsed is None:
             continue
-        for function in ast.walk(tree):
+        for function in ast.walk(parsed[0]):
             if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) or not function.args.args:
                 continue
             receiver = function.args.args[0].arg  # `self`, whatever it is called
             for node in ast.walk(function):
                 if _assigns(node, receiver, attribute):
-                    return start + node.lineno - 1
+                    return node.lineno
     return None
 
 

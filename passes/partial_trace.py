@@ -3,8 +3,8 @@
 Hugging Face models, and many others, branch on their inputs and configuration in the
 top-level forward, so the whole model never traces; their layers usually do. `trace_parts`
 traces the largest submodules that trace, top down, and carries into each part the
-checkpoint regions that its untraceable ancestors open around it, read from the flags
-libraries set (`library_regions`). The analyses then run on each part's graph unchanged:
+checkpoint regions that its untraceable ancestors open around it: read from their source
+(`forward_source`) or, for regions opened outside it, from library flags (`library_regions`). The analyses then run on each part's graph unchanged:
 every name in a part's graph is qualified from the model's root.
 
 A running-stat module reached this way, and a leaf that does not trace, becomes a one-node
@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx
 
-from ema_lint.passes.library_regions import child_regions, own_region
+from ema_lint.passes.forward_source import checkpoint_calls
+from ema_lint.passes.library_regions import own_region, source_region
 from ema_lint.passes.tracer import (
     CARRIES_GRAD_META,
     GRAD_ENABLED_META,
@@ -46,7 +47,7 @@ class PartialTraces:
 def trace_parts(model: torch.nn.Module, reason: str) -> PartialTraces:
     """Traces of the parts of `model`, whose own forward did not trace for `reason`."""
     result = PartialTraces(untraced={"": reason})
-    _visit_children(model, "", model, (), result)
+    _visit_children(model, "", model, (), {}, result)
     return result
 
 
@@ -55,20 +56,24 @@ def _visit(
     name: str,
     module: torch.nn.Module,
     enclosing: tuple[CheckpointRegion, ...],
+    pending: dict[str, CheckpointRegion],
     result: PartialTraces,
 ) -> None:
+    """`pending` are regions an ancestor's source opens around modules below this one, which
+    a trace of this module would not see: then its children are visited instead."""
     if is_running_stat_module(module):
         result.traces.append(_called_inside(model, name, enclosing))
         return
-    try:
-        result.traces.append(trace_part(model, name, enclosing))
-        return
-    except Exception as error:  # any failure of user code under tracing: trace the children
-        result.untraced[name] = failure_reason(error)
+    if not pending:
+        try:
+            result.traces.append(trace_part(model, name, enclosing))
+            return
+        except Exception as error:  # any failure of user code under tracing: trace the children
+            result.untraced[name] = failure_reason(error)
     if next(module.children(), None) is None:
         result.traces.append(_called_inside(model, name, enclosing))
         return
-    _visit_children(model, name, module, enclosing, result)
+    _visit_children(model, name, module, enclosing, pending, result)
 
 
 def _visit_children(
@@ -76,15 +81,21 @@ def _visit_children(
     name: str,
     module: torch.nn.Module,
     enclosing: tuple[CheckpointRegion, ...],
+    pending: dict[str, CheckpointRegion],
     result: PartialTraces,
 ) -> None:
     own = own_region(module, name)
     inner = (*enclosing, own) if own is not None else enclosing
-    around_children = child_regions(module, name)
+    pending = dict(pending)
+    for call in checkpoint_calls(module):
+        region = source_region(call, name)
+        for target in call.targets:
+            pending.setdefault(f"{name}.{target}" if name else target, region)
     for child_name, child in module.named_children():
         qualified = f"{name}.{child_name}" if name else child_name
-        region = around_children.get(child_name)
-        _visit(model, qualified, child, _chain((*inner, region) if region else inner), result)
+        region = pending.get(qualified)
+        below = {path: r for path, r in pending.items() if path.startswith(qualified + ".")}
+        _visit(model, qualified, child, _chain((*inner, region) if region else inner), below, result)
 
 
 def failure_reason(error: Exception) -> str:

@@ -171,6 +171,8 @@ def test_custom_step_and_untraceable_model(user_suite: pytest.Pytester) -> None:
     assert message[0] == "ema-lint found 1 running-stat or autograd-history hazard in `Branchy`:"
     assert message[2:] == [
         f"EMA101 batchnorm-in-checkpoint at `norm` ({_built_at('test_user.py', BRANCHY, 'self.norm =')})",
+        # read from the untraceable forward's source, then measured by the steps
+        "  `norm` (BatchNorm1d) updates its running statistics again when checkpoint recomputes it in backward",
         "  `norm` (BatchNorm1d) counted 6 batches over 3 training forwards in 3 steps"
         " and updated its running statistics during backward",
         "  fix: Make running-stat modules update once per step with `ema_lint.transform`",

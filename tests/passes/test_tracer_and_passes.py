@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 
 import pytest
 import torch
@@ -282,9 +283,12 @@ def test_detach_pass_reports_unmodified_when_nothing_keeps_history():
 
 def test_untraceable_model_falls_back_and_keeps_the_finding():
     model = Untraceable().train()
-    [reason] = ema_lint.check_model(model)
+    # The checkpoint call is read from the untraceable forward's source.
+    reason, found = ema_lint.check_model(model)
     assert (reason.code, reason.severity.value) == ("EMA003", "info")
     assert reason.message.startswith("model could not be traced: TraceError: ")
+    assert (found.code, found.module) == ("EMA101", "norm")
+    assert found.notes[0] == f"recomputed by the checkpoint at {__file__}:{inspect.getsourcelines(Untraceable.forward)[1] + 3}"
     x = (torch.randn(3, 4),)
     state = copy.deepcopy(model.state_dict())
     assert [(d.code, d.module) for d in ema_lint.check_model(model, example_inputs=x)] == [
