@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import difflib
-import multiprocessing
 import os
 import stat
 import tempfile
@@ -30,6 +29,7 @@ from ema_lint.notebook import Notebook, NotebookError, changed_cells, is_noteboo
 from ema_lint.project import ProjectIndex
 from ema_lint.rule import Rule
 from ema_lint.runner import SourceFile, _Loaded, in_cells, load_and_index
+from ema_lint.worker_processes import worker_context
 
 Keep = Callable[[Sequence[Diagnostic]], list[Diagnostic]]
 
@@ -186,10 +186,8 @@ def _fix_all(todo, rules, project, unsafe, keep, jobs):
         for item in todo:
             yield item, _Worker.fix(item.file.path, item.source, item.file.module_name)
         return
-    # fork: workers inherit the imported rules; the fixer starts no threads before forking
-    context = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=_Worker.setup, initargs=(rules, project, unsafe, keep)
+        jobs, mp_context=worker_context(), initializer=_Worker.setup, initargs=(rules, project, unsafe, keep)
     ) as pool:
         results = pool.map(
             _Worker.fix,

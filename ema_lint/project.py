@@ -251,9 +251,8 @@ class ProjectIndex:
         return {"modules": self.modules, "sources": self.sources}
 
     def __setstate__(self, state) -> None:
-        self.modules, self.sources = state["modules"], state["sources"]
-        self._structured, self._class_tables, self._running_stat_paths = {}, {}, {}
-        self._consulted = set()
+        # every memo table starts empty, as in a new index
+        self.__init__(state["modules"], state["sources"])
 
     @classmethod
     def from_facts(cls, facts: list[ModuleFacts], sources: dict[str, tuple[bytes, bool]] | None = None) -> "ProjectIndex":

@@ -24,6 +24,7 @@ from ema_lint.notebook import CellMap, Notebook, NotebookError, NotPython, is_no
 from ema_lint.project import ModuleFacts, ProjectIndex, imported_top_names, module_name_for, renamed_module, separate_roots, sibling_imports, summarize
 from ema_lint.result_cache import ResultCache
 from ema_lint.rule import Rule
+from ema_lint.worker_processes import worker_context
 
 # Past this size a file is generated data, not code a person wrote; parsing it would take
 # minutes. Reported as EMA004 rather than silently skipped.
@@ -217,8 +218,7 @@ def _crashed(path: str, exitcode: int | None) -> FileResult:
 
 def _check_alone(loaded: _Loaded, rules, project) -> tuple[FileResult, list[str]]:
     """Re-run one file in a process of its own, to tell the file that kills a worker."""
-    context = multiprocessing.get_context("fork")
-    with context.Pool(1, initializer=_Worker.setup, initargs=(rules, project)) as pool:
+    with worker_context().Pool(1, initializer=_Worker.setup, initargs=(rules, project)) as pool:
         pending = pool.apply_async(
             _Worker.check, (loaded.file.path, loaded.source, loaded.file.module_name)
         )
@@ -309,7 +309,7 @@ def _map_in_place(items: list[_Loaded], needed, function, jobs: int) -> None:
         for i in indices:
             items[i] = function(items[i])
         return
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=_context()) as pool:
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=worker_context()) as pool:
         for i, item in zip(indices, pool.map(function, [items[i] for i in indices], chunksize=16)):
             items[i] = item
 
@@ -325,7 +325,7 @@ def _run_phase_two(todo, rules, project, jobs, progress) -> Iterable[tuple[_Load
     unfinished = list(todo)
     try:
         with concurrent.futures.ProcessPoolExecutor(
-            jobs, mp_context=_context(), initializer=_Worker.setup, initargs=(rules, project)
+            jobs, mp_context=worker_context(), initializer=_Worker.setup, initargs=(rules, project)
         ) as pool:
             # largest first: a long file started last would leave the other workers idle
             futures = {
@@ -345,8 +345,3 @@ def _run_phase_two(todo, rules, project, jobs, progress) -> Iterable[tuple[_Load
             if progress:
                 progress(1)
 
-
-def _context():
-    # fork: workers inherit the imported rules and start in milliseconds; the checker
-    # starts no threads before forking.
-    return multiprocessing.get_context("fork")

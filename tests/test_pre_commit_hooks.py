@@ -106,6 +106,7 @@ def test_manifest_declares_both_hooks() -> None:
     assert all(hook["language"] == "python" and hook["require_serial"] for hook in hooks)
 
 
+@pytest.mark.hang_limit(2 * 900 + 120)  # two try-repo runs, each with its own 900 s limit
 def test_check_fails_fix_rewrites_then_both_pass(tmp_path: Path, user_repository: Path) -> None:
     hooks_repository = snapshot_of_project(tmp_path / "hooks")
     constraints = tmp_path / "constraints.txt"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import libcst as cst
 
+from ema_lint import worker_processes
 from ema_lint.diagnostics import Severity
+from ema_lint.registry import enabled_rules
 from ema_lint.rule import Rule
 from ema_lint.runner import ResultCache, SourceFile, check_files
 
@@ -65,6 +68,60 @@ def test_a_crashing_worker_costs_one_file_a_diagnostic(tmp_path: Path) -> None:
     ]
     others = [d for d in report.diagnostics if d.path != files[5].path]
     assert len(others) == sum(i % 3 + 1 for i in range(12) if i != 5)
+
+
+# a process-wide lock, as the import lock or a logging handler's would be
+HELD_BY_ANOTHER_THREAD = threading.Lock()
+
+
+class TakesAProcessWideLock(ReportsEveryCall):
+    def visit_Module(self, node: cst.Module) -> None:
+        with HELD_BY_ANOTHER_THREAD:
+            pass
+
+
+def test_a_lock_another_thread_holds_cannot_hang_the_workers(tmp_path: Path) -> None:
+    """A forked child inherits every lock held at the fork, and no thread is left to release
+    it: in a process with other threads (a test runner or notebook that imported torch)
+    the workers must start from a fresh process instead."""
+    files = _tree(tmp_path, 12)
+    release = threading.Event()
+    held = threading.Event()
+
+    def hold() -> None:
+        with HELD_BY_ANOTHER_THREAD:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    outcome = []
+    try:
+        held.wait()
+        checker = threading.Thread(
+            target=lambda: outcome.append(check_files(files, [TakesAProcessWideLock], jobs=2)), daemon=True
+        )
+        checker.start()
+        checker.join(timeout=120)
+    finally:
+        release.set()
+        holder.join()
+    assert outcome, "the workers hung on a lock held by another thread of the parent"
+    assert _summary(outcome[0]) == _summary(check_files(files, [ReportsEveryCall], jobs=1))
+
+
+def test_workers_started_afresh_find_what_one_process_finds(monkeypatch) -> None:
+    """Workers from a forkserver get the project index by pickle, not by inheritance: every
+    rule must find the same on the fixtures as in one process (cross-file facts included)."""
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    files = [SourceFile(str(p), str(fixtures)) for p in sorted(fixtures.rglob("*.py"))]
+    rules = enabled_rules(["EMA"], [])
+    in_one_process = check_files(files, rules, jobs=1)
+    monkeypatch.setattr(worker_processes, "_runs_one_thread", lambda: False)
+    assert worker_processes.worker_context().get_start_method() != "fork"
+    afresh = check_files(files, rules, jobs=2)
+    assert _summary(afresh) == _summary(in_one_process)
+    assert not [d for d in afresh.diagnostics if d.code == "EMA005"]
 
 
 def test_rule_exception_is_an_internal_error_diagnostic(tmp_path: Path) -> None:

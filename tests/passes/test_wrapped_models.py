@@ -4,6 +4,7 @@ the caller's wrapper, its module or its compiled code."""
 from __future__ import annotations
 
 import copy
+from datetime import timedelta
 
 import pytest
 import torch
@@ -15,6 +16,9 @@ from torch.utils.checkpoint import checkpoint
 
 import ema_lint
 from ema_lint.runtime.running_stats import is_converted
+
+# a rank that dies must fail the other's collectives, not leave it waiting forever
+COLLECTIVE_LIMIT = timedelta(seconds=120)
 
 STEPS = 3
 
@@ -100,7 +104,7 @@ def test_data_parallel_model_is_analysed_and_fixed_with_its_settings():
 
 
 def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2, timeout=COLLECTIVE_LIMIT)
     try:
         torch.manual_seed(0)
         net = Net()

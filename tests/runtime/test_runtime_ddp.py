@@ -1,6 +1,8 @@
 """Two gloo processes train a checkpointed DDP model with the fix: running statistics equal the
 un-checkpointed single-process reference and each other, bit for bit."""
 
+from datetime import timedelta
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -9,6 +11,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from ema_lint.runtime import convert_running_stats
+
+# a rank that dies must fail the other's collectives, not leave it waiting forever
+COLLECTIVE_LIMIT = timedelta(seconds=120)
 
 WORLD_SIZE = 2
 STEPS = 3
@@ -38,7 +43,7 @@ def train(model: nn.Module, forward) -> None:
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE, timeout=COLLECTIVE_LIMIT)
     try:
         torch.manual_seed(0)
         model = convert_running_stats(Net(checkpointed=True))
