@@ -762,7 +762,7 @@ def may_hold_recurrence(nodes: list[ast.AST], trains: bool) -> bool:
                 len(node.targets) == 1
                 and _step_shaped(node.value)
                 and can_be_state(node.targets[0])
-                and _appears_in(_plain_dump(node.targets[0]), node.value)
+                and _appears_in(_plain_dump(_whole_tensor_base(node.targets[0])), node.value)
             ):
                 return True
         elif isinstance(node, ast.AugAssign) and can_be_state(node.target):
@@ -831,6 +831,8 @@ def may_hold_loop_update(loops: list[ast.AST]) -> bool:
                         if _follows(node.func.value, bound):
                             return True
                         continue
+                    if any(k.arg == "out" and _follows(k.value, bound) for k in node.keywords):
+                        return True  # `torch.lerp(t, s, w, out=t)`
                     name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
                     if any(word in name.lower() for word in EMA_HELPER_WORDS) and any(
                         _follows(argument, bound) for argument in node.args
@@ -915,6 +917,17 @@ def _is_product(node: ast.AST) -> bool:
 def _plain_dump(node: ast.AST) -> str:
     """Structure without context or positions: `self.avg` loaded and stored dump alike."""
     return re.sub(r"(Load|Store|Del)\(\)", "", ast.dump(node, annotate_fields=False, include_attributes=False))
+
+
+def _whole_tensor_base(target: ast.AST) -> ast.AST:
+    """`avg` for `avg[:]` / `avg[...]`: writing every element writes the tensor itself."""
+    if isinstance(target, ast.Subscript):
+        part = target.slice
+        if (isinstance(part, ast.Slice) and part.lower is None and part.upper is None and part.step is None) or (
+            isinstance(part, ast.Constant) and part.value is Ellipsis
+        ):
+            return target.value
+    return target
 
 
 def _appears_in(target: str, value: ast.AST) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import libcst as cst
+import libcst.matchers as m
 
 from ema_lint.analysis.torch_names import (
     ARITHMETIC_CALLS,
@@ -29,9 +30,19 @@ from ema_lint.analysis.torch_names import (
     GRAD_MODE_NAMES,
     GRADIENT_NAMES,
     IN_PLACE_METHODS,
+    NAMED_ITEMS,
     TRANSFER_METHODS,
 )
-from ema_lint.rules._autograd import FileFacts, Site, attribute_name, names_and_attributes, names_in, strip_parens
+from ema_lint.rules._autograd import (
+    FileFacts,
+    Site,
+    attribute_name,
+    collection_kind,
+    names_and_attributes,
+    names_in,
+    strip_parens,
+    whole_tensor,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,6 +91,7 @@ class _Iteration:
             return None
         if self._in_optimizer():
             return None
+        parts = [inlined for part in parts for inlined in self._inlined(part)]
         sources, weights = [], []
         for part in parts:
             if isinstance(part, _Scale):
@@ -88,7 +100,7 @@ class _Iteration:
                 self._split(part, target_key, sources, weights)
         # a helper per tensor takes the weight inside (`ema_updater.update_average(old, new)`)
         parts = [part.value if isinstance(part, _Scale) else part for part in parts]
-        weighted = weights or any(_is_helper_call(part) for part in parts)
+        weighted = weights or any(_is_helper_call(part) for part in parts) or self._helper_over_module_tensors(target)
         if not weighted or not any(self._in_step(target, source) for source in sources):
             return None
         if not self._moves_toward(written, target_key):
@@ -97,6 +109,33 @@ class _Iteration:
         if loop is None or any(_mentions_gradient(node) for node in (*parts, target, loop.iter, loop.body)):
             return None
         return loop, target, data
+
+    def _names_a_tensor(self, node: cst.BaseExpression) -> bool:
+        """`name` of `for name, p in model.named_parameters()`: the key, not the tensor."""
+        node = strip_parens(node)
+        return isinstance(node, cst.Name) and any(
+            isinstance(loop.target, cst.Tuple)
+            and len(loop.target.elements) == 2
+            and m.matches(loop.target.elements[0].value, m.Name(node.value))
+            and attribute_name(strip_parens(loop.iter).func if isinstance(strip_parens(loop.iter), cst.Call) else loop.iter)
+            in NAMED_ITEMS
+            for loop in self.loops
+        )
+
+    def _helper_over_module_tensors(self, target: cst.BaseExpression) -> bool:
+        """`for name, p in model.named_parameters(): ema.update(name, p.data)`: an EMA-named
+        helper fed each tensor of a module keeps its weight inside (a metrics meter fed
+        `metrics.items()` walks no module)."""
+        statement = self.site.statement
+        if not (isinstance(statement, cst.Expr) and _is_helper_call(statement.value)):
+            return False
+        loop = self._loop_of(target)
+        if loop is None:
+            return False
+        iterable = strip_parens(loop.iter)
+        if m.matches(iterable, m.Call(func=m.Name("zip") | m.Name("enumerate"))):
+            return any(collection_kind(a.value) is not None for a in iterable.args)
+        return collection_kind(iterable) is not None
 
     def _moves_toward(self, written, target_key: str) -> bool:
         """An average keeps part of the old value: the write scales the target in place
@@ -108,15 +147,41 @@ class _Iteration:
         if isinstance(statement, cst.Expr):
             call = statement.value
             if isinstance(call.func, cst.Attribute) and call.func.attr.value == "copy_" and call.args:
-                return any(self._per_iteration(n) == target_key for n in _operands(call.args[0].value))
+                return self._reads(call.args[0].value, target_key)
+            inputs = [a.value for a in call.args if a.keyword is None or a.keyword.value != "out"]
+            if len(inputs) < len(call.args):
+                # `torch.add(t, s, alpha=w, out=t)` reads `t`; `torch.mul(s, 2, out=t)` only writes it
+                return any(self._reads(value, target_key) for value in inputs)
             return True
-        value = statement.value
+        return self._reads(statement.value, target_key)
+
+    def _reads(self, value: cst.BaseExpression, target_key: str) -> bool:
+        """`value` reads the target, directly or through a temporary of the loop
+        (`new = update_average(ma, cur); ma.copy_(new)`)."""
         operands = _operands(value)
         for operand in list(operands):
             inlined = self._temporary(operand)
             if inlined is not None:
                 operands += _operands(inlined)
         return any(self._per_iteration(n) == target_key for n in operands)
+
+    def _inlined(self, part: cst.BaseExpression) -> list[cst.BaseExpression]:
+        """A temporary's value and the in-place scalings applied to it in the loop, for
+        `diff = e - p; diff.mul_(1 - d); e.sub_(diff)`; any other part as it is."""
+        if isinstance(part, _Scale):
+            return [part]
+        value = self._temporary(part)
+        if value is None:
+            return [part]
+        name = strip_parens(part).value
+        scalings = []
+        body = self.loops[-1].body
+        for statement in m.findall(body, m.AugAssign(target=m.Name(name), operator=m.MultiplyAssign() | m.DivideAssign())):
+            scalings.append(_Scale(statement.value))
+        scaling_call = m.Call(func=m.Attribute(value=m.Name(name), attr=m.Name("mul_") | m.Name("div_")), args=[m.Arg()])
+        for statement in m.findall(body, m.Expr(value=scaling_call)):
+            scalings.append(_Scale(statement.value.args[0].value))
+        return [value, *scalings]
 
     def _temporary(self, node: cst.BaseExpression) -> cst.BaseExpression | None:
         """The value of a local bound once inside the loop to a computed expression (not
@@ -127,7 +192,8 @@ class _Iteration:
         bindings = [
             b
             for b in self.site.function.bindings.get(node.value, ())
-            if not b.element_of and any(loop.node in self.loops for loop in b.loops)
+            # an in-place scaling (`diff *= w`) keeps the value and is read by `_inlined`
+            if not b.element_of and not b.augmented and any(loop.node in self.loops for loop in b.loops)
         ]
         if len(bindings) != 1 or self._per_iteration(bindings[0].value) is not None:
             return None
@@ -147,16 +213,22 @@ class _Iteration:
             if node is not call:
                 target, data = _bare(node)
                 return target, parts, data
+            keywords = {a.keyword.value: a for a in call.args if a.keyword is not None}
+            if "out" in keywords and attribute_name(call.func) in ARITHMETIC_CALLS:
+                # `torch.add(t, s, alpha=w, out=t)`: an in-place step spelt as a function
+                target, data = _bare(keywords["out"].value)
+                others = [a for a in call.args if a is not keywords["out"]]
+                return target, [_Scale(a.value) if _scales(call, a) else a.value for a in others], data
             if _is_helper_call(call):
                 arguments = [a.value for a in call.args]
                 for index, argument in enumerate(arguments):
-                    if self._per_iteration(argument) is not None:
+                    if self._per_iteration(argument) is not None and not self._names_a_tensor(argument):
                         target, data = _bare(argument)
                         return target, arguments[:index] + arguments[index + 1 :], data
             return None
         if isinstance(statement, cst.Assign) and len(statement.targets) == 1:
             target = strip_parens(statement.targets[0].target)
-            whole = isinstance(target, cst.Subscript) and _whole(target)
+            whole = isinstance(target, cst.Subscript) and whole_tensor(target)
             if whole:
                 target = strip_parens(target.value)
             if isinstance(target, cst.Attribute) and target.attr.value == "data":
@@ -188,7 +260,7 @@ class _Iteration:
                             return key
             return None
         if isinstance(node, cst.Subscript):
-            if _whole(node):
+            if whole_tensor(node):
                 # `ema_param.data[:] = ...` writes the whole tensor
                 return self._per_iteration(node.value, depth)
             # `d[k]` with `k` a loop variable over names (or a key made from one), not a
@@ -236,7 +308,7 @@ class _Iteration:
         while isinstance(node, cst.Attribute):
             node, _ = _bare(node.value)
         if isinstance(node, cst.Subscript):
-            if _whole(node):
+            if whole_tensor(node):
                 return self._anchor(node.value, depth)
             key = self._key(node)
             return None if key is None else (key, True)
@@ -341,16 +413,6 @@ def _operands(node: cst.BaseExpression) -> list[cst.BaseExpression]:
     return found
 
 
-def _whole(lookup: cst.Subscript) -> bool:
-    """`t[:]` / `t[...]`: every element of the tensor."""
-    if len(lookup.slice) != 1:
-        return False
-    part = lookup.slice[0].slice
-    if isinstance(part, cst.Slice):
-        return part.lower is None and part.upper is None and part.step is None
-    return isinstance(part, cst.Index) and isinstance(part.value, cst.Ellipsis)
-
-
 @dataclass(frozen=True)
 class _Scale:
     """An argument that only scales the target (`mul_(d)`, `alpha=w`): a weight, never a source."""
@@ -359,7 +421,7 @@ class _Scale:
 
 
 def _scales(call: cst.Call, argument: cst.Arg) -> bool:
-    method = call.func.attr.value
+    method = attribute_name(call.func)
     positional = [a for a in call.args if a.keyword is None]
     if argument.keyword is not None:
         return argument.keyword.value in ("alpha", "value", "weight")

@@ -24,9 +24,17 @@ GRAD_OFF_CONTEXTS = frozenset({"no_grad", "inference_mode"})
 HISTORY_CUTTING_METHODS = frozenset({"item", "tolist", "numpy", "detach"})
 SCALAR_CASTS = frozenset({"float", "int", "bool", "str", "len", "round"})
 # torch functions whose result never carries a graph: `clip_grad_norm_` measures gradients
-# under `no_grad`, the others report memory or learning rates.
+# under `no_grad`, `from_numpy` wraps an array, the others report memory or learning rates.
 NO_GRAPH_CALLS = frozenset(
-    {"clip_grad_norm_", "clip_grad_value_", "get_lr", "get_last_lr", "memory_allocated", "max_memory_allocated"}
+    {
+        "clip_grad_norm_",
+        "clip_grad_value_",
+        "from_numpy",
+        "get_lr",
+        "get_last_lr",
+        "memory_allocated",
+        "max_memory_allocated",
+    }
 )
 # `for name, p in model.named_parameters()`: the first element of each item is a name.
 NAMED_ITEMS = frozenset({"named_parameters", "named_buffers", "named_modules", "named_children", "items"})

@@ -19,6 +19,7 @@ hyperparameters read from `self`).
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -191,6 +192,9 @@ def collection_kind(iterable: cst.BaseExpression) -> str | None:
 class Loop:
     node: cst.For | cst.While
     runs_backward: bool = False
+    # steps an optimizer in its body (directly or through functions of this file): one
+    # iteration is at least one training step
+    steps_optimizer: bool = False
 
 
 @dataclass(eq=False)
@@ -227,6 +231,8 @@ class Function:
     # the values of its `return` statements
     returns: list[cst.BaseExpression] = field(default_factory=list)
     grad_free: bool = False
+    # steps an optimizer (directly or through functions of this file)
+    steps_optimizer: bool = False
     # parameters annotated as plain numbers or strings (`real_acc: float`): not assumed to carry
     # a graph just because the function is a `forward` (a caller passing a tensor still counts)
     scalar_params: frozenset[str] = frozenset()
@@ -505,6 +511,13 @@ class _Collector(cst.BatchableCSTVisitor):
                 self._bind_target(statement.target, statement.value, element_of=False)
             elif isinstance(statement, cst.AugAssign):
                 self._bind_target(statement.target, statement.value, element_of=False, augmented=True)
+            elif m.matches(
+                statement,
+                m.Expr(m.Call(func=m.Attribute(value=m.Name(), attr=m.Name("append") | m.Name("extend")), args=[m.Arg(keyword=None)])),
+            ):
+                # `losses.append(loss)`: the list now holds what `loss` holds, besides its old items
+                call = statement.value
+                self._bind_target(call.func.value, call.args[0].value, element_of=False, augmented=True)
             elif isinstance(statement, cst.Return) and statement.value is not None:
                 self.function.returned_names.update(names_in(statement.value))
                 self.function.returns.append(strip_parens(statement.value))
@@ -541,13 +554,18 @@ class _Collector(cst.BatchableCSTVisitor):
         # `self.backward(...)` is a method of the user's own class (hand-written backprop in
         # numpy code), not autograd's
         if name == "backward" and not m.matches(node.func, m.Attribute(value=m.Name("self"))):
-            parts: list[cst.CSTNode] = [a.value for a in node.args]
+            # keywords are options (`retain_graph=i < n`, `inputs=params`), never the loss
+            parts: list[cst.CSTNode] = [a.value for a in node.args if a.keyword is None]
             if isinstance(node.func, cst.Attribute):
                 parts.append(node.func.value)
             for part in parts:
                 self.function.backward_names.update(names_in(part))
             for loop in self._loops[-1]:
                 loop.runs_backward = True
+        if name == "step" and _optimizer_like(node.func):
+            self.function.steps_optimizer = True
+            for loop in self._loops[-1]:
+                loop.steps_optimizer = True
         func = node.func
         loops = tuple(self._loops[-1])
         if isinstance(func, cst.Attribute) and m.matches(func.value, m.Name("self")):
@@ -556,6 +574,9 @@ class _Collector(cst.BatchableCSTVisitor):
             )
         elif isinstance(func, cst.Name):
             self.calls.append(Call(self.function, func.value, None, node.args, self._grad_off[-1] > 0, loops))
+
+
+LOGGING_NAME = re.compile(r"logs?|log_dict|log_vars|logging_outputs?|metrics?|infos?|stats|extras?")
 
 
 def _names_a_count(attribute: str) -> bool:
@@ -689,7 +710,7 @@ class FileFacts:
         self.foreign = "torch" not in collector.imported_roots and bool(collector.imported_roots & OTHER_FRAMEWORKS)
         self.frozen = {code_of(module, node) for node in collector.frozen}
         self._code: dict[int, str] = {}
-        self._carrying: dict[Function, tuple[tuple[int, int], set[str]]] = {}
+        self._carrying: dict[Function, set[str]] = {}
         # functions whose returns are being judged (recursion guard)
         self._judging: set[Function] = set()
         self._by_name: dict[tuple[str | None, str], list[Function]] = {}
@@ -737,20 +758,30 @@ class FileFacts:
 
     def _mark_loops_that_train(self, calls: list[Call]) -> None:
         """A loop runs backward when it calls, through functions of this file, one that calls
-        `backward` (`for batch in loader: loss = train_step(batch)`)."""
+        `backward` (`for batch in loader: loss = train_step(batch)`); likewise for stepping
+        an optimizer."""
         trains = {function for function in self.functions if function.backward_names}
+        steps = {function for function in self.functions if function.steps_optimizer}
         changed = True
         while changed:
             changed = False
             for call in calls:
                 callees = self._by_name.get((call.class_name, call.callee), ())
-                if len(callees) != 1 or callees[0] not in trains:
+                if len(callees) != 1:
                     continue
-                for loop in call.loops:
-                    loop.runs_backward = True
-                if call.caller not in trains:
-                    trains.add(call.caller)
-                    changed = True
+                if callees[0] in trains:
+                    for loop in call.loops:
+                        loop.runs_backward = True
+                    if call.caller not in trains:
+                        trains.add(call.caller)
+                        changed = True
+                if callees[0] in steps:
+                    for loop in call.loops:
+                        loop.steps_optimizer = True
+                    if call.caller not in steps:
+                        call.caller.steps_optimizer = True
+                        steps.add(call.caller)
+                        changed = True
 
     def _propagate_graph_params(self, calls: list[Call]) -> None:
         by_key = {(f.class_name, f.name): f for f in self.functions if f.node is not None}
@@ -771,6 +802,7 @@ class FileFacts:
                     if name not in callee.graph_params and self.may_carry_graph(arg.value, call.caller):
                         callee.graph_params.add(name)
                         changed = True
+            self._carrying.clear()
             if not changed:
                 return
 
@@ -793,6 +825,7 @@ class FileFacts:
                 bindings = function.bindings.get(name, ())
                 if bindings and all(self._produces_graph(b, name, function) for b in bindings):
                     function.backward_names.add(name)
+                    self._carrying.clear()
 
     def _produces_graph(self, binding: Binding, name: str, function: Function) -> bool:
         """Whether a call's result, upstream of a backpropagated value, recorded a graph. Not
@@ -906,12 +939,10 @@ class FileFacts:
         """The local names that may carry autograd history: the least set holding the graph
         parameters and backpropagated names, and every name with a binding that carries
         history itself or reads a name of the set. Solved once per function (a chain or cycle
-        of bindings costs linear time); graph parameters and backpropagated names only grow,
-        so their sizes tell when to solve again."""
-        state = (len(function.graph_params), len(function.backward_names))
-        known, carrying = self._carrying.get(function, (None, set()))
-        if known == state:
-            return carrying
+        of bindings costs linear time) and kept until some function's facts grow: a binding
+        to a call of this file carries what the callee's returns carry."""
+        if function in self._carrying:
+            return self._carrying[function]
         carrying = function.graph_params | function.backward_names
         readers: dict[str, list[str]] = {}
         for name, bindings in function.bindings.items():
@@ -930,13 +961,20 @@ class FileFacts:
                 if reader not in carrying:
                     carrying.add(reader)
                     pending.append(reader)
-        self._carrying[function] = (state, carrying)
+        self._carrying[function] = carrying
         return carrying
 
     def _binding_sources(self, binding: Binding, names: set[str], function: Function) -> bool:
         """Like `_sources`, for the value one binding gives its name."""
-        if binding.element_index is not None and self._unpacked_element_is_free(binding):
-            return False
+        if binding.element_index is not None:
+            if self._unpacked_element_is_free(binding):
+                return False
+            beside_the_loss = self._beside_the_loss(binding, function)
+            if beside_the_loss is not None:
+                # the call recorded a graph, since a gradient flows through it; what comes
+                # beside the loss under a logging name (`logs`, `metrics`, `log_vars`, `info`)
+                # is numbers for a logger, by the convention of the trainers that return it
+                return LOGGING_NAME.fullmatch(beside_the_loss) is None
         if binding.grad_off and not binding.element_of and _made_new(strip_parens(binding.value)):
             return False  # computed with gradients off: a new tensor without history
         if binding.element_of:
@@ -968,6 +1006,24 @@ class FileFacts:
         else:
             return None
         return candidates[0] if len(candidates) == 1 else None
+
+    def _beside_the_loss(self, binding: Binding, function: Function) -> str | None:
+        """The name `binding` gives, when it unpacks a call not of this file beside a
+        backpropagated value (`logits, loss = model(x)`, `loss.backward()`)."""
+        if self._callee(strip_parens(binding.value)) is not None:
+            return None  # read from the function itself
+        unpacked = [
+            (name, other)
+            for name, bindings in function.bindings.items()
+            for other in bindings
+            if other.value is binding.value and other.element_index is not None
+        ]
+        own = next(name for name, other in unpacked if other is binding)
+        if own in function.backward_names or not any(
+            name in function.backward_names for name, other in unpacked if other is not binding
+        ):
+            return None
+        return own
 
     def _unpacked_element_is_free(self, binding: Binding) -> bool:
         """`loss, info = compute_loss(...)`: `info` carries no graph when the function is in
@@ -1085,10 +1141,29 @@ class FileFacts:
         if isinstance(node, cst.UnaryOperation):
             return self._sources(node.expression, names)
         if isinstance(node, cst.IfExp):
+            if self._not_a_tensor_otherwise(node):
+                return self._sources(node.body, names)
             return self._sources(node.body, names) or self._sources(node.orelse, names)
         if isinstance(node, (cst.Tuple, cst.List)):
             return any(self._sources(e.value, names) for e in node.elements)
         return False
+
+    def _not_a_tensor_otherwise(self, choice: cst.IfExp) -> bool:
+        """`x.item() if hasattr(x, "item") else x`, `... if torch.is_tensor(x) else x`: the
+        `else` value is `x` only when `x` is no tensor, so it holds no graph."""
+        test = strip_parens(choice.test)
+        if not isinstance(test, cst.Call) or not test.args:
+            return False
+        tested = self.code(strip_parens(test.args[0].value))
+        if self.code(strip_parens(choice.orelse)) != tested:
+            return False
+        name = attribute_name(test.func)
+        if name == "hasattr" and len(test.args) == 2:
+            attribute = strip_parens(test.args[1].value)
+            return isinstance(attribute, cst.SimpleString) and attribute.evaluated_value in ("item", "detach")
+        if name == "isinstance" and len(test.args) == 2:
+            return self.code(strip_parens(test.args[1].value)) in ("torch.Tensor", "Tensor")
+        return name == "is_tensor" and len(test.args) == 1
 
     def reads(self, scope: cst.CSTNode, target: str) -> list[tuple[cst.CSTNode, bool]]:
         """Every read of the expression `target` inside `scope`, each with whether it can
@@ -1326,8 +1401,10 @@ class _Shapes:
         if isinstance(statement, cst.Assign) and len(statement.targets) == 1 and isinstance(
             strip_parens(statement.value), (cst.BinaryOperation, cst.Call, cst.IfExp)
         ):
-            state = statement.targets[0].target
-            found = self.value_recurrence(statement.value, self.facts.code(strip_parens(state)))
+            state = strip_parens(statement.targets[0].target)
+            if isinstance(state, cst.Subscript) and whole_tensor(state):
+                state = strip_parens(state.value)  # `avg[:] = d * avg + ...` writes `avg` itself
+            found = self.value_recurrence(statement.value, self.facts.code(state))
             if found is not None:
                 return Recurrence(site, state, found[3], found[4], found[0], found[1], found[2])
         elif isinstance(statement, cst.AugAssign):
@@ -1464,10 +1541,30 @@ def accumulation(facts: FileFacts, site: Site) -> Accumulation | None:
                 return Accumulation(site, target, other)
         return None
     if isinstance(statement, cst.Expr) and m.matches(
-        statement.value, m.Call(func=m.Attribute(attr=m.Name("append") | m.Name("add_")), args=[m.Arg(keyword=None)])
+        statement.value, m.Call(func=m.Attribute(attr=m.Name("append") | m.Name("extend") | m.Name("add_")), args=[m.Arg(keyword=None)])
     ):
         return Accumulation(site, statement.value.func.value, statement.value.args[0].value)
     return None
+
+
+def _optimizer_like(func: cst.BaseExpression) -> bool:
+    """`optimizer.step()`, `self.opt_d.step()`, `scaler.step(optimizer)`: not a scheduler's or
+    an environment's `step`."""
+    if not isinstance(func, cst.Attribute):
+        return False
+    receiver = strip_parens(func.value)
+    last = receiver.attr.value if isinstance(receiver, cst.Attribute) else getattr(receiver, "value", "")
+    return isinstance(last, str) and re.search(r"optim|(^|_)opt(_|$|\d)|scaler", last.lower()) is not None
+
+
+def whole_tensor(lookup: cst.Subscript) -> bool:
+    """`t[:]` / `t[...]`: every element of the tensor."""
+    if len(lookup.slice) != 1:
+        return False
+    part = lookup.slice[0].slice
+    if isinstance(part, cst.Slice):
+        return part.lower is None and part.upper is None and part.step is None
+    return isinstance(part, cst.Index) and isinstance(part.value, cst.Ellipsis)
 
 
 def find_recurrences(facts: FileFacts) -> list[Recurrence]:

@@ -136,17 +136,22 @@ class LossAccumulatedWithGraph(AutogradRule):
                 value = strip_parens(binding.value)
                 if binding.element_of:
                     continue
-                for made in _item_constructors(value) if of_items else [value]:
+                # `DistributedMetric(...) if distributed else AverageMeter()`: either may run
+                choices = [strip_parens(value.body), strip_parens(value.orelse)] if isinstance(value, cst.IfExp) else [value]
+                for made in [c for choice in choices for c in (_item_constructors(choice) if of_items else [choice])]:
                     if isinstance(made, cst.Call):
                         made = made.func
                     dotted = dotted_text(made)
                     if dotted is not None:
                         classes.append(project.qualify(module_name, dotted))
+        accumulating: set[str] = set()
         for qualified in classes:
+            # the first class of the MRO that defines the method is the one called
             for facts in project.mro(qualified):
                 if method in facts.accumulating_arguments:
-                    return facts.accumulating_arguments[method]
-        return ()
+                    accumulating.update(facts.accumulating_arguments[method])
+                    break
+        return tuple(sorted(accumulating))
 
     def _keeps_graph(self, facts: FileFacts, found: Accumulation) -> bool:
         site = found.site
@@ -163,7 +168,12 @@ class LossAccumulatedWithGraph(AutogradRule):
             return False
         if _stores_parameter(found):
             return False
-        return any(self._carried_across(facts, found, loop) for loop in site.loops if loop.runs_backward)
+        training = [loop for loop in site.loops if loop.runs_backward]
+        if function.steps_optimizer:
+            # a loop that steps no optimizer, in a function that does, runs within one step
+            # (gradient accumulation, sub-networks, a batch group): its graphs go with the step
+            training = [loop for loop in training if loop.steps_optimizer]
+        return any(self._carried_across(facts, found, loop) for loop in training)
 
     @staticmethod
     def _carried_across(facts: FileFacts, found: Accumulation, loop) -> bool:
@@ -187,8 +197,11 @@ class LossAccumulatedWithGraph(AutogradRule):
         value = one_line(module, strip_parens(found.value))
         root = root_name(found.accumulator)
         escapes = root == "self" or root in found.site.function.returned_names
-        if _is_container(found.value, found.site.function):
-            # `[a, b].detach()` is no method of a list: which items are tensors is a person's call.
+        statement = found.site.statement
+        extends = isinstance(statement, cst.Expr) and attribute_name(statement.value.func) == "extend"
+        if extends or _is_container(found.value, found.site.function):
+            # `[a, b].detach()` is no method of a list (and `extend` takes any iterable): which
+            # items are tensors is a person's call.
             fix = Fix("Detach the tensors in the accumulated value", Applicability.DISPLAY_ONLY)
         else:
             fix = Fix(
