@@ -68,7 +68,9 @@ def fix_files(
     input. `roots`: the paths the user named; a file whose real location is outside all of
     them (reached through a linked folder) is checked but never written."""
     targets, unwritable = _targets(files, roots)
-    loaded, project = load_and_index(targets, jobs=jobs)
+    # decided once, before any pool: a pool just shut down may still show its threads
+    context = worker_context()
+    loaded, project = load_and_index(targets, jobs=jobs, context=context)
     keep = keep or list
     outcomes: dict[str, FileFix] = {}
     todo = []
@@ -86,7 +88,7 @@ def fix_files(
             outcomes[path] = FileFix(path, on_disk, on_disk, remaining=found, found=found, skipped=unwritable[path])
         else:
             todo.append(item)
-    for item, result in _fix_all(todo, rules, project, unsafe, keep, jobs):
+    for item, result in _fix_all(todo, rules, project, unsafe, keep, jobs, context):
         outcomes[item.file.path] = _outcome(item, result)
     ordered = [outcomes[f.path] for f in targets]
     if write:
@@ -180,14 +182,14 @@ class _Worker:
             return FixedSource(path, source, source, remaining=[crash], found=[crash])
 
 
-def _fix_all(todo, rules, project, unsafe, keep, jobs):
+def _fix_all(todo, rules, project, unsafe, keep, jobs, context):
     if jobs <= 1 or len(todo) < 2 * jobs:
         _Worker.setup(rules, project, unsafe, keep)
         for item in todo:
             yield item, _Worker.fix(item.file.path, item.source, item.file.module_name)
         return
     with concurrent.futures.ProcessPoolExecutor(
-        jobs, mp_context=worker_context(), initializer=_Worker.setup, initargs=(rules, project, unsafe, keep)
+        jobs, mp_context=context, initializer=_Worker.setup, initargs=(rules, project, unsafe, keep)
     ) as pool:
         results = pool.map(
             _Worker.fix,

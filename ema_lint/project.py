@@ -33,6 +33,7 @@ from ema_lint.analysis.torch_names import (
     OPENMMLAB_CONV_MODULES,
     OPENMMLAB_NORM_CFG_POSITION,
     OPENMMLAB_NORM_FACTORY,
+    STEP_HOOKS,
 )
 
 REF, BUILT, RESULT, SELF_RESULT, PASSED = "ref", "built", "result", "self-result", "passed"
@@ -218,7 +219,8 @@ class ModuleFacts:
     may_hold_momentum_correction: bool = True
     # False only when no `for` loop writes anything a model-EMA loop could (see `may_hold_loop_update`)
     may_hold_loop_update: bool = True
-    # False only when nothing named `backward` is referenced: no training step in this file
+    # False only when nothing named `backward` is referenced and no per-step hook
+    # (`STEP_HOOKS`) is defined: no training step in this file
     calls_backward: bool = True
     # the qualified name of every name or attribute chain the file reads, recorded only
     # where a checkpoint region can be referenced (see `read_names`); resolved later by
@@ -651,7 +653,7 @@ def summarize(
     # ASCII, its NFKC form otherwise (which may add ASCII the bytes lack).
     mentions_checkpoint = b"checkpoint" in source or not source.isascii()
     names = kinds(ast.Name, ast.Attribute)
-    trains = calls_backward(names)
+    trains = calls_backward(names) or any(f.name in STEP_HOOKS for f in kinds(ast.FunctionDef, ast.AsyncFunctionDef))
     return ModuleFacts(
         module_name,
         imports,

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import stat
 from dataclasses import dataclass, field
+from multiprocessing.context import BaseContext
 from typing import Callable, Iterable, Sequence
 
 from ema_lint.diagnostics import Diagnostic
@@ -216,9 +217,9 @@ def _crashed(path: str, exitcode: int | None) -> FileResult:
     return result
 
 
-def _check_alone(loaded: _Loaded, rules, project) -> tuple[FileResult, list[str]]:
+def _check_alone(loaded: _Loaded, rules, project, context: BaseContext) -> tuple[FileResult, list[str]]:
     """Re-run one file in a process of its own, to tell the file that kills a worker."""
-    with worker_context().Pool(1, initializer=_Worker.setup, initargs=(rules, project)) as pool:
+    with context.Pool(1, initializer=_Worker.setup, initargs=(rules, project)) as pool:
         pending = pool.apply_async(
             _Worker.check, (loaded.file.path, loaded.source, loaded.file.module_name)
         )
@@ -233,16 +234,16 @@ def _check_alone(loaded: _Loaded, rules, project) -> tuple[FileResult, list[str]
 
 
 def load_and_index(
-    files: Sequence[SourceFile], *, jobs: int = 1, cache: ResultCache | None = None
+    files: Sequence[SourceFile], *, jobs: int = 1, cache: ResultCache | None = None, context: BaseContext
 ) -> tuple[list[_Loaded], ProjectIndex]:
     """Phase 1: every file's bytes and facts (or the problem that ends its check), and the
-    project index built from them."""
+    project index built from them. `context` starts the worker processes (`worker_context`)."""
     loaded = [_load(f) for f in files]
     _tell_imports(loaded)
     if cache is not None:
         cache.fill_facts(loaded)
     _map_in_place(
-        loaded, lambda item: item.problem is None and not item.summarized, _summarize, jobs
+        loaded, lambda item: item.problem is None and not item.summarized, _summarize, jobs, context
     )
     if cache is not None:
         cache.store_facts(loaded)
@@ -264,7 +265,9 @@ def check_files(
     cache: ResultCache | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Report:
-    loaded, project = load_and_index(files, jobs=jobs, cache=cache)
+    # decided once, before any pool: a pool just shut down may still show its threads
+    context = worker_context()
+    loaded, project = load_and_index(files, jobs=jobs, cache=cache, context=context)
     results: dict[str, FileResult] = {}
     todo: list[_Loaded] = []
     unparsed: list[tuple[_Loaded, tuple[FileResult, list[str]]]] = []
@@ -279,7 +282,7 @@ def check_files(
                 progress(1)
         else:
             todo.append(item)
-    checked = itertools.chain(unparsed, _run_phase_two(todo, rules, project, jobs, progress))
+    checked = itertools.chain(unparsed, _run_phase_two(todo, rules, project, jobs, progress, context))
     for item, (result, consulted) in checked:
         result = _prefer_reference_parser(item, result)
         results[item.file.path] = result
@@ -303,18 +306,18 @@ def _unparsed_result(item: _Loaded, rules, project: ProjectIndex) -> tuple[FileR
     return None if triggered else (result, project.consulted_modules())
 
 
-def _map_in_place(items: list[_Loaded], needed, function, jobs: int) -> None:
+def _map_in_place(items: list[_Loaded], needed, function, jobs: int, context: BaseContext) -> None:
     indices = [i for i, item in enumerate(items) if needed(item)]
     if jobs <= 1 or len(indices) < 2 * jobs:
         for i in indices:
             items[i] = function(items[i])
         return
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=worker_context()) as pool:
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
         for i, item in zip(indices, pool.map(function, [items[i] for i in indices], chunksize=16)):
             items[i] = item
 
 
-def _run_phase_two(todo, rules, project, jobs, progress) -> Iterable[tuple[_Loaded, FileResult]]:
+def _run_phase_two(todo, rules, project, jobs, progress, context) -> Iterable[tuple[_Loaded, FileResult]]:
     if jobs <= 1 or len(todo) < 2 * jobs:
         _Worker.setup(rules, project)
         for item in todo:
@@ -325,7 +328,7 @@ def _run_phase_two(todo, rules, project, jobs, progress) -> Iterable[tuple[_Load
     unfinished = list(todo)
     try:
         with concurrent.futures.ProcessPoolExecutor(
-            jobs, mp_context=worker_context(), initializer=_Worker.setup, initargs=(rules, project)
+            jobs, mp_context=context, initializer=_Worker.setup, initargs=(rules, project)
         ) as pool:
             # largest first: a long file started last would leave the other workers idle
             futures = {
@@ -341,7 +344,7 @@ def _run_phase_two(todo, rules, project, jobs, progress) -> Iterable[tuple[_Load
                     progress(1)
     except concurrent.futures.process.BrokenProcessPool:
         for item in unfinished:
-            yield item, _check_alone(item, rules, project)
+            yield item, _check_alone(item, rules, project, context)
             if progress:
                 progress(1)
 

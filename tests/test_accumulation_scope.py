@@ -122,3 +122,164 @@ def test_values_beside_the_loss_carry_its_graph_unless_named_for_the_logger() ->
     result = check_source("m.py", textwrap.dedent(source).encode(), [rule_for("EMA202")])
     # `extend` takes any iterable: detaching it is a person's call
     assert [d.fix.applicability.name for d in result.diagnostics] == ["DISPLAY_ONLY"]
+
+
+def test_a_cut_call_unpacked_beside_the_loss_holds_no_graph() -> None:
+    source = """
+    import torch
+
+    def train(model, criterion, loader, optimizer, meter):
+        sizes = []
+        for x, y in loader:
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+            stats = torch.tensor([loss.item(), x.size(0)])
+            loss, batch_size = stats.tolist()
+            sizes.append(batch_size)
+    """
+    assert _findings("EMA202", source) == []
+
+
+def test_a_constructed_model_is_no_graph_for_what_is_computed_from_it() -> None:
+    source = """
+    import torch
+
+    def main(args, data, evaluate):
+        adjacency = data.adjacency()
+        model = GCN(data.n_nodes, adjacency, args).to(args.device)
+        optimizer = torch.optim.Adam(model.parameters())
+        recalls, losses = [], []
+        for epoch in range(args.epochs):
+            batch_loss = model.loss(*data.sample())
+            optimizer.zero_grad()
+            batch_loss.backward()
+            optimizer.step()
+            scores = evaluate(model, data.test_users)
+            recalls.append(scores["recall"])
+            losses.append(batch_loss)
+    """
+    # the evaluation result is computed from the model, not from a recorded op upstream of the loss
+    assert _findings("EMA202", source) == [16]
+
+
+def test_state_a_per_step_hook_keeps_on_the_instance_outlives_the_step() -> None:
+    source = """
+    import torch
+    import lightning as L
+    import torch.nn.functional as F
+
+    class Classifier(L.LightningModule):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            logits = self.net(x)
+            loss = F.cross_entropy(logits, y)
+            self.training_step_outputs.append(loss)
+            self.seen += x.size(0)
+            self.losses_this_step = []
+            self.losses_this_step.append(loss)
+            self.logged.append(loss.detach())
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.validation_step_outputs.append(self.net(x))
+
+        def on_train_epoch_end(self):
+            self.log("mean", torch.stack(self.training_step_outputs).mean())
+            self.training_step_outputs.clear()
+    """
+    # validation runs without gradients; a list re-created in every call dies with the step
+    assert _findings("EMA202", source) == [11]
+
+
+def test_losses_collected_to_be_backpropagated_together_are_not_reported() -> None:
+    source = """
+    import torch
+    import torch.nn.functional as F
+
+    def train(model, loader, opt):
+        buf = []
+        for i, (x, y) in enumerate(loader):
+            loss = F.cross_entropy(model(x), y)
+            buf.append(loss)
+            if (i + 1) % 4 == 0:
+                torch.stack(buf).mean().backward()
+                opt.step()
+                opt.zero_grad()
+                buf.clear()
+
+    class Manual(LightningModule):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = F.cross_entropy(self.net(x), y)
+            self.buf.append(loss)
+            if (batch_idx + 1) % 4 == 0:
+                self.manual_backward(torch.stack(self.buf).mean())
+                self.buf.clear()
+            return loss
+    """
+    assert _findings("EMA202", source) == []
+
+
+def test_only_model_outputs_beside_the_loss_are_taken_to_carry_it() -> None:
+    source = """
+    from helpers import train_batch
+
+    def train(model, loader, optimizer):
+        total_correct, n_seen, outputs = 0, 0, []
+        for x, y in loader:
+            loss, correct, count, logits = train_batch(model, x, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total_correct += correct
+            n_seen += count
+            outputs.append(logits)
+    """
+    assert _findings("EMA202", source) == [13]
+
+
+def test_a_module_instance_with_a_capitalised_name_is_called_not_constructed() -> None:
+    source = """
+    import torch
+    import torch.nn as nn
+
+    def train(loader, net):
+        MSE = nn.MSELoss()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        outs = []
+        for x, y in loader:
+            out = net(x)
+            loss = MSE(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            outs.append(out)
+    """
+    assert _findings("EMA202", source) == [15]
+
+
+def test_an_optimizer_stepped_through_a_helper_or_a_list_makes_a_step_loop() -> None:
+    source = """
+    from utils import clip_and_step
+
+    def train(model, loader, optimizer, optimizers, epochs):
+        history = []
+        for epoch in range(epochs):
+            for x in loader:
+                loss = model(x).sum()
+                loss.backward()
+                clip_and_step(optimizer)
+                history.append(loss)
+        optimizer.step()
+        kept = []
+        for epoch in range(epochs):
+            for x in loader:
+                loss = model(x).sum()
+                loss.backward()
+                optimizers[0].step()
+                kept.append(loss)
+        optimizers[0].step()
+    """
+    assert _findings("EMA202", source) == [11, 19]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -122,6 +124,23 @@ def test_workers_started_afresh_find_what_one_process_finds(monkeypatch) -> None
     afresh = check_files(files, rules, jobs=2)
     assert _summary(afresh) == _summary(in_one_process)
     assert not [d for d in afresh.diagnostics if d.code == "EMA005"]
+
+
+def test_the_command_line_forks_its_workers_and_finds_what_one_process_finds() -> None:
+    """In-process tests run beside pytest's threads (forkserver); the command line runs one
+    thread and forks, and must find the same."""
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    probe = "from ema_lint.worker_processes import worker_context; print(worker_context().get_start_method())"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "fork\n"
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-m", "ema_lint", "check", "--no-cache", "--output-format", "concise", "-j", jobs, str(fixtures)],
+            capture_output=True,
+            text=True,
+        )
+        for jobs in ("1", "2")
+    ]
+    assert outputs[0].stdout == outputs[1].stdout and outputs[0].stdout.count("EMA") > 100
 
 
 def test_rule_exception_is_an_internal_error_diagnostic(tmp_path: Path) -> None:

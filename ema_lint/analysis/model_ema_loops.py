@@ -19,6 +19,7 @@ recurrences over time (`range` loops) and optimizers (they read `.grad`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import libcst as cst
@@ -26,6 +27,7 @@ import libcst.matchers as m
 
 from ema_lint.analysis.torch_names import (
     ARITHMETIC_CALLS,
+    AVERAGE_WORDS,
     EMA_HELPER_WORDS,
     GRAD_MODE_NAMES,
     GRADIENT_NAMES,
@@ -128,6 +130,11 @@ class _Iteration:
         `metrics.items()` walks no module)."""
         statement = self.site.statement
         if not (isinstance(statement, cst.Expr) and _is_helper_call(statement.value)):
+            return False
+        # the average must be named: `ema.update(...)`, `swa.update_parameters(...)`; a bare
+        # `stats.update(name, p)` or `pruner.update_mask(name, p)` is something else
+        called = set(re.split(r"[._]", self.facts.code(statement.value.func).lower()))
+        if called.isdisjoint(AVERAGE_WORDS):
             return False
         loop = self._loop_of(target)
         if loop is None:

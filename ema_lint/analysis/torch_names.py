@@ -16,6 +16,9 @@ TRANSFER_METHODS = frozenset(
 ARITHMETIC_CALLS = frozenset({"lerp", "mul", "add", "sub", "div", "addcmul", "lerp_", "mul_", "add_", "sub_", "div_"})
 # A per-tensor EMA helper is recognised by its name: these are the words such helpers use.
 EMA_HELPER_WORDS = ("lerp", "ema", "avg", "average", "momentum", "update", "accumulate", "interpolat", "polyak", "blend")
+# Words that name a running average itself (a part of its object's or method's name), not
+# any update.
+AVERAGE_WORDS = frozenset({"ema", "avg", "average", "averager", "momentum", "polyak", "swa", "shadow", "moving"})
 # Names an optimizer or a gradient step reads; a model EMA never does.
 GRADIENT_NAMES = frozenset({"grad", "grads", "gradient", "gradients", "d_p", "param_groups"})
 # Contexts and decorators that turn gradient recording off (`torch.set_grad_enabled(False)` too).
@@ -72,3 +75,8 @@ OTHER_FRAMEWORKS = frozenset({"mxnet", "tensorflow", "jax", "flax", "paddle", "o
 
 # Calls that read a configuration, with or without arguments: their results are settings.
 CONFIGURATION_CALLS = frozenset({"parse_args", "parse_known_args", "get_args", "get_config", "load_config"})
+
+# Methods a framework calls once per training step: Lightning's `training_step`, the
+# `train_step` of custom trainers (and Keras-style ones), Hugging Face Trainer's `compute_loss`.
+# State an instance keeps across their calls outlives the step.
+STEP_HOOKS = frozenset({"training_step", "train_step", "compute_loss"})

@@ -225,6 +225,11 @@ class Function:
     grad_off_decorated: bool = False
     bindings: dict[str, list[Binding]] = field(default_factory=dict)
     backward_names: set[str] = field(default_factory=set)
+    # the text of every name and attribute chain a backpropagated value is computed from,
+    # through the function's bindings (`buf` for `torch.stack(buf).mean().backward()`)
+    feeds_backward: set[str] = field(default_factory=set)
+    # the expressions handed to `backward`
+    backpropagated: list[cst.BaseExpression] = field(default_factory=list)
     # parameters that receive values carrying autograd history
     graph_params: set[str] = field(default_factory=set)
     returned_names: set[str] = field(default_factory=set)
@@ -553,16 +558,21 @@ class _Collector(cst.BatchableCSTVisitor):
             self.frozen.append(node.func.value)
         # `self.backward(...)` is a method of the user's own class (hand-written backprop in
         # numpy code), not autograd's
-        if name == "backward" and not m.matches(node.func, m.Attribute(value=m.Name("self"))):
+        # Lightning's `self.manual_backward(loss)` is autograd's
+        if (name == "backward" and not m.matches(node.func, m.Attribute(value=m.Name("self")))) or name == "manual_backward":
             # keywords are options (`retain_graph=i < n`, `inputs=params`), never the loss
             parts: list[cst.CSTNode] = [a.value for a in node.args if a.keyword is None]
-            if isinstance(node.func, cst.Attribute):
+            if isinstance(node.func, cst.Attribute) and name == "backward":
                 parts.append(node.func.value)
             for part in parts:
                 self.function.backward_names.update(names_in(part))
+                self.function.backpropagated.append(part)
             for loop in self._loops[-1]:
                 loop.runs_backward = True
-        if name == "step" and _optimizer_like(node.func):
+        if (name == "step" and _optimizer_like(node.func)) or (
+            # `clip_and_step(optimizer)`, `scaler.step(opt)`'s helpers
+            "step" in (name or "") and any(_optimizer_like(a.value) for a in node.args)
+        ):
             self.function.steps_optimizer = True
             for loop in self._loops[-1]:
                 loop.steps_optimizer = True
@@ -577,6 +587,9 @@ class _Collector(cst.BatchableCSTVisitor):
 
 
 LOGGING_NAME = re.compile(r"logs?|log_dict|log_vars|logging_outputs?|metrics?|infos?|stats|extras?")
+MODEL_OUTPUT_NAME = re.compile(
+    r"(\w+_)?(logits?|outputs?|out|preds?|predictions?|y_?hat|scores?|features?|feats?|embeddings?|recons?(truction)?s?)"
+)
 
 
 def _names_a_count(attribute: str) -> bool:
@@ -813,14 +826,17 @@ class FileFacts:
         (`x, y` from a loader) or to device/dtype moves (`y = y.to(device)`) are not marked."""
         for function in self.functions:
             frontier, upstream = list(function.backward_names), set(function.backward_names)
+            feeding = [*function.backpropagated]
             while frontier:
                 name = frontier.pop()
                 for binding in function.bindings.get(name, ()):
-                    if binding.element_of:
+                    if binding.element_of or _constructed(binding.value, function):
                         continue
+                    feeding.append(binding.value)
                     for used in names_in(binding.value) - upstream:
                         upstream.add(used)
                         frontier.append(used)
+            function.feeds_backward = {self.code(n) for value in feeding for n in names_and_attributes(value)}
             for name in upstream - function.backward_names:
                 bindings = function.bindings.get(name, ())
                 if bindings and all(self._produces_graph(b, name, function) for b in bindings):
@@ -833,10 +849,12 @@ class FileFacts:
         configuration and counts), nor one fed NumPy values (`envs.step(a.cpu().numpy())`:
         torch modules take no NumPy arrays, so that is an environment or a metric)."""
         value = strip_parens(binding.value)
-        if binding.element_of or not isinstance(value, cst.Call):
+        if binding.element_of or not isinstance(value, cst.Call) or binding.grad_off:
             return False
         if attribute_name(value.func) in TRANSFER_METHODS | CUT_METHODS | SCALAR_CASTS:
             return False
+        if _constructed(value, function):
+            return False  # `model = Net(...).to(device)`, `torch.LongTensor(labels)`: no recorded op
         arguments = [strip_parens(a.value) for a in value.args]
         if attribute_name(value.func) in CONFIGURATION_CALLS:
             return False
@@ -898,6 +916,18 @@ class FileFacts:
                 for binding in bindings
             )
         return False
+
+    def reset_before(self, site: Site, code: str) -> bool:
+        """`code` is assigned earlier in every call of the site's function: in the same or an
+        enclosing block, not in a branch such as a lazy `if self.avg is None:`."""
+        return any(
+            isinstance(other.statement, cst.Assign)
+            and other.order < site.order
+            and site.blocks[: len(other.blocks)] == other.blocks
+            and any(self.code(strip_parens(t.target)) == code for t in other.statement.targets)
+            for other in self.sites
+            if other.function is site.function
+        )
 
     def may_carry_graph_at(self, node: cst.BaseExpression, site: Site) -> bool:
         """`may_carry_graph`, with a plain name judged by the binding that reaches `site` when
@@ -971,10 +1001,14 @@ class FileFacts:
                 return False
             beside_the_loss = self._beside_the_loss(binding, function)
             if beside_the_loss is not None:
-                # the call recorded a graph, since a gradient flows through it; what comes
-                # beside the loss under a logging name (`logs`, `metrics`, `log_vars`, `info`)
-                # is numbers for a logger, by the convention of the trainers that return it
-                return LOGGING_NAME.fullmatch(beside_the_loss) is None
+                # the call recorded a graph, since a gradient flows through it: what comes
+                # beside the loss under a model-output name (`logits`, `preds`) carries it;
+                # under a logging name (`logs`, `metrics`, `log_vars`, `info`) it is numbers
+                # for a logger, by the convention of the trainers that return it
+                if MODEL_OUTPUT_NAME.fullmatch(beside_the_loss):
+                    return True
+                if LOGGING_NAME.fullmatch(beside_the_loss):
+                    return False
         if binding.grad_off and not binding.element_of and _made_new(strip_parens(binding.value)):
             return False  # computed with gradients off: a new tensor without history
         if binding.element_of:
@@ -1010,8 +1044,12 @@ class FileFacts:
     def _beside_the_loss(self, binding: Binding, function: Function) -> str | None:
         """The name `binding` gives, when it unpacks a call not of this file beside a
         backpropagated value (`logits, loss = model(x)`, `loss.backward()`)."""
-        if self._callee(strip_parens(binding.value)) is not None:
+        call = strip_parens(binding.value)
+        if self._callee(call) is not None:
             return None  # read from the function itself
+        names: set[str] = set()
+        if not self._sources(call, names) and not names:
+            return None  # `a, b = stats.tolist()`: nothing in it can carry a graph
         unpacked = [
             (name, other)
             for name, bindings in function.bindings.items()
@@ -1541,19 +1579,43 @@ def accumulation(facts: FileFacts, site: Site) -> Accumulation | None:
                 return Accumulation(site, target, other)
         return None
     if isinstance(statement, cst.Expr) and m.matches(
-        statement.value, m.Call(func=m.Attribute(attr=m.Name("append") | m.Name("extend") | m.Name("add_")), args=[m.Arg(keyword=None)])
+        statement.value,
+        m.Call(func=m.Attribute(attr=m.Name("append") | m.Name("extend") | m.Name("add_")), args=[m.Arg(keyword=None, star="")]),
     ):
         return Accumulation(site, statement.value.func.value, statement.value.args[0].value)
     return None
 
 
-def _optimizer_like(func: cst.BaseExpression) -> bool:
-    """`optimizer.step()`, `self.opt_d.step()`, `scaler.step(optimizer)`: not a scheduler's or
-    an environment's `step`."""
-    if not isinstance(func, cst.Attribute):
+def _constructed(value: cst.BaseExpression, function: Function) -> bool:
+    """A class called by its CamelCase name, then perhaps moved or set up by method calls
+    (`Net(cfg).to(device)`): a module, optimizer or data tensor is made and no autograd op
+    runs. A `Parameter` is a leaf that gradients reach, so it does not count."""
+    value = strip_parens(value)
+    while isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute):
+        name = value.func.attr.value
+        if name[:1].isupper():
+            break
+        value = strip_parens(value.func.value)
+    if not isinstance(value, cst.Call):
         return False
-    receiver = strip_parens(func.value)
-    last = receiver.attr.value if isinstance(receiver, cst.Attribute) else getattr(receiver, "value", "")
+    root = root_name(value.func)
+    if root == "self" or root in function.bindings or root in function.params:
+        return False  # `self.MLP(x)`, `G_AB = nn.Linear(...); G_AB(x)`: a module instance called
+    name = attribute_name(value.func) or ""
+    # one capital letter is a module instance as often as a class (`fake = G(z)`)
+    return len(name) > 1 and name[0].isupper() and name != "Parameter"
+
+
+def _optimizer_like(node: cst.BaseExpression) -> bool:
+    """The receiver of `optimizer.step()`, `self.opt_d.step()`, `optimizers[0].step()`,
+    `scaler.step(optimizer)` (given the method), or an optimizer itself (given a value): not a
+    scheduler's or an environment's `step`."""
+    node = strip_parens(node)
+    if isinstance(node, cst.Attribute) and node.attr.value == "step":
+        node = strip_parens(node.value)
+    while isinstance(node, cst.Subscript):
+        node = strip_parens(node.value)
+    last = node.attr.value if isinstance(node, cst.Attribute) else getattr(node, "value", "")
     return isinstance(last, str) and re.search(r"optim|(^|_)opt(_|$|\d)|scaler", last.lower()) is not None
 
 

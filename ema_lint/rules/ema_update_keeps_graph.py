@@ -113,17 +113,8 @@ class EmaUpdateKeepsGraph(RecurrenceRule):
         state = strip_parens(recurrence.state)
         site = recurrence.site
         if root_name(state) == "self" and isinstance(state, cst.Attribute):
-            # re-initialised earlier in every call (in the same or an enclosing block, not in a
-            # branch such as a lazy `if self.avg is None:`): a recurrence over a sequence (BPTT)
-            code = facts.code(state)
-            return not any(
-                isinstance(other.statement, cst.Assign)
-                and other.order < site.order
-                and site.blocks[: len(other.blocks)] == other.blocks
-                and any(facts.code(strip_parens(t.target)) == code for t in other.statement.targets)
-                for other in facts.sites
-                if other.function is site.function
-            )
+            # re-initialised in every call: a recurrence over a sequence (BPTT)
+            return not facts.reset_before(site, facts.code(state))
         if isinstance(state, cst.Name):
             bindings = site.function.bindings.get(state.value, ())
             for loop in site.loops:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import libcst as cst
 
 from ema_lint.analysis.names import dotted_text
+from ema_lint.analysis.torch_names import STEP_HOOKS
 from ema_lint.diagnostics import Applicability, Fix, Severity
 from ema_lint.rule import Example
 from ema_lint.rules._autograd import (
@@ -41,7 +42,11 @@ class LossAccumulatedWithGraph(AutogradRule):
     Finds a value with autograd history (the loss, or something computed from it) added to an
     accumulator (`total += loss`, `total = total + loss`, `losses.append(loss)`) inside a
     training loop that backpropagates something else, when the accumulator itself is never
-    backpropagated.
+    backpropagated. A method a framework calls once per step (Lightning's `training_step`, a
+    trainer's `train_step`, Hugging Face Trainer's `compute_loss`) is such a loop body: state it
+    keeps on `self` outlives the step. An accumulator re-created within each optimizer step
+    (gradient accumulation, the sub-networks of one step) frees its graphs with the step and is
+    not reported.
 
     ## Why is this bad?
     Each addition links the accumulator to that step's graph, so every step's graph stays
@@ -83,13 +88,14 @@ class LossAccumulatedWithGraph(AutogradRule):
     severity = Severity.ERROR
     summary = "A loss is accumulated across steps together with its autograd graph"
     # A finding needs a training loop, which `_autograd` recognises only by a call named
-    # `backward` in the loop body, so a file without the word cannot hold one.
-    triggers = ("backward",)
+    # `backward` in the loop body, or a per-step hook (`training_step`, ...): a file without
+    # one of these words cannot hold one.
+    triggers = ("backward", *sorted(STEP_HOOKS))
 
     @classmethod
     def structurally_possible(cls, project, module_name: str) -> bool:
-        """Every finding sits in a loop that calls something named `backward`; the textual
-        trigger also passes files that only say "backward" in docstrings."""
+        """Every finding sits in a loop that calls something named `backward` or in a per-step
+        hook; the textual trigger also passes files that only say the words in docstrings."""
         facts = project.modules.get(module_name)
         return facts is None or facts.calls_backward
 
@@ -164,6 +170,11 @@ class LossAccumulatedWithGraph(AutogradRule):
             return False
         if not isinstance(accumulator, (cst.Name, cst.Attribute, cst.Subscript)) or accumulator.value == "self":
             return False
+        held = accumulator
+        while isinstance(held, cst.Subscript):
+            held = strip_parens(held.value)
+        if facts.code(held) in function.feeds_backward:
+            return False  # `buf.append(loss)` ... `torch.stack(buf).mean().backward()`: accumulation of a loss
         if not facts.may_carry_graph_at(found.value, site):
             return False
         if _stores_parameter(found):
@@ -173,6 +184,9 @@ class LossAccumulatedWithGraph(AutogradRule):
             # a loop that steps no optimizer, in a function that does, runs within one step
             # (gradient accumulation, sub-networks, a batch group): its graphs go with the step
             training = [loop for loop in training if loop.steps_optimizer]
+        if not training and function.name in STEP_HOOKS:
+            # `self.training_step_outputs.append(loss)`: the framework's loop is the step loop
+            return root_name(accumulator) == "self" and not facts.reset_before(site, facts.code(accumulator))
         return any(self._carried_across(facts, found, loop) for loop in training)
 
     @staticmethod
@@ -256,6 +270,19 @@ class LossAccumulatedWithGraph(AutogradRule):
                 optimizer.step()
                 losses.append(loss.detach())
             """,
+        ),
+        Example(
+            """
+            class Classifier(LightningModule):
+                def training_step(self, batch, batch_idx):
+                    x, y = batch
+                    loss = F.cross_entropy(self.net(x), y)
+                    self.training_step_outputs.append(loss)
+                    return loss
+            """,
+            message=(
+                "`self.training_step_outputs` accumulates `loss` with its autograd graph, so every step's graph stays in memory"
+            ),
         ),
     )
 
