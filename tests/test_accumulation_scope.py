@@ -283,3 +283,35 @@ def test_an_optimizer_stepped_through_a_helper_or_a_list_makes_a_step_loop() -> 
         optimizers[0].step()
     """
     assert _findings("EMA202", source) == [11, 19]
+
+
+def test_an_accumulator_a_module_reads_later_is_not_a_loss_being_accumulated() -> None:
+    source = """
+    import torch
+
+    def train_epoch(model, loader, optimizer, weights, previous):
+        distances = torch.zeros(4)
+        for x, y in loader:
+            prediction, transfer_loss, distance = model.boosted(x, weights)
+            distances = distances + distance
+            loss = (prediction - y).pow(2).mean() + transfer_loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        weights = model.update_weights(weights, previous, distances)
+        return weights
+
+    def train_groups(model, loader, optimizer):
+        kept = []
+        for i, x in enumerate(loader):
+            kept.append(model(x).sum())
+            if i % 4 == 3:
+                (sum(loss for loss in kept) / len(kept)).backward()
+                optimizer.step()
+                kept.clear()
+    """
+    # the module makes new weights from `distances`; `kept` is what is backpropagated
+    assert _findings("EMA202", source) == [8]
+    result = check_source("m.py", textwrap.dedent(source).encode(), [rule_for("EMA202")])
+    # `distance` is taken for a tensor only because it comes beside the loss: an unsafe fix
+    assert [d.fix.applicability.name for d in result.diagnostics] == ["UNSAFE"]

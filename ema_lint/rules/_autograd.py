@@ -230,6 +230,8 @@ class Function:
     feeds_backward: set[str] = field(default_factory=set)
     # the expressions handed to `backward`
     backpropagated: list[cst.BaseExpression] = field(default_factory=list)
+    # where `backward` is called: (order, the loops around the call)
+    backward_calls: list[tuple[int, tuple["Loop", ...]]] = field(default_factory=list)
     # parameters that receive values carrying autograd history
     graph_params: set[str] = field(default_factory=set)
     returned_names: set[str] = field(default_factory=set)
@@ -567,6 +569,7 @@ class _Collector(cst.BatchableCSTVisitor):
             for part in parts:
                 self.function.backward_names.update(names_in(part))
                 self.function.backpropagated.append(part)
+            self.function.backward_calls.append((self._next(), tuple(self._loops[-1])))
             for loop in self._loops[-1]:
                 loop.runs_backward = True
         if (name == "step" and _optimizer_like(node.func)) or (
@@ -587,9 +590,7 @@ class _Collector(cst.BatchableCSTVisitor):
 
 
 LOGGING_NAME = re.compile(r"logs?|log_dict|log_vars|logging_outputs?|metrics?|infos?|stats|extras?")
-MODEL_OUTPUT_NAME = re.compile(
-    r"(\w+_)?(logits?|outputs?|out|preds?|predictions?|y_?hat|scores?|features?|feats?|embeddings?|recons?(truction)?s?)"
-)
+METRIC_NAME = re.compile(r"(\w+_)?(acc\w*|correct\w*|top\d+\w*|precision|recall|f1\w*|masks?|n|counts?|ntokens|tokens)")
 
 
 def _names_a_count(attribute: str) -> bool:
@@ -825,23 +826,43 @@ class FileFacts:
         recorded a graph, since a gradient flows through it. Names bound to loop elements
         (`x, y` from a loader) or to device/dtype moves (`y = y.to(device)`) are not marked."""
         for function in self.functions:
+            function.feeds_backward = self._feeding_backward(function)
             frontier, upstream = list(function.backward_names), set(function.backward_names)
-            feeding = [*function.backpropagated]
             while frontier:
                 name = frontier.pop()
                 for binding in function.bindings.get(name, ()):
                     if binding.element_of or _constructed(binding.value, function):
                         continue
-                    feeding.append(binding.value)
+                    if not _reaches_a_backward(binding, function):
+                        # `weights = model.reweigh(weights, totals)` after the training loop
+                        # feeds the next call's steps, not this call's
+                        continue
                     for used in names_in(binding.value) - upstream:
                         upstream.add(used)
                         frontier.append(used)
-            function.feeds_backward = {self.code(n) for value in feeding for n in names_and_attributes(value)}
             for name in upstream - function.backward_names:
                 bindings = function.bindings.get(name, ())
                 if bindings and all(self._produces_graph(b, name, function) for b in bindings):
                     function.backward_names.add(name)
                     self._carrying.clear()
+
+    def _feeding_backward(self, function: Function) -> set[str]:
+        """The text of the names and attribute chains whose values flow, by arithmetic and
+        torch functions, into what is backpropagated (`buf` for `torch.stack(buf).mean()`).
+        Not through a call to an object the function holds (`model.update(w, dist)`): what
+        comes out of a module or a helper is a new value, not the accumulated one."""
+        held = set(function.bindings) | set(function.params) | {"self"}
+        feeding: set[str] = set()
+        frontier = list(function.backpropagated)
+        while frontier:
+            for read in _data_reads(frontier.pop(), held):
+                code = self.code(read)
+                if code in feeding:
+                    continue
+                feeding.add(code)
+                if isinstance(read, cst.Name):
+                    frontier.extend(b.value for b in function.bindings.get(read.value, ()) if not b.element_of)
+        return feeding
 
     def _produces_graph(self, binding: Binding, name: str, function: Function) -> bool:
         """Whether a call's result, upstream of a backpropagated value, recorded a graph. Not
@@ -999,16 +1020,17 @@ class FileFacts:
         if binding.element_index is not None:
             if self._unpacked_element_is_free(binding):
                 return False
-            beside_the_loss = self._beside_the_loss(binding, function)
+            beside_the_loss = self.beside_the_loss(binding, function)
             if beside_the_loss is not None:
-                # the call recorded a graph, since a gradient flows through it: what comes
-                # beside the loss under a model-output name (`logits`, `preds`) carries it;
-                # under a logging name (`logs`, `metrics`, `log_vars`, `info`) it is numbers
-                # for a logger, by the convention of the trainers that return it
-                if MODEL_OUTPUT_NAME.fullmatch(beside_the_loss):
-                    return True
-                if LOGGING_NAME.fullmatch(beside_the_loss):
-                    return False
+                # the call recorded a graph, since a gradient flows through it, so what comes
+                # beside the loss carries it too; under a logging, metric or count name
+                # (`logs`, `log_vars`, `acc`, `sample_size`) it is numbers for a logger, by the
+                # convention of the trainers that return it
+                return not (
+                    LOGGING_NAME.fullmatch(beside_the_loss)
+                    or METRIC_NAME.fullmatch(beside_the_loss)
+                    or _names_a_count(beside_the_loss)
+                )
         if binding.grad_off and not binding.element_of and _made_new(strip_parens(binding.value)):
             return False  # computed with gradients off: a new tensor without history
         if binding.element_of:
@@ -1041,7 +1063,7 @@ class FileFacts:
             return None
         return candidates[0] if len(candidates) == 1 else None
 
-    def _beside_the_loss(self, binding: Binding, function: Function) -> str | None:
+    def beside_the_loss(self, binding: Binding, function: Function) -> str | None:
         """The name `binding` gives, when it unpacks a call not of this file beside a
         backpropagated value (`logits, loss = model(x)`, `loss.backward()`)."""
         call = strip_parens(binding.value)
@@ -1584,6 +1606,38 @@ def accumulation(facts: FileFacts, site: Site) -> Accumulation | None:
     ):
         return Accumulation(site, statement.value.func.value, statement.value.args[0].value)
     return None
+
+
+def _reaches_a_backward(binding: Binding, function: Function) -> bool:
+    """The value is bound before a `backward` call, or in a loop around one (where it reaches
+    the next iteration's): not only after every backward of the call."""
+    return any(
+        binding.order < order or any(loop in loops for loop in binding.loops)
+        for order, loops in function.backward_calls
+    )
+
+
+def _data_reads(node: cst.BaseExpression, held: set[str]) -> list[cst.Name | cst.Attribute]:
+    """The names and attribute chains `node` computes from, not looking into the arguments
+    of a call to something rooted at a name in `held` (a module or helper the function holds)."""
+    node = strip_parens(node)
+    if isinstance(node, (cst.Name, cst.Attribute)):
+        return [node]
+    if isinstance(node, cst.Call):
+        func = strip_parens(node.func)
+        reads = _data_reads(func.value, held) if isinstance(func, cst.Attribute) else []
+        if isinstance(func, (cst.Name, cst.Attribute)) and root_name(func) in held:
+            return reads
+        return reads + [r for a in node.args for r in _data_reads(a.value, held)]
+    found = []
+    pending = list(node.children)
+    while pending:
+        child = pending.pop()
+        if isinstance(child, cst.BaseExpression):
+            found += _data_reads(child, held)
+        else:
+            pending.extend(child.children)
+    return found
 
 
 def _constructed(value: cst.BaseExpression, function: Function) -> bool:

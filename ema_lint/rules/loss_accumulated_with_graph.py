@@ -103,10 +103,10 @@ class LossAccumulatedWithGraph(AutogradRule):
         for site in facts.sites:
             found = accumulation(facts, site)
             if found is not None and self._keeps_graph(facts, found):
-                self._report(found)
+                self._report(facts, found)
             for passed in self._passed_to_accumulators(site):
                 if self._keeps_graph(facts, passed):
-                    self._report(passed)
+                    self._report(facts, passed)
 
     def _passed_to_accumulators(self, site) -> list[Accumulation]:
         """`losses.update(loss, n)` where `losses` is an instance of a class (in any checked
@@ -205,12 +205,15 @@ class LossAccumulatedWithGraph(AutogradRule):
             return False
         return any(loop not in b.loops for b in bindings)
 
-    def _report(self, found: Accumulation) -> None:
+    def _report(self, facts: FileFacts, found: Accumulation) -> None:
         module = self.context.module
         accumulator = one_line(module, strip_parens(found.accumulator))
         value = one_line(module, strip_parens(found.value))
         root = root_name(found.accumulator)
         escapes = root == "self" or root in found.site.function.returned_names
+        # `loss, dist = model.step(x)`: `dist` is taken for a tensor because it comes beside the
+        # loss; if it is a number after all, `.detach()` would raise
+        inferred = _unpacked_beside_the_loss(facts, found)
         statement = found.site.statement
         extends = isinstance(statement, cst.Expr) and attribute_name(statement.value.func) == "extend"
         if extends or _is_container(found.value, found.site.function):
@@ -220,7 +223,7 @@ class LossAccumulatedWithGraph(AutogradRule):
         else:
             fix = Fix(
                 f"Accumulate `{value}.detach()`" if len(value) < 40 else "Detach the accumulated value",
-                Applicability.UNSAFE if escapes else Applicability.SAFE,
+                Applicability.UNSAFE if escapes or inferred else Applicability.SAFE,
                 (self.edit_replacing(found.value, detached(module, found.value)),),
             )
         self.report(
@@ -316,3 +319,14 @@ def _item_constructors(value: cst.BaseExpression) -> list[cst.BaseExpression]:
     if isinstance(value, cst.DictComp):
         return [value.value]
     return []
+
+
+def _unpacked_beside_the_loss(facts: FileFacts, found: Accumulation) -> bool:
+    value = strip_parens(found.value)
+    if not isinstance(value, cst.Name):
+        return False
+    function = found.site.function
+    return any(
+        b.element_index is not None and facts.beside_the_loss(b, function) is not None
+        for b in function.bindings.get(value.value, ())
+    )
