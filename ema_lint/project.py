@@ -30,9 +30,11 @@ from ema_lint.analysis.torch_names import (
     BATCH_NORM_CONFIG_TYPES,
     EMA_HELPER_WORDS,
     IN_PLACE_METHODS,
+    OPENMMLAB_BN_BLOCKS,
     OPENMMLAB_CONV_MODULES,
     OPENMMLAB_NORM_CFG_POSITION,
     OPENMMLAB_NORM_FACTORY,
+    OPENMMLAB_PACKAGES,
     STEP_HOOKS,
 )
 
@@ -921,6 +923,12 @@ def _plain_dump(node: ast.AST) -> str:
     return re.sub(r"(Load|Store|Del)\(\)", "", ast.dump(node, annotate_fields=False, include_attributes=False))
 
 
+def _openmmlab_bn_block(target: str) -> bool:
+    """`mmdet.models.backbones.resnet.BasicBlock` and its kind, imported from an OpenMMLab
+    package (a tree that defines its own is read like any class)."""
+    return target.partition(".")[0] in OPENMMLAB_PACKAGES and target.rpartition(".")[2] in OPENMMLAB_BN_BLOCKS
+
+
 def _whole_tensor_base(target: ast.AST) -> ast.AST:
     """`avg` for `avg[:]` / `avg[...]`: writing every element writes the tensor itself."""
     if isinstance(target, ast.Subscript):
@@ -1215,6 +1223,10 @@ class LocalValues:
                 values |= self._passed_modules(ref.target, call)
         if isinstance(func, ast.Attribute) and func.attr in ("children", "modules", "values", "items"):
             values |= self.values(func.value)
+        if any(_openmmlab_bn_block(ref.target) for ref in refs):
+            config = _keyword(call, "norm_cfg")
+            if config is None or self._batch_norm_config(config):
+                values |= _OPENMMLAB_BATCH_NORM
         if callee in OPENMMLAB_CONV_MODULES:
             config = _keyword(call, "norm_cfg")
             if config is None and len(call.args) > OPENMMLAB_NORM_CFG_POSITION:
@@ -1293,6 +1305,47 @@ def _constant_in(node: ast.AST, values: frozenset[str]) -> bool:
     return isinstance(node, ast.Constant) and node.value in values
 
 
+def _flags_off_by_default(methods) -> set[str]:
+    """`self.norm_eval` for `def __init__(self, ..., norm_eval=False): self.norm_eval = norm_eval`
+    (or a literal `False`/`None`/`0`): instance flags that are off unless a caller turns them on."""
+    init = next((m for m in methods if m.name == "__init__"), None)
+    if init is None:
+        return set()
+    self_name = _self_name(init)
+    positional = init.args.posonlyargs + init.args.args
+    defaults = dict(zip([a.arg for a in positional[len(positional) - len(init.args.defaults) :]], init.args.defaults))
+    defaults.update({a.arg: d for a, d in zip(init.args.kwonlyargs, init.args.kw_defaults) if d is not None})
+    off = set()
+    for sub in ast.walk(init):
+        if isinstance(sub, ast.Assign) and len(sub.targets) == 1:
+            owner = _self_attribute(sub.targets[0], self_name)
+            value = defaults.get(sub.value.id) if isinstance(sub.value, ast.Name) else sub.value
+            if owner and isinstance(value, ast.Constant) and not value.value:
+                off.add(owner)
+    return off
+
+
+def _puts_modules_in_eval(train, self_name: str | None, off: set[str]) -> bool:
+    """A `train` override calls `.eval()` on submodules, other than under a test of a flag that
+    is off by default (`if mode and self.norm_eval:` with `norm_eval=False`)."""
+
+    def tests_an_off_flag(test: ast.AST) -> bool:
+        return any(_self_attribute(n, self_name) in off for n in ast.walk(test) if isinstance(n, ast.Attribute))
+
+    pending = [(statement, False) for statement in train.body]
+    while pending:
+        node, guarded = pending.pop()
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "eval" and not guarded:
+            return True
+        if isinstance(node, ast.If):
+            off_here = guarded or tests_an_off_flag(node.test)
+            pending += [(child, off_here) for child in node.body]
+            pending += [(child, guarded) for child in node.orelse]
+            continue
+        pending += [(child, guarded) for child in ast.iter_child_nodes(node)]
+    return False
+
+
 def _walk_own_body(function):
     """Nodes of a function body, not descending into nested classes (their own scope)."""
     pending = list(function.body)
@@ -1353,8 +1406,8 @@ def _summarize_class(scope: ModuleScope, node: ast.ClassDef) -> ClassFacts:
                     writes.add(owner)
             elif isinstance(sub, ast.Call):
                 _class_call_facts(sub, self_name, evaluator, raw, buffers, eval_calls, frozen_grads, writes, scope)
-                if method.name == "train" and isinstance(sub.func, ast.Attribute) and sub.func.attr == "eval":
-                    keeps_eval = True
+        if method.name == "train":
+            keeps_eval = _puts_modules_in_eval(method, self_name, _flags_off_by_default(methods))
         method_reads[method.name] = tuple(sorted(reads - {method.name}))
         written[method.name] = writes
     method_returns = {m.name: e.returns() for m, e in zip(methods, evaluators)}

@@ -53,6 +53,12 @@ OPENMMLAB_NORM_FACTORY = "build_norm_layer"
 OPENMMLAB_CONV_MODULES = frozenset({"ConvModule", "DepthwiseSeparableConvModule"})
 # `ConvModule(in, out, kernel, stride, padding, dilation, groups, bias, conv_cfg, norm_cfg)`
 OPENMMLAB_NORM_CFG_POSITION = 9
+# ResNet blocks every OpenMMLab codebase exports (`from mmdet.models.backbones.resnet import
+# BasicBlock`): built with `norm_cfg=dict(type='BN')` unless given another config.
+OPENMMLAB_PACKAGES = frozenset(
+    {"mmcls", "mmpretrain", "mmdet", "mmdet3d", "mmseg", "mmpose", "mmaction", "mmrotate", "mmtrack", "mmocr", "mmselfsup"}
+)
+OPENMMLAB_BN_BLOCKS = frozenset({"BasicBlock", "Bottleneck"})
 BATCH_NORM_CONFIG_TYPES = frozenset(
     {"BN", "BN1d", "BN2d", "BN3d", "SyncBN", "MMSyncBN", "NaiveSyncBN", "NaiveSyncBatchNorm", "TorchSyncBN"}
 )
