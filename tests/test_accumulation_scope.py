@@ -315,3 +315,41 @@ def test_an_accumulator_a_module_reads_later_is_not_a_loss_being_accumulated() -
     result = check_source("m.py", textwrap.dedent(source).encode(), [rule_for("EMA202")])
     # `distance` is taken for a tensor only because it comes beside the loss: an unsafe fix
     assert [d.fix.applicability.name for d in result.diagnostics] == ["UNSAFE"]
+
+
+def test_locals_of_a_per_step_hook_die_with_the_step() -> None:
+    source = """
+    class Task:
+        def train_step(self, samples, model, criterion, optimizer):
+            total_size, outputs = 0, {}
+            for pair in self.pairs:
+                loss, sample_size, logging_output = criterion(model, samples[pair])
+                optimizer.backward(loss)
+                total_size += sample_size
+                outputs[pair] = logging_output
+            return total_size, outputs
+    """
+    assert _findings("EMA202", source) == []
+
+
+def test_gradient_norms_metric_keys_and_fetched_batches_hold_no_graph() -> None:
+    source = """
+    import torch
+
+    def train(self, model, loader, optimizer, norm_meter, clip):
+        data_iter = iter(loader)
+        seconds, accuracy = 0.0, 0.0
+        while True:
+            batch = next(data_iter)
+            loss, output = model(batch)
+            self.accelerator.backward(loss)
+            if clip:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            else:
+                grad_norm = get_grad_norm(model.parameters())
+            optimizer.step()
+            norm_meter.update(grad_norm)
+            seconds += batch["duration"] / 3600
+            accuracy += output["accuracy"]
+    """
+    assert _findings("EMA202", source) == []

@@ -564,7 +564,8 @@ class _Collector(cst.BatchableCSTVisitor):
         if (name == "backward" and not m.matches(node.func, m.Attribute(value=m.Name("self")))) or name == "manual_backward":
             # keywords are options (`retain_graph=i < n`, `inputs=params`), never the loss
             parts: list[cst.CSTNode] = [a.value for a in node.args if a.keyword is None]
-            if isinstance(node.func, cst.Attribute) and name == "backward":
+            # `accelerator.backward(loss)`, `self.fabric.backward(loss)`: the loss is the argument
+            if isinstance(node.func, cst.Attribute) and name == "backward" and not (parts and _backward_runner(node.func.value)):
                 parts.append(node.func.value)
             for part in parts:
                 self.function.backward_names.update(names_in(part))
@@ -590,7 +591,27 @@ class _Collector(cst.BatchableCSTVisitor):
 
 
 LOGGING_NAME = re.compile(r"logs?|log_dict|log_vars|logging_outputs?|metrics?|infos?|stats|extras?")
+GRADIENT_NORM_NAME = re.compile(r"(\w+_)?(grad_?norms?|gnorm)")
 METRIC_NAME = re.compile(r"(\w+_)?(acc\w*|correct\w*|top\d+\w*|precision|recall|f1\w*|masks?|n|counts?|ntokens|tokens)")
+
+
+def _backward_runner(receiver: cst.BaseExpression) -> bool:
+    """An object whose `backward(loss)` backpropagates its argument (Accelerate, Fabric,
+    DeepSpeed engines, fairseq and Lightning wrappers), not a tensor."""
+    receiver = strip_parens(receiver)
+    last = receiver.attr.value if isinstance(receiver, cst.Attribute) else getattr(receiver, "value", "")
+    return isinstance(last, str) and re.search(r"accelerator|fabric|engine|optim|trainer|strategy|scaler", last.lower()) is not None
+
+
+def _metric_key(lookup: cst.Subscript) -> bool:
+    """`d["accuracy"]`: a string key naming a metric or a count."""
+    if len(lookup.slice) != 1 or not isinstance(lookup.slice[0].slice, cst.Index):
+        return False
+    key = strip_parens(lookup.slice[0].slice.value)
+    if not isinstance(key, cst.SimpleString):
+        return False
+    text = key.evaluated_value
+    return isinstance(text, str) and (METRIC_NAME.fullmatch(text) is not None or _names_a_count(text))
 
 
 def _names_a_count(attribute: str) -> bool:
@@ -872,8 +893,8 @@ class FileFacts:
         value = strip_parens(binding.value)
         if binding.element_of or not isinstance(value, cst.Call) or binding.grad_off:
             return False
-        if attribute_name(value.func) in TRANSFER_METHODS | CUT_METHODS | SCALAR_CASTS:
-            return False
+        if attribute_name(value.func) in TRANSFER_METHODS | CUT_METHODS | SCALAR_CASTS | {"next", "iter"}:
+            return False  # `batch = next(loader_iter)` fetches data
         if _constructed(value, function):
             return False  # `model = Net(...).to(device)`, `torch.LongTensor(labels)`: no recorded op
         arguments = [strip_parens(a.value) for a in value.args]
@@ -1151,6 +1172,8 @@ class FileFacts:
         `names` the local names it carries history from, if they carry any."""
         node = strip_parens(node)
         if isinstance(node, cst.Name):
+            if GRADIENT_NORM_NAME.fullmatch(node.value):
+                return False  # measured from `.grad`, which holds no history
             names.add(node.value)
             return False
         if isinstance(node, cst.Attribute):
@@ -1195,6 +1218,8 @@ class FileFacts:
         if isinstance(node, cst.Subscript):
             if _indices_of(node):
                 return False  # `x.max(dim=1)[1]`: integer positions, never differentiable
+            if _metric_key(node):
+                return False  # `outputs["accuracy"]`, `logs["n_correct"]`: numbers for a logger
             return self._sources(node.value, names)
         if isinstance(node, cst.BinaryOperation):
             return self._sources(node.left, names) or self._sources(node.right, names)

@@ -184,8 +184,9 @@ class LossAccumulatedWithGraph(AutogradRule):
             # a loop that steps no optimizer, in a function that does, runs within one step
             # (gradient accumulation, sub-networks, a batch group): its graphs go with the step
             training = [loop for loop in training if loop.steps_optimizer]
-        if not training and function.name in STEP_HOOKS:
-            # `self.training_step_outputs.append(loss)`: the framework's loop is the step loop
+        if function.name in STEP_HOOKS:
+            # `self.training_step_outputs.append(loss)`: the framework's loop is the step loop,
+            # and a local of the hook (a loop's total included) dies with the step
             return root_name(accumulator) == "self" and not facts.reset_before(site, facts.code(accumulator))
         return any(self._carried_across(facts, found, loop) for loop in training)
 
