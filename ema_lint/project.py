@@ -30,6 +30,7 @@ from ema_lint.analysis.torch_names import (
     BATCH_NORM_CONFIG_TYPES,
     EMA_HELPER_WORDS,
     IN_PLACE_METHODS,
+    MODULE_OWN_ATTRIBUTES,
     OPENMMLAB_BN_BLOCKS,
     OPENMMLAB_CONV_MODULES,
     OPENMMLAB_NORM_CFG_POSITION,
@@ -566,6 +567,8 @@ class ProjectIndex:
                 return (f"{owner}.{member}", *inner)
         # never assigned by name: one of the children added under a computed name
         # (`self.add_module(*stage)`, `setattr(self, name, ...)`)
+        if member in MODULE_OWN_ATTRIBUTES:
+            return None  # `self.training`: a flag, not one of the children
         for facts in chain:
             if "" in facts.attributes and all(member not in f.named_members for f in chain):
                 inner = self.values_path(class_name, facts.attributes[""], state=state)

@@ -67,3 +67,32 @@ def test_norms_left_training_when_the_eval_flag_is_off_by_default() -> None:
     local = _backbone("nn.BatchNorm2d(4)").replace("from mmdet.models.backbones.resnet import BasicBlock, Bottleneck\n", "")
     assert _findings(local) == [26]
     assert _findings(local.replace("norm_eval=False", "norm_eval=True")) == []
+
+
+def test_the_path_names_the_norm_and_never_the_training_flag() -> None:
+    source = """
+    import torch.utils.checkpoint as cp
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm_name = "bn1"
+            self.add_module(self.norm_name, nn.BatchNorm2d(4))
+
+        @property
+        def norm1(self):
+            return getattr(self, self.norm_name)
+
+        def forward(self, x):
+            def _inner_forward(x):
+                if self.training:
+                    x = x * 2
+                return [self.norm1(b) for b in x]
+
+            return cp.checkpoint(_inner_forward, x)
+    """
+    result = check_source("m.py", textwrap.dedent(source).encode(), [rule_for("EMA101")])
+    assert [d.message for d in result.diagnostics] == [
+        "`_inner_forward` → `Block.norm1` updates running stats twice under `checkpoint`"
+    ]

@@ -86,3 +86,6 @@ CONFIGURATION_CALLS = frozenset({"parse_args", "parse_known_args", "get_args", "
 # `train_step` of custom trainers (and Keras-style ones), Hugging Face Trainer's `compute_loss`.
 # State an instance keeps across their calls outlives the step.
 STEP_HOOKS = frozenset({"training_step", "train_step", "compute_loss"})
+
+# What `nn.Module.__init__` sets on every module: never a child added under a computed name.
+MODULE_OWN_ATTRIBUTES = frozenset({"training", "_modules", "_parameters", "_buffers"})
