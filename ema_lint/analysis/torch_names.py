@@ -6,6 +6,8 @@ libcst analyses read the same names.
 
 from __future__ import annotations
 
+import re
+
 # Tensor methods that write their receiver.
 IN_PLACE_METHODS = frozenset({"mul_", "add_", "sub_", "lerp_", "copy_", "addcmul_", "div_", "set_"})
 # Calls that change a tensor's placement or type, not its value.
@@ -89,3 +91,10 @@ STEP_HOOKS = frozenset({"training_step", "train_step", "compute_loss"})
 
 # What `nn.Module.__init__` sets on every module: never a child added under a computed name.
 MODULE_OWN_ATTRIBUTES = frozenset({"training", "_modules", "_parameters", "_buffers"})
+
+# Names under which trainers hand numbers to a logger beside the loss (`loss, log_vars =
+# ...`), name metrics and counts, and name gradient norms (measured from `.grad`): values so
+# named hold no autograd history by convention.
+LOGGING_NAME = re.compile(r"logs?|log_dict|log_vars|logging_outputs?|metrics?|infos?|stats|extras?")
+METRIC_NAME = re.compile(r"(\w+_)?(acc\w*|correct\w*|top\d+\w*|precision|recall|f1\w*|masks?|n|counts?|ntokens|tokens)")
+GRADIENT_NORM_NAME = re.compile(r"(\w+_)?(grad_?norms?|gnorm)")

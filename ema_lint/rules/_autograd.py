@@ -30,6 +30,9 @@ from ema_lint.analysis.names import dotted_text
 from ema_lint.analysis.torch_names import (
     CONFIGURATION_CALLS,
     GRAD_OFF_CONTEXTS,
+    GRADIENT_NORM_NAME,
+    LOGGING_NAME,
+    METRIC_NAME,
     SCALAR_CASTS,
     NAMED_ITEMS,
     NO_GRAPH_CALLS,
@@ -590,9 +593,6 @@ class _Collector(cst.BatchableCSTVisitor):
             self.calls.append(Call(self.function, func.value, None, node.args, self._grad_off[-1] > 0, loops))
 
 
-LOGGING_NAME = re.compile(r"logs?|log_dict|log_vars|logging_outputs?|metrics?|infos?|stats|extras?")
-GRADIENT_NORM_NAME = re.compile(r"(\w+_)?(grad_?norms?|gnorm)")
-METRIC_NAME = re.compile(r"(\w+_)?(acc\w*|correct\w*|top\d+\w*|precision|recall|f1\w*|masks?|n|counts?|ntokens|tokens)")
 
 
 def _backward_runner(receiver: cst.BaseExpression) -> bool:
