@@ -32,7 +32,6 @@ from ema_lint.analysis.torch_names import (
     GRAD_MODE_NAMES,
     GRADIENT_NAMES,
     IN_PLACE_METHODS,
-    NAMED_ITEMS,
     TRANSFER_METHODS,
 )
 from ema_lint.rules._autograd import (
@@ -112,17 +111,12 @@ class _Iteration:
             return None
         return loop, target, data
 
-    def _names_a_tensor(self, node: cst.BaseExpression) -> bool:
-        """`name` of `for name, p in model.named_parameters()`: the key, not the tensor."""
+    def _is_a_key(self, node: cst.BaseExpression) -> bool:
+        """`name` of `for name, p in model.named_parameters()`, which the collector binds to a
+        string: the key, not a tensor."""
         node = strip_parens(node)
-        return isinstance(node, cst.Name) and any(
-            isinstance(loop.target, cst.Tuple)
-            and len(loop.target.elements) == 2
-            and m.matches(loop.target.elements[0].value, m.Name(node.value))
-            and attribute_name(strip_parens(loop.iter).func if isinstance(strip_parens(loop.iter), cst.Call) else loop.iter)
-            in NAMED_ITEMS
-            for loop in self.loops
-        )
+        bindings = self.site.function.bindings.get(node.value, ()) if isinstance(node, cst.Name) else ()
+        return bool(bindings) and all(isinstance(b.value, cst.SimpleString) for b in bindings)
 
     def _helper_over_module_tensors(self, target: cst.BaseExpression) -> bool:
         """`for name, p in model.named_parameters(): ema.update(name, p.data)`: an EMA-named
@@ -229,7 +223,7 @@ class _Iteration:
             if _is_helper_call(call):
                 arguments = [a.value for a in call.args]
                 for index, argument in enumerate(arguments):
-                    if self._per_iteration(argument) is not None and not self._names_a_tensor(argument):
+                    if self._per_iteration(argument) is not None and not self._is_a_key(argument):
                         target, data = _bare(argument)
                         return target, arguments[:index] + arguments[index + 1 :], data
             return None

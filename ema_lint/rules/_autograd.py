@@ -598,9 +598,7 @@ class _Collector(cst.BatchableCSTVisitor):
 def _backward_runner(receiver: cst.BaseExpression) -> bool:
     """An object whose `backward(loss)` backpropagates its argument (Accelerate, Fabric,
     DeepSpeed engines, fairseq and Lightning wrappers), not a tensor."""
-    receiver = strip_parens(receiver)
-    last = receiver.attr.value if isinstance(receiver, cst.Attribute) else getattr(receiver, "value", "")
-    return isinstance(last, str) and re.search(r"accelerator|fabric|engine|optim|trainer|strategy|scaler", last.lower()) is not None
+    return re.search(r"accelerator|fabric|engine|optim|trainer|strategy|scaler", _last_name(receiver)) is not None
 
 
 def _metric_key(lookup: cst.Subscript) -> bool:
@@ -1691,11 +1689,19 @@ def _optimizer_like(node: cst.BaseExpression) -> bool:
     scheduler's or an environment's `step`."""
     node = strip_parens(node)
     if isinstance(node, cst.Attribute) and node.attr.value == "step":
-        node = strip_parens(node.value)
+        node = node.value
+    return re.search(r"optim|(^|_)opt(_|$|\d)|scaler", _last_name(node)) is not None
+
+
+def _last_name(node: cst.BaseExpression) -> str:
+    """`opt_d` for `self.opt_d`, `optimizers` for `optimizers[0]`, lower-cased; "" for other
+    expressions."""
+    node = strip_parens(node)
     while isinstance(node, cst.Subscript):
         node = strip_parens(node.value)
-    last = node.attr.value if isinstance(node, cst.Attribute) else getattr(node, "value", "")
-    return isinstance(last, str) and re.search(r"optim|(^|_)opt(_|$|\d)|scaler", last.lower()) is not None
+    if isinstance(node, cst.Attribute):
+        return node.attr.value.lower()
+    return node.value.lower() if isinstance(node, cst.Name) else ""
 
 
 def whole_tensor(lookup: cst.Subscript) -> bool:
