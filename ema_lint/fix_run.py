@@ -11,7 +11,6 @@ or split the links. A file that changed on disk since it was read is not overwri
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import difflib
 import os
 import stat
@@ -22,14 +21,14 @@ from typing import Callable, Sequence
 import libcst as cst
 
 from ema_lint.diagnostics import Applicability, Diagnostic
-from ema_lint.engine import FileResult, check_source, tool_diagnostic
+from ema_lint.engine import FileResult, tool_diagnostic
 from ema_lint.fixer import FixedSource, fix_source
 from ema_lint.fixes import LINE_END
 from ema_lint.notebook import Notebook, NotebookError, changed_cells, is_notebook
 from ema_lint.project import ProjectIndex
 from ema_lint.rule import Rule
-from ema_lint.runner import SourceFile, _Loaded, in_cells, load_and_index
-from ema_lint.worker_processes import worker_context
+from ema_lint.runner import SourceFile, _Loaded, in_cells, load_and_index, may_crash_libcst_on
+from ema_lint.worker_processes import map_isolated, worker_context
 
 Keep = Callable[[Sequence[Diagnostic]], list[Diagnostic]]
 
@@ -80,16 +79,17 @@ def fix_files(
         if problem is not None:
             found = in_cells(item, FileResult(path, keep([problem]))).diagnostics
             outcomes[path] = FileFix(path, remaining=found, found=found)
-        elif path in unwritable:
-            # checked so its findings show; no fix is computed for a file that will not be written
-            checked = check_source(path, item.source, rules, project, item.file.module_name)
-            found = in_cells(item, FileResult(path, keep(checked.diagnostics))).diagnostics
-            on_disk = item.raw if item.raw is not None else item.source
-            outcomes[path] = FileFix(path, on_disk, on_disk, remaining=found, found=found, skipped=unwritable[path])
         else:
             todo.append(item)
     for item, result in _fix_all(todo, rules, project, unsafe, keep, jobs, context):
-        outcomes[item.file.path] = _outcome(item, result)
+        path = item.file.path
+        if path in unwritable:
+            # its findings show; the fix is dropped, as the file will not be written
+            found = in_cells(item, FileResult(path, result.found)).diagnostics
+            on_disk = item.raw if item.raw is not None else item.source
+            outcomes[path] = FileFix(path, on_disk, on_disk, remaining=found, found=found, skipped=unwritable[path])
+        else:
+            outcomes[path] = _outcome(item, result)
     ordered = [outcomes[f.path] for f in targets]
     if write:
         for outcome in ordered:
@@ -172,33 +172,38 @@ class _Worker:
         cls.rules, cls.project, cls.unsafe, cls.keep = rules, project, unsafe, keep
 
     @classmethod
-    def fix(cls, path: str, source: bytes, module_name: str) -> FixedSource:
+    def fix(cls, item: _Loaded) -> FixedSource:
+        path, source = item.file.path, item.source
         try:
             return fix_source(
-                path, source, cls.rules, unsafe=cls.unsafe, project=cls.project, module_name=module_name, keep=cls.keep
+                path, source, cls.rules, unsafe=cls.unsafe, project=cls.project, module_name=item.file.module_name,
+                keep=cls.keep,
             )
         except Exception as error:  # a rule bug (RecursionError included) costs this file, never the run
-            crash = tool_diagnostic("EMA005", path, f"internal error: {type(error).__name__}: {error}")
-            return FixedSource(path, source, source, remaining=[crash], found=[crash])
+            return _unfixed(item, f"internal error: {type(error).__name__}: {error}")
+
+
+def _unfixed(item: _Loaded, message: str) -> FixedSource:
+    crash = tool_diagnostic("EMA005", item.file.path, message)
+    return FixedSource(item.file.path, item.source, item.source, remaining=[crash], found=[crash])
+
+
+def _fixer_died(item: _Loaded, cause: str) -> FixedSource:
+    return _unfixed(item, f"internal error: the fixing process died ({cause})")
 
 
 def _fix_all(todo, rules, project, unsafe, keep, jobs, context):
-    if jobs <= 1 or len(todo) < 2 * jobs:
-        _Worker.setup(rules, project, unsafe, keep)
-        for item in todo:
-            yield item, _Worker.fix(item.file.path, item.source, item.file.module_name)
-        return
-    with concurrent.futures.ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=_Worker.setup, initargs=(rules, project, unsafe, keep)
-    ) as pool:
-        results = pool.map(
-            _Worker.fix,
-            [i.file.path for i in todo],
-            [i.source for i in todo],
-            [i.file.module_name for i in todo],
-            chunksize=8,
-        )
-        yield from zip(todo, results, strict=True)
+    return map_isolated(
+        _Worker.fix,
+        todo,
+        jobs=jobs,
+        context=context,
+        died=_fixer_died,
+        may_crash=may_crash_libcst_on,
+        setup=_Worker.setup,
+        setup_args=(rules, project, unsafe, keep),
+        size=lambda item: len(item.source),
+    )
 
 
 def _between_check_and_replace(path: str) -> None:

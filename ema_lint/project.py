@@ -588,19 +588,21 @@ def summarize(
     is_package: bool = False,
     structure: bool = True,
     renames: tuple[tuple[str, str], ...] = (),
+    tree: ast.Module | None = None,
 ) -> ModuleFacts:
     """Facts for one file (`is_package`: it is a package's `__init__.py`, the base of its
     relative imports); with `structure=False`, without the class facts and function returns
     (over half the cost), which `ProjectIndex` then extracts when it needs them; `renames`:
-    top-level modules its imports mean under another name (see `separate_roots`). Raises
-    SyntaxError (or ValueError for NUL bytes) when it does not parse."""
+    top-level modules its imports mean under another name (see `separate_roots`); `tree`: the
+    file's `parse_any` tree where the caller has it. Raises SyntaxError (or ValueError for NUL
+    bytes) when it does not parse."""
     renamed = dict(renames)
 
     def absolute(name: str) -> str:
         top, dot, rest = name.partition(".")
         return f"{renamed[top]}{dot}{rest}" if top in renamed else name
 
-    tree = parse_any(source)
+    tree = tree or parse_any(source)
     nodes = _walk(tree)  # walked once; each structural fact below reads the kinds it needs
     of_kind: dict[type, list[ast.AST]] = {}
     for node in nodes:

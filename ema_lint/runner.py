@@ -9,23 +9,22 @@ content hash, and a worker that crashes costs one file a diagnostic, never the r
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import hashlib
 import itertools
-import multiprocessing
 import os
 import stat
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from typing import Callable, Iterable, Sequence
 
+from ema_lint.analysis.syntax import may_crash_libcst, parse_any
 from ema_lint.diagnostics import Diagnostic
 from ema_lint.engine import FileResult, check_source, tool_diagnostic, triage, undecodable
 from ema_lint.notebook import CellMap, Notebook, NotebookError, NotPython, is_notebook
 from ema_lint.project import ModuleFacts, ProjectIndex, imported_top_names, module_name_for, renamed_module, separate_roots, sibling_imports, summarize
 from ema_lint.result_cache import ResultCache
 from ema_lint.rule import Rule
-from ema_lint.worker_processes import worker_context
+from ema_lint.worker_processes import map_isolated, worker_context
 
 # Past this size a file is generated data, not code a person wrote; parsing it would take
 # minutes. Reported as EMA004 rather than silently skipped.
@@ -74,6 +73,9 @@ class _Loaded:
     # set when the reference parser rejects the file; libcst may still accept newer syntax
     syntax_error: Diagnostic | None = None
     problem: Diagnostic | None = None
+    # whether a statement nests deep enough to crash libcst (see `may_crash_libcst`); None: not
+    # yet measured (facts from the cache, or a file only libcst may read)
+    deep: bool | None = None
 
     @property
     def summarized(self) -> bool:
@@ -155,12 +157,15 @@ def _summarize(loaded: _Loaded) -> _Loaded:
     if loaded.source is None:
         return loaded
     try:
+        tree = parse_any(loaded.source)
+        loaded.deep = may_crash_libcst(loaded.source, tree)
         loaded.facts = summarize(
             loaded.file.module_name,
             loaded.source,
             is_package=_is_package(loaded),
             structure=False,
             renames=loaded.file.import_renames,
+            tree=tree,
         )
     except SyntaxError as error:
         loaded.syntax_error = tool_diagnostic(
@@ -196,11 +201,12 @@ class _Worker:
         cls.rules, cls.project = rules, project
 
     @classmethod
-    def check(cls, path: str, source: bytes, module_name: str) -> tuple[FileResult, list[str]]:
+    def check(cls, item: _Loaded) -> tuple[FileResult, list[str]]:
         """The file's result, and the modules whose on-demand facts it read."""
+        path = item.file.path
         cls.project.start_recording()
         try:
-            result = check_source(path, source, cls.rules, cls.project, module_name)
+            result = check_source(path, item.source, cls.rules, cls.project, item.file.module_name)
         except Exception as error:  # a rule bug must cost one file, not the run
             result = FileResult(path)
             result.diagnostics.append(
@@ -209,28 +215,27 @@ class _Worker:
         return result, cls.project.consulted_modules()
 
 
-def _crashed(path: str, exitcode: int | None) -> FileResult:
-    result = FileResult(path)
+def _crashed(item: _Loaded, cause: str) -> tuple[FileResult, list[str]]:
+    result = FileResult(item.file.path)
     result.diagnostics.append(
-        tool_diagnostic("EMA005", path, f"internal error: the checker process died (exit code {exitcode})")
+        tool_diagnostic("EMA005", item.file.path, f"internal error: the checker process died ({cause})")
     )
-    return result
+    return result, []
 
 
-def _check_alone(loaded: _Loaded, rules, project, context: BaseContext) -> tuple[FileResult, list[str]]:
-    """Re-run one file in a process of its own, to tell the file that kills a worker."""
-    with context.Pool(1, initializer=_Worker.setup, initargs=(rules, project)) as pool:
-        pending = pool.apply_async(
-            _Worker.check, (loaded.file.path, loaded.source, loaded.file.module_name)
-        )
-        processes = list(pool._pool)
-        while True:
-            try:
-                return pending.get(timeout=0.2)
-            except multiprocessing.TimeoutError:
-                dead = [p for p in processes if p.exitcode not in (None, 0)]
-                if dead:
-                    return _crashed(loaded.file.path, dead[0].exitcode), []
+def _size(item: _Loaded) -> int:
+    return len(item.source or b"")
+
+
+def may_crash_libcst_on(item: _Loaded) -> bool:
+    return item.deep if item.deep is not None else may_crash_libcst(item.source)
+
+
+def _summary_died(item: _Loaded, cause: str) -> _Loaded:
+    item.problem = tool_diagnostic(
+        "EMA005", item.file.path, f"internal error: the indexing process died ({cause})"
+    )
+    return item
 
 
 def load_and_index(
@@ -242,9 +247,20 @@ def load_and_index(
     _tell_imports(loaded)
     if cache is not None:
         cache.fill_facts(loaded)
-    _map_in_place(
-        loaded, lambda item: item.problem is None and not item.summarized, _summarize, jobs, context
+    needed = [i for i, item in enumerate(loaded) if item.problem is None and not item.summarized]
+    summarized = map_isolated(
+        _summarize,
+        [loaded[i] for i in needed],
+        jobs=jobs,
+        context=context,
+        died=_summary_died,
+        # the reference parser cannot crash, and `parse_any` keeps libcst from a file it might
+        may_crash=lambda item: False,
+        size=_size,
     )
+    position = {id(loaded[i]): i for i in needed}
+    for item, result in summarized:
+        loaded[position[id(item)]] = result
     if cache is not None:
         cache.store_facts(loaded)
     indexed = [item for item in loaded if item.facts is not None]
@@ -306,45 +322,19 @@ def _unparsed_result(item: _Loaded, rules, project: ProjectIndex) -> tuple[FileR
     return None if triggered else (result, project.consulted_modules())
 
 
-def _map_in_place(items: list[_Loaded], needed, function, jobs: int, context: BaseContext) -> None:
-    indices = [i for i, item in enumerate(items) if needed(item)]
-    if jobs <= 1 or len(indices) < 2 * jobs:
-        for i in indices:
-            items[i] = function(items[i])
-        return
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        for i, item in zip(indices, pool.map(function, [items[i] for i in indices], chunksize=16)):
-            items[i] = item
-
-
 def _run_phase_two(todo, rules, project, jobs, progress, context) -> Iterable[tuple[_Loaded, FileResult]]:
-    if jobs <= 1 or len(todo) < 2 * jobs:
-        _Worker.setup(rules, project)
-        for item in todo:
-            yield item, _Worker.check(item.file.path, item.source, item.file.module_name)
-            if progress:
-                progress(1)
-        return
-    unfinished = list(todo)
-    try:
-        with concurrent.futures.ProcessPoolExecutor(
-            jobs, mp_context=context, initializer=_Worker.setup, initargs=(rules, project)
-        ) as pool:
-            # largest first: a long file started last would leave the other workers idle
-            futures = {
-                pool.submit(_Worker.check, i.file.path, i.source, i.file.module_name): i
-                for i in sorted(todo, key=lambda i: len(i.source), reverse=True)
-            }
-            for future in concurrent.futures.as_completed(futures):
-                item = futures[future]
-                checked = future.result()
-                unfinished.remove(item)
-                yield item, checked
-                if progress:
-                    progress(1)
-    except concurrent.futures.process.BrokenProcessPool:
-        for item in unfinished:
-            yield item, _check_alone(item, rules, project, context)
-            if progress:
-                progress(1)
-
+    checked = map_isolated(
+        _Worker.check,
+        todo,
+        jobs=jobs,
+        context=context,
+        died=_crashed,
+        may_crash=may_crash_libcst_on,
+        setup=_Worker.setup,
+        setup_args=(rules, project),
+        size=_size,
+    )
+    for item, result in checked:
+        yield item, result
+        if progress:
+            progress(1)

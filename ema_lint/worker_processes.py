@@ -8,15 +8,24 @@ runner, a language server or a notebook that imported torch usually does not, so
 workers come from a fresh `forkserver` (or `spawn` where there is none), which is slower to start
 and always safe. As with any `forkserver` or `spawn` pool, a script that calls the API there
 re-runs in each worker unless its entry point sits under `if __name__ == "__main__":`.
+
+A worker can die of one file: libcst's native parser overflows the stack on a statement that
+nests a few thousand levels and takes the process down with a segfault. `map_isolated` makes
+such a file cost its own result, in a pool or in the caller's process.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from multiprocessing.context import BaseContext
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+Item = TypeVar("Item")
 
 
 def worker_context() -> BaseContext:
@@ -33,3 +42,71 @@ def _runs_one_thread() -> bool:
         return len(os.listdir("/proc/self/task")) == 1
     except OSError:
         return threading.active_count() == 1
+
+
+def map_isolated(
+    function: Callable[[Item], Any],
+    items: Sequence[Item],
+    *,
+    jobs: int,
+    context: BaseContext,
+    died: Callable[[Item, str], Any],
+    may_crash: Callable[[Item], bool],
+    setup: Callable[..., None] | None = None,
+    setup_args: tuple = (),
+    size: Callable[[Item], int] = lambda item: 0,
+) -> Iterator[tuple[Item, Any]]:
+    """`(item, function(item))` for every item, in the order they finish. `function` and `setup`
+    must be importable by name (a worker may be a fresh interpreter). An item whose worker dies
+    gets `died(item, how_it_died)` instead; in the caller's own process (`jobs` 1, or too few items
+    for a pool) the items `may_crash` flags run alone in a child, since a crash there would end
+    the run."""
+    if jobs <= 1 or len(items) < 2 * jobs:
+        if setup is not None:
+            setup(*setup_args)
+        for item in items:
+            if may_crash(item):
+                yield item, _alone(function, item, context, died, setup, setup_args)
+            else:
+                yield item, function(item)
+        return
+    finished: set[int] = set()
+    try:
+        with concurrent.futures.ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=setup, initargs=setup_args
+        ) as pool:
+            # largest first: a long item started last would leave the other workers idle
+            order = sorted(range(len(items)), key=lambda i: size(items[i]), reverse=True)
+            futures = {pool.submit(function, items[i]): i for i in order}
+            for future in concurrent.futures.as_completed(futures):
+                index = futures[future]
+                result = future.result()
+                finished.add(index)
+                yield items[index], result
+    except concurrent.futures.process.BrokenProcessPool:
+        # which item killed the pool is unknown: each unfinished one runs alone
+        for index, item in enumerate(items):
+            if index not in finished:
+                yield item, _alone(function, item, context, died, setup, setup_args)
+
+
+def _alone(function, item, context: BaseContext, died, setup, setup_args) -> Any:
+    with context.Pool(1, initializer=setup, initargs=setup_args) as pool:
+        pending = pool.apply_async(function, (item,))
+        processes = list(pool._pool)
+        while True:
+            try:
+                return pending.get(timeout=0.2)
+            except multiprocessing.TimeoutError:
+                dead = [p for p in processes if p.exitcode not in (None, 0)]
+                if dead:
+                    return died(item, _cause(dead[0].exitcode))
+
+
+def _cause(exitcode: int) -> str:
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"

@@ -6,21 +6,38 @@ parses every Python 3 grammar, so such a file is parsed with libcst, the newer c
 are rewritten to older equivalents that bind the same names (`class A[T](B)` -> `class
 A(B)`, `type X = Y` -> `X = Y`), and the result is parsed again. Lines are kept; columns
 after a removed type parameter list shift on that line only.
+
+libcst's native parser recurses once per operand of a chain (`a and a and ...`, `- - - a`,
+`lambda: lambda: ...`, adjacent strings) and per bracket, and overflows an 8 MiB stack at a few
+thousand levels with a segfault; measured on libcst 1.x: 1,350 brackets, 2,700 adjacent strings,
+3,100 lambdas, 7,300 `and` operands, 8,300 unary minuses. `may_crash_libcst` tells the files
+that could hold so deep a statement, so that they are parsed where a crash costs only them.
 """
 
 from __future__ import annotations
 
 import ast
+import io
+import re
+import tokenize
 
 import libcst as cst
+
+# libcst crashed at no fewer than 2,700 levels of any construct but brackets (which CPython
+# bounds at 200, and which cost at most 3.4 KiB of stack a level); a quarter of that depth is
+# safe, and a statement shorter than LONGEST_SAFE_STATEMENT characters is never measured
+LONGEST_SAFE_STATEMENT = 2_000
+MOST_SAFE_DEPTH = 700
 
 
 def parse_any(source: str | bytes) -> ast.Module:
     """`ast.parse(source)`, falling back to the downgraded libcst parse; raises the
-    original SyntaxError when neither parser accepts the file."""
+    original SyntaxError when neither parser accepts the file, or libcst might crash on it."""
     try:
         return ast.parse(source)
     except SyntaxError as error:
+        if _long_logical_line(source.encode("utf-8", "surrogateescape") if isinstance(source, str) else source):
+            raise error from None
         try:
             module = cst.parse_module(source)
         except (cst.ParserSyntaxError, UnicodeDecodeError, LookupError, SyntaxError, RecursionError):
@@ -38,3 +55,91 @@ class _Downgrade(cst.CSTTransformer):
 
     def leave_TypeAlias(self, original_node: cst.TypeAlias, updated_node: cst.TypeAlias) -> cst.Assign:
         return cst.Assign(targets=[cst.AssignTarget(updated_node.name)], value=updated_node.value)
+
+
+def may_crash_libcst(source: bytes, tree: ast.Module | None = None) -> bool:
+    """Whether a statement of `source` (for a compound statement, its header) may nest deep
+    enough to crash libcst's parser; `tree`: its `parse_any` tree where the caller has it."""
+    if tree is None:
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return _long_logical_line(source)
+    line_starts = [0, *(match.end() for match in re.finditer(rb"\n", source))]
+
+    def start(node: ast.AST) -> int:
+        # a `case` has no position of its own; its pattern starts it
+        node = node.pattern if isinstance(node, ast.match_case) else node
+        return line_starts[node.lineno - 1] + node.col_offset
+
+    def end(node: ast.AST) -> int:
+        return line_starts[node.end_lineno - 1] + node.end_col_offset
+
+    statements = list(tree.body)
+    while statements:
+        statement = statements.pop()
+        nested = [child for name in _BODIES for child in getattr(statement, name, ())]
+        header_end = start(nested[0]) if nested else end(statement)
+        first = statement.decorator_list[0] if getattr(statement, "decorator_list", None) else statement
+        if header_end - start(first) > LONGEST_SAFE_STATEMENT:
+            header = [value for name, value in ast.iter_fields(statement) if name not in _BODIES]
+            if _depth_bound(header, source, start, end) > MOST_SAFE_DEPTH:
+                return True
+        statements.extend(nested)
+    return False
+
+
+def _long_logical_line(source: bytes) -> bool:
+    """For a file the reference parser rejects (newer syntax, Python 2): whether a logical line
+    holds more tokens than MOST_SAFE_DEPTH, or brackets nest deeper than CPython allows. Each
+    level of nesting takes at least one token. A file the tokenizer rejects may hold anything."""
+    if len(source) <= LONGEST_SAFE_STATEMENT:
+        return False
+    tokens = depth = 0
+    try:
+        for token in tokenize.tokenize(io.BytesIO(source).readline):
+            if token.type == tokenize.NEWLINE:
+                tokens = 0
+            elif token.type not in _LAYOUT:
+                tokens += 1
+            if token.type == tokenize.OP:
+                depth += (token.string in "([{") - (token.string in ")]}")
+            if tokens > MOST_SAFE_DEPTH or depth > MOST_BRACKETS:
+                return True
+    except (tokenize.TokenError, SyntaxError, UnicodeDecodeError, LookupError):
+        return True
+    return False
+
+
+_LAYOUT = (tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING, tokenize.ENDMARKER)
+MOST_BRACKETS = 200
+_BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
+
+
+def _depth_bound(fields: list, source: bytes, start, end) -> int:
+    """An upper bound of how deep libcst nests the syntax in `fields`: the longest path down
+    its tree, where a boolean operation's operands add one level each and a string one level
+    per pair of quotes (the reference parser keeps `a and b and c` flat and merges adjacent
+    strings into one node; libcst nests both). Siblings (arguments, elements, keys) do not add
+    up: libcst reads those in a loop."""
+    deepest = 0
+    pending = [(child, 1) for child in _nodes_in(fields)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
+            text = source[start(node) : end(node)]
+            depth += (text.count(b"'") + text.count(b'"')) // 2
+        deepest = max(deepest, depth)
+        below = depth + (len(node.values) if isinstance(node, ast.BoolOp) else 1)
+        pending.extend((child, below) for child in _nodes_in(value for _, value in ast.iter_fields(node)))
+    return deepest
+
+
+def _nodes_in(values) -> list[ast.AST]:
+    found = []
+    for value in values:
+        if isinstance(value, ast.AST):
+            found.append(value)
+        elif isinstance(value, list):
+            found.extend(v for v in value if isinstance(v, ast.AST))
+    return found

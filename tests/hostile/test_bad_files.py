@@ -114,3 +114,44 @@ def test_noqa_and_skip_file_count_only_as_comments(tmp_path: Path) -> None:
     assert _codes(run) == ["EMA202"]
     (tree / "sentinel.py").write_text(SENTINEL.replace("total += loss", "total += loss  # noqa: EMA202"))
     assert _codes(_check(tree)) == []
+
+
+# libcst's native parser segfaults on a statement this deep; the prefix makes the file one the
+# rules must parse (a checkpoint and an EMA loop)
+DEEP_CHAIN = (
+    b"import torch\nfrom torch.utils.checkpoint import checkpoint\n"
+    b"for p in ema.parameters():\n    p.mul_(0.9)\ny = checkpoint(f, x)\n"
+    b"x = " + b" and ".join([b"a"] * 15000) + b"\n"
+)
+
+
+@pytest.mark.parametrize(("jobs", "sentinels"), [("1", 1), ("2", 1), ("2", 6)])
+def test_a_file_that_crashes_the_parser_costs_only_itself(tmp_path: Path, jobs: str, sentinels: int) -> None:
+    """In the caller's process (one job, or too few files for a pool) and in a pool alike."""
+    tree = _tree(tmp_path)
+    for number in range(1, sentinels):
+        (tree / f"sentinel_{number}.py").write_text(SENTINEL)
+    (tree / "deep.py").write_bytes(DEEP_CHAIN)
+    run = _check(tree, "-j", jobs)
+    assert run.returncode == 1, run.stderr
+    assert _codes(run).count("EMA202") == sentinels
+    assert any("deep.py" in line and "EMA005" in line and "process died" in line for line in run.stdout.splitlines())
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_file_that_crashes_the_parser_costs_only_itself_in_fix(tmp_path: Path, jobs: str) -> None:
+    tree = _tree(tmp_path)
+    for number in range(5):
+        (tree / f"sentinel_{number}.py").write_text(SENTINEL)
+    (tree / "deep.py").write_bytes(DEEP_CHAIN)
+    run = subprocess.run(
+        [sys.executable, "-m", "ema_lint", "fix", "--write", "-j", jobs, "."],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1, run.stderr
+    assert "fixing process died" in run.stdout + run.stderr
+    assert all("loss.detach()" in (tree / f"sentinel_{n}.py").read_text() for n in range(5))
+    assert (tree / "deep.py").read_bytes() == DEEP_CHAIN
