@@ -147,3 +147,18 @@ def test_star_import_diamonds_resolve_in_linear_time() -> None:
     assert index.resolve("pkg.m0.compute") == "pkg.m40.compute"
     assert index.resolve("pkg.m0.nothing") == "pkg.m0.nothing"
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_temporary_that_refers_to_itself_is_inlined_once() -> None:
+    """torch/_inductor/ir.py has the shape: the loop's only binding of `scaled` reads `scaled`."""
+    source = """
+        import torch
+
+
+        def update(model, ema_model):
+            for ema_p, p in zip(ema_model.parameters(), model.parameters()):
+                scaled = scaled * 0.999 + p
+                ema_p.copy_(scaled)
+    """
+    result = check_source("update.py", textwrap.dedent(source).encode(), [rule_for("EMA301")])
+    assert [d.code for d in result.diagnostics] == []

@@ -353,39 +353,43 @@ class _Iteration:
             iterable = strip_parens(iterable.args[0].value)
         return False
 
-    def _split(self, node: cst.BaseExpression, target_key: str, sources: list, weights: list) -> None:
-        """Sort the leaves of `node` into other per-iteration tensors and weights."""
+    def _split(
+        self, node: cst.BaseExpression, target_key: str, sources: list, weights: list, inlined_names: frozenset = frozenset()
+    ) -> None:
+        """Sort the leaves of `node` into other per-iteration tensors and weights.
+        `inlined_names`: temporaries already replaced by their value on the way here (`x = x * d`
+        in a loop refers to itself)."""
         node = strip_parens(node)
         key = self._per_iteration(node)
         if key is not None:
             if key != target_key:
                 sources.append(node)
             return
-        inlined = self._temporary(node)
+        inlined = self._temporary(node) if not (isinstance(node, cst.Name) and node.value in inlined_names) else None
         if inlined is not None:
             # `new = (1 - d) * p + d * shadow[name]; shadow[name] = new.clone()`
-            self._split(inlined, target_key, sources, weights)
+            self._split(inlined, target_key, sources, weights, inlined_names | {node.value})
             return
         if isinstance(node, (cst.Name, cst.Attribute, cst.Integer, cst.Float)):
             weights.append(node)
             return
         if isinstance(node, cst.BinaryOperation):
-            self._split(node.left, target_key, sources, weights)
-            self._split(node.right, target_key, sources, weights)
+            self._split(node.left, target_key, sources, weights, inlined_names)
+            self._split(node.right, target_key, sources, weights, inlined_names)
         elif isinstance(node, cst.UnaryOperation):
-            self._split(node.expression, target_key, sources, weights)
+            self._split(node.expression, target_key, sources, weights, inlined_names)
         elif isinstance(node, cst.Call):
             # only arithmetic is looked into: any other call (`resize(sd[k])`, `load(w[key])`)
             # makes something new, which is not an average of the two tensors
             method = attribute_name(node.func) or ""
             if isinstance(node.func, cst.Attribute) and method in TRANSFER_METHODS:
-                self._split(node.func.value, target_key, sources, weights)
+                self._split(node.func.value, target_key, sources, weights, inlined_names)
             elif method in ARITHMETIC_CALLS or _is_helper_call(node):
                 if isinstance(node.func, cst.Attribute):
                     # `p.lerp(p_ema, beta)`: the receiver may be the source; `torch.lerp`'s is no weight
-                    self._split(node.func.value, target_key, sources, [])
+                    self._split(node.func.value, target_key, sources, [], inlined_names)
                 for argument in node.args:
-                    self._split(argument.value, target_key, sources, weights)
+                    self._split(argument.value, target_key, sources, weights, inlined_names)
 
     def _loop_of(self, target: cst.BaseExpression) -> cst.For | None:
         """The innermost loop whose variable the target changes with."""
