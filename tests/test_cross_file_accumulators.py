@@ -190,3 +190,46 @@ def test_meters_held_in_a_dict_are_meters_too(tmp_path: Path) -> None:
     files = [SourceFile(str(package / name), str(tmp_path)) for name in ("__init__.py", "meter.py", "train.py")]
     report = check_files(files, [rule_for("EMA202")])
     assert [(Path(d.path).name, d.start.line) for d in report.diagnostics] == [("train.py", 12), ("train.py", 13)]
+
+
+HOLDERS = """\
+from pkg.meter import AverageMeter, FloatMeter
+
+
+class LossTracker:
+    def __init__(self):
+        self.total = AverageMeter("total")
+        self.floats = FloatMeter()
+
+
+class Trainer:
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
+        self.meter = AverageMeter("loss")
+        self.tracker = LossTracker()
+
+    def fit(self, loader, criterion):
+        for x, y in loader:
+            losses = self.model.losses(x, y)
+            self.optimizer.zero_grad()
+            losses["total"].backward()
+            self.optimizer.step()
+            self.meter.update(losses["total"])
+            self.tracker.total.update(losses)
+            self.tracker.floats.update(losses["total"])
+            self.meter.update(losses["total"].item())
+"""
+
+
+def test_meters_held_in_attributes_are_followed(tmp_path: Path) -> None:
+    """`self.meter` and `self.tracker.total` are meters some method constructs; a mapping of
+    tensors gets no `.detach()` fix (a dict has none)."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "meter.py").write_text(METER)
+    (package / "holders.py").write_text(HOLDERS)
+    names = ("__init__.py", "meter.py", "holders.py")
+    report = check_files([SourceFile(str(package / name), str(tmp_path)) for name in names], [rule_for("EMA202")])
+    found = [(d.start.line, d.message.split("`")[1], d.fix.applicability.name) for d in report.diagnostics]
+    assert found == [(22, "self.meter", "UNSAFE"), (23, "self.tracker.total", "DISPLAY_ONLY")]

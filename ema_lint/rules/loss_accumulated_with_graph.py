@@ -5,6 +5,7 @@ import libcst as cst
 from ema_lint.analysis.names import dotted_text
 from ema_lint.analysis.torch_names import STEP_HOOKS
 from ema_lint.diagnostics import Applicability, Fix, Severity
+from ema_lint.project import BUILT
 from ema_lint.rule import Example
 from ema_lint.rules._autograd import (
     PARAMETER_SOURCES,
@@ -33,6 +34,29 @@ def _is_container(value: cst.BaseExpression, function: Function) -> bool:
     return isinstance(value, _CONTAINER_LITERALS)
 
 
+def _read_by_key(value: cst.BaseExpression, function: Function) -> bool:
+    """A name the function also reads by a string key (`loss["total"].backward()`): a dict
+    of tensors, which has no `.detach()`."""
+    value = strip_parens(value)
+    if not isinstance(value, cst.Name) or function.node is None:
+        return False
+    keyed = _KeyedReads()
+    function.node.visit(keyed)
+    return value.value in keyed.names
+
+
+class _KeyedReads(cst.CSTVisitor):
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def visit_Subscript(self, node: cst.Subscript) -> None:
+        index = node.slice[0].slice if len(node.slice) == 1 else None
+        if isinstance(node.value, cst.Name) and isinstance(index, cst.Index) and isinstance(index.value, cst.SimpleString):
+            self.names.add(node.value.value)
+
+
+# `self.metrics.losses.total.update(loss)`: deeper chains are rare and cost lookups
+MOST_ATTRIBUTE_HOPS = 3
 _CONTAINER_LITERALS = (
     cst.List, cst.Tuple, cst.Dict, cst.Set, cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp
 )
@@ -131,12 +155,27 @@ class LossAccumulatedWithGraph(AutogradRule):
         return found
 
     def _accumulating_arguments(self, site, receiver: cst.BaseExpression, method: str) -> tuple[str, ...]:
+        project = self.context.project
+        accumulating: set[str] = set()
+        for qualified in self._receiver_classes(site, receiver):
+            # the first class of the MRO that defines the method is the one called
+            for facts in project.mro(qualified):
+                if method in facts.accumulating_arguments:
+                    accumulating.update(facts.accumulating_arguments[method])
+                    break
+        return tuple(sorted(accumulating))
+
+    def _receiver_classes(self, site, receiver: cst.BaseExpression, depth: int = 0) -> list[str]:
+        """The classes `receiver` may be an instance of: a local built by a constructor, an
+        attribute of such an instance or of `self` (`metrics.losses_track`, `self.meters`)
+        that one of its methods assigns a constructed value, or an item of either."""
         project, module_name = self.context.project, self.context.module_name
-        classes: list[str] = []
+        receiver = strip_parens(receiver)
         # `meters["loss"].update(loss)`: the meters a dict of them holds
         of_items = isinstance(receiver, cst.Subscript)
         if of_items:
             receiver = strip_parens(receiver.value)
+        classes: list[str] = []
         if isinstance(receiver, cst.Name):
             for binding in site.function.bindings.get(receiver.value, ()):
                 value = strip_parens(binding.value)
@@ -150,14 +189,17 @@ class LossAccumulatedWithGraph(AutogradRule):
                     dotted = dotted_text(made)
                     if dotted is not None:
                         classes.append(project.qualify(module_name, dotted))
-        accumulating: set[str] = set()
-        for qualified in classes:
-            # the first class of the MRO that defines the method is the one called
-            for facts in project.mro(qualified):
-                if method in facts.accumulating_arguments:
-                    accumulating.update(facts.accumulating_arguments[method])
-                    break
-        return tuple(sorted(accumulating))
+        elif isinstance(receiver, cst.Attribute) and depth < MOST_ATTRIBUTE_HOPS:
+            base = strip_parens(receiver.value)
+            if isinstance(base, cst.Name) and base.value == "self" and site.function.class_name:
+                owners = [project.qualify(module_name, site.function.class_name)]
+            else:
+                owners = self._receiver_classes(site, base, depth + 1)
+            for owner in owners:
+                for facts in project.mro(owner):
+                    held = facts.attributes.get(receiver.attr.value, ())
+                    classes.extend(h.target for h in held if h.kind == BUILT)
+        return classes
 
     def _keeps_graph(self, facts: FileFacts, found: Accumulation) -> bool:
         site = found.site
@@ -217,7 +259,7 @@ class LossAccumulatedWithGraph(AutogradRule):
         inferred = _unpacked_beside_the_loss(facts, found)
         statement = found.site.statement
         extends = isinstance(statement, cst.Expr) and attribute_name(statement.value.func) == "extend"
-        if extends or _is_container(found.value, found.site.function):
+        if extends or _is_container(found.value, found.site.function) or _read_by_key(found.value, found.site.function):
             # `[a, b].detach()` is no method of a list (and `extend` takes any iterable): which
             # items are tensors is a person's call.
             fix = Fix("Detach the tensors in the accumulated value", Applicability.DISPLAY_ONLY)
