@@ -233,3 +233,49 @@ def test_meters_held_in_attributes_are_followed(tmp_path: Path) -> None:
     report = check_files([SourceFile(str(package / name), str(tmp_path)) for name in names], [rule_for("EMA202")])
     found = [(d.start.line, d.message.split("`")[1], d.fix.applicability.name) for d in report.diagnostics]
     assert found == [(22, "self.meter", "UNSAFE"), (23, "self.tracker.total", "DISPLAY_ONLY")]
+
+
+CLOSURES = """\
+from collections import defaultdict
+
+import torch
+
+from pkg.meter import AverageMeter
+
+
+def train_one_epoch(model, loader, optimizer):
+    metrics = defaultdict(AverageMeter)
+
+    def model_fn(x):
+        loss, sparsity = model(x)
+        metrics["sparsity"].update(sparsity)
+        per_call = AverageMeter("dies with the call")
+        per_call.update(loss)
+        return loss
+
+    def evaluate_fn(x):
+        loss, _ = model(x)
+        metrics["eval"].update(loss)
+
+    for x in loader:
+        loss = model_fn(x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        for x in loader:
+            evaluate_fn(x)
+"""
+
+
+def test_a_closure_feeds_the_meters_of_the_function_around_it(tmp_path: Path) -> None:
+    """TinyCLIP's shape: the loss closure updates the epoch's meters, and the caller
+    backpropagates what it returns, once per step of its loop."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "meter.py").write_text(METER)
+    (package / "closures.py").write_text(CLOSURES)
+    names = ("__init__.py", "meter.py", "closures.py")
+    report = check_files([SourceFile(str(package / name), str(tmp_path)) for name in names], [rule_for("EMA202")])
+    assert [(d.start.line, d.message.split("`")[1]) for d in report.diagnostics] == [(13, 'metrics["sparsity"]')]

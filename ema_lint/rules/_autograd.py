@@ -246,10 +246,22 @@ class Function:
     # parameters annotated as plain numbers or strings (`real_acc: float`): not assumed to carry
     # a graph just because the function is a `forward` (a caller passing a tensor still counts)
     scalar_params: frozenset[str] = frozenset()
+    # the function this one is defined in (a closure's), None at module or class level
+    enclosing: "Function | None" = None
 
     @property
     def name(self) -> str:
         return self.node.name.value if self.node is not None else ""
+
+    def scope_of(self, name: str) -> "Function":
+        """The function whose local `name` is: this one, or for a closure's free variable the
+        nearest enclosing function that binds it."""
+        scope: Function | None = self
+        while scope is not None:
+            if name in scope.bindings or name in scope.params:
+                return scope
+            scope = scope.enclosing
+        return self
 
 
 @dataclass(eq=False)
@@ -358,6 +370,7 @@ class _Collector(cst.BatchableCSTVisitor):
             scalar_params=frozenset(
                 p.name.value for p in declared if p.annotation is not None and _is_scalar_type(p.annotation.annotation)
             ),
+            enclosing=self._scopes[-1] if self._scopes and isinstance(self._scopes[-1], Function) else None,
         )
         # a `forward`'s inputs carry a graph; a plain class's `__call__` (a reward filter, a
         # meter) is no module's forward
@@ -752,6 +765,7 @@ class FileFacts:
                 self._by_name.setdefault((function.class_name, function.name), []).append(function)
         self._propagate_grad_free(collector.calls)
         self._mark_loops_that_train(collector.calls)
+        self._backpropagate_returns()
         self._mark_backpropagated_outputs()
         self._propagate_graph_params(collector.calls)
 
@@ -838,6 +852,30 @@ class FileFacts:
             self._carrying.clear()
             if not changed:
                 return
+
+    def _backpropagate_returns(self) -> None:
+        """`loss = compute(x)` then `loss.backward()`, with `compute` a function of this file (a
+        closure in the training function, a `self.` method): the names `compute` returns are
+        backpropagated too, in `compute`."""
+        changed = True
+        while changed:
+            changed = False
+            for function in self.functions:
+                for name in list(function.backward_names):
+                    for binding in function.bindings.get(name, ()):
+                        for callee in self._callees(strip_parens(binding.value), function):
+                            if not callee.returned_names <= callee.backward_names:
+                                callee.backward_names |= callee.returned_names
+                                changed = True
+
+    def _callees(self, value: cst.BaseExpression, caller: Function) -> list[Function]:
+        if not isinstance(value, cst.Call):
+            return []
+        if isinstance(value.func, cst.Name):
+            return self._by_name.get((None, value.func.value), [])
+        if isinstance(value.func, cst.Attribute) and m.matches(value.func.value, m.Name("self")):
+            return self._by_name.get((caller.class_name, value.func.attr.value), [])
+        return []
 
     def _mark_backpropagated_outputs(self) -> None:
         """Names the backpropagated value is computed from, when bound to a call's result

@@ -34,6 +34,16 @@ def _is_container(value: cst.BaseExpression, function: Function) -> bool:
     return isinstance(value, _CONTAINER_LITERALS)
 
 
+def _training(function: Function, loops) -> list:
+    """The loops of `function` among `loops` that run one training step per iteration."""
+    training = [loop for loop in loops if loop.runs_backward]
+    if function.steps_optimizer:
+        # a loop that steps no optimizer, in a function that does, runs within one step
+        # (gradient accumulation, sub-networks, a batch group): its graphs go with the step
+        training = [loop for loop in training if loop.steps_optimizer]
+    return training
+
+
 def _read_by_key(value: cst.BaseExpression, function: Function) -> bool:
     """A name the function also reads by a string key (`loss["total"].backward()`): a dict
     of tensors, which has no `.detach()`."""
@@ -177,7 +187,7 @@ class LossAccumulatedWithGraph(AutogradRule):
             receiver = strip_parens(receiver.value)
         classes: list[str] = []
         if isinstance(receiver, cst.Name):
-            for binding in site.function.bindings.get(receiver.value, ()):
+            for binding in site.function.scope_of(receiver.value).bindings.get(receiver.value, ()):
                 value = strip_parens(binding.value)
                 if binding.element_of:
                     continue
@@ -221,30 +231,30 @@ class LossAccumulatedWithGraph(AutogradRule):
             return False
         if _stores_parameter(found):
             return False
-        training = [loop for loop in site.loops if loop.runs_backward]
-        if function.steps_optimizer:
-            # a loop that steps no optimizer, in a function that does, runs within one step
-            # (gradient accumulation, sub-networks, a batch group): its graphs go with the step
-            training = [loop for loop in training if loop.steps_optimizer]
+        owner = function.scope_of(name)
+        if owner is not function:
+            # a closure's free variable (`metrics` of the enclosing `train`) outlives each call:
+            # the steps are the owner's training loops around the calls of the closure
+            calls = [c for c in facts.calls if c.caller is owner and c.class_name is None and c.callee == function.name]
+            loops = {loop for call in calls for loop in call.loops}
+            return any(self._carried_across(owner, name, None, loop) for loop in _training(owner, loops))
+        training = _training(function, site.loops)
         if function.name in STEP_HOOKS:
             # `self.training_step_outputs.append(loss)`: the framework's loop is the step loop,
             # and a local of the hook (a loop's total included) dies with the step
             return root_name(accumulator) == "self" and not facts.reset_before(site, facts.code(accumulator))
-        return any(self._carried_across(facts, found, loop) for loop in training)
+        return any(self._carried_across(function, name, found.site.statement, loop) for loop in training)
 
     @staticmethod
-    def _carried_across(facts: FileFacts, found: Accumulation, loop) -> bool:
-        """The accumulator outlives one iteration of `loop`: it is a `self.` attribute, or the
-        local it is (or is an item or attribute of, `stats["loss"]`) was bound before the loop
-        and is not re-created at the top of the loop body."""
-        name = root_name(found.accumulator)
+    def _carried_across(function: Function, name: str, statement, loop) -> bool:
+        """The accumulator rooted at `name` outlives one iteration of `loop`: it is a `self.`
+        attribute, or the local it is (or is an item or attribute of, `stats["loss"]`) was bound
+        before the loop and is not re-created at the top of the loop body (by a statement other
+        than the accumulating `statement`)."""
         if name == "self":
             return True
-        bindings = found.site.function.bindings.get(name, ())
-        if any(
-            b.statement is not None and b.statement is not found.site.statement and b.loops and b.loops[-1] is loop
-            for b in bindings
-        ):
+        bindings = function.bindings.get(name, ())
+        if any(b.statement is not None and b.statement is not statement and b.loops and b.loops[-1] is loop for b in bindings):
             return False
         return any(loop not in b.loops for b in bindings)
 
