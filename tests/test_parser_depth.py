@@ -68,3 +68,10 @@ def test_the_libcst_fallback_is_refused_where_it_could_crash() -> None:
     assert parse_any(newer + "x = 1\n") is not None
     with pytest.raises(SyntaxError):
         parse_any(newer + "x = " + " and ".join(["a"] * 15000) + "\n")
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["LF", "CRLF", "CR"])
+def test_every_line_ending_is_measured(newline: str) -> None:
+    deep = "x = " + " and ".join(["a"] * 3000)
+    assert not may_crash_libcst(newline.join(["x = 1", "y = 2", "def f():", "    return 3", ""]).encode())
+    assert may_crash_libcst(newline.join(["x = 1", "y = 2", deep, ""]).encode())

@@ -65,7 +65,8 @@ def may_crash_libcst(source: bytes, tree: ast.Module | None = None) -> bool:
             tree = ast.parse(source)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             return _long_logical_line(source)
-    line_starts = [0, *(match.end() for match in re.finditer(rb"\n", source))]
+    # the reference parser ends a line at CR LF, LF or a lone CR, as `bytes.splitlines` does
+    line_starts = [0, *(match.end() for match in re.finditer(rb"\r\n|\r|\n", source))]
 
     def start(node: ast.AST) -> int:
         # a `case` has no position of its own; its pattern starts it

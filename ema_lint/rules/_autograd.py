@@ -608,6 +608,21 @@ class _Collector(cst.BatchableCSTVisitor):
 
 
 
+def _returned_names(function: Function, element_index: int | None) -> set[str]:
+    """The names `function` returns, or with `element_index` the names in that element of the
+    tuples it returns."""
+    names: set[str] = set()
+    for value in function.returns:
+        value = strip_parens(value)
+        if element_index is None and not isinstance(value, cst.Tuple):
+            names |= names_in(value)
+        elif element_index is not None and isinstance(value, cst.Tuple) and element_index < len(value.elements):
+            element = value.elements[element_index]
+            if not isinstance(element, cst.StarredElement):
+                names |= names_in(element.value)
+    return names
+
+
 def _backward_runner(receiver: cst.BaseExpression) -> bool:
     """An object whose `backward(loss)` backpropagates its argument (Accelerate, Fabric,
     DeepSpeed engines, fairseq and Lightning wrappers), not a tensor."""
@@ -863,9 +878,12 @@ class FileFacts:
             for function in self.functions:
                 for name in list(function.backward_names):
                     for binding in function.bindings.get(name, ()):
+                        if binding.element_of:
+                            continue
                         for callee in self._callees(strip_parens(binding.value), function):
-                            if not callee.returned_names <= callee.backward_names:
-                                callee.backward_names |= callee.returned_names
+                            returned = _returned_names(callee, binding.element_index)
+                            if not returned <= callee.backward_names:
+                                callee.backward_names |= returned
                                 changed = True
 
     def _callees(self, value: cst.BaseExpression, caller: Function) -> list[Function]:

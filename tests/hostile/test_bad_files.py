@@ -155,3 +155,12 @@ def test_a_file_that_crashes_the_parser_costs_only_itself_in_fix(tmp_path: Path,
     assert "fixing process died" in run.stdout + run.stderr
     assert all("loss.detach()" in (tree / f"sentinel_{n}.py").read_text() for n in range(5))
     assert (tree / "deep.py").read_bytes() == DEEP_CHAIN
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_file_with_lone_carriage_returns_is_checked(tmp_path: Path, jobs: str) -> None:
+    tree = _tree(tmp_path)
+    (tree / "old_mac.py").write_bytes(SENTINEL.replace("\n", "\r").encode())
+    run = _check(tree, "-j", jobs)
+    assert run.returncode == 1, run.stderr
+    assert _codes(run) == ["EMA202", "EMA202"]
