@@ -162,3 +162,29 @@ def test_a_temporary_that_refers_to_itself_is_inlined_once() -> None:
     """
     result = check_source("update.py", textwrap.dedent(source).encode(), [rule_for("EMA301")])
     assert [d.code for d in result.diagnostics] == []
+
+
+def test_only_the_returned_value_that_is_backpropagated_carries_a_graph() -> None:
+    """icefall's shape: `loss, info = compute_loss(...)`, `loss.backward()`; `info` holds numbers
+    taken with `.item()`, and the running total of it keeps no graph."""
+    source = """
+        import torch
+
+
+        def compute_loss(model, batch):
+            loss = model(batch).sum()
+            info = {"frames": batch.size(0), "loss": loss.detach().item()}
+            return loss, info
+
+
+        def train(model, optimizer, loader):
+            tot_loss = 0.0
+            for batch in loader:
+                loss, loss_info = compute_loss(model, batch)
+                tot_loss = tot_loss * 0.9 + loss_info["loss"]
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    """
+    assert _findings("EMA201", source) == []
+    assert _findings("EMA202", source) == []
