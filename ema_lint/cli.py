@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from typing import Sequence
 
@@ -23,7 +24,7 @@ from ema_lint.render import (
     render_summary,
     render_text,
 )
-from ema_lint.runner import check_files
+from ema_lint.runner import MAX_FILE_BYTES, check_files
 from ema_lint.workspace import Workspace
 
 # Below this many files a progress bar only flickers.
@@ -88,10 +89,18 @@ def _display_order(diagnostic: Diagnostic) -> tuple:
 
 
 def _read_lines(diagnostic: Diagnostic) -> list[str] | None:
-    """The lines a code frame shows: the file's, or the finding's notebook cell's."""
+    """The lines a code frame shows: the file's, or the finding's notebook cell's. Never read
+    through a link (a checked tree may link to any file: `p.py -> /etc/passwd`) nor from
+    anything but a regular file (a FIFO would block)."""
+    path = diagnostic.path
+    if os.path.realpath(path) != os.path.abspath(path):
+        return None
     try:
-        with open(diagnostic.path, "rb") as handle:
-            raw = handle.read()
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(descriptor, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                return None
+            raw = handle.read(MAX_FILE_BYTES)
     except OSError:
         return None
     if diagnostic.cell is None:

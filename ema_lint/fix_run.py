@@ -26,6 +26,7 @@ from ema_lint.fixer import FixedSource, fix_source
 from ema_lint.fixes import LINE_END
 from ema_lint.notebook import Notebook, NotebookError, changed_cells, is_notebook
 from ema_lint.project import ProjectIndex
+from ema_lint.render import printable
 from ema_lint.rule import Rule
 from ema_lint.runner import SourceFile, _Loaded, in_cells, load_and_index, may_crash_libcst_on
 from ema_lint.worker_processes import map_isolated, worker_context
@@ -333,6 +334,8 @@ def unified_diff(path: str, before: bytes, after: bytes) -> str:
 def _text_diff(name: str, before: str, after: str) -> str:
     old, new = _lines(before), _lines(after)
     out = []
+    # a file name may hold a newline or an escape sequence: the header stays one inert line
+    name = printable(name, newline=True)
     for line in difflib.unified_diff(old, new, name, name, lineterm=""):
         if line.startswith(("---", "+++", "@@")):
             out.append(line + "\n")

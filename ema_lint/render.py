@@ -32,21 +32,22 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
-def _printable(text: str, pattern: re.Pattern = _CONTROL) -> str:
+def printable(text: str, *, newline: bool = False) -> str:
     """`text` with control characters (an escape sequence in a file name or a string
-    literal quoted in a message) shown as `\\x1b`, so they cannot drive the terminal."""
-    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    literal quoted in a message), and with `newline` line feeds too, shown as `\\x1b`, so
+    they cannot drive the terminal or forge a line."""
+    return (_CONTROL_OR_NEWLINE if newline else _CONTROL).sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _where(d: Diagnostic) -> str:
     """`path:line:col`, or `path:cell N:line:col` in a notebook (ruff's form)."""
     cell = f"cell {d.cell}:" if d.cell is not None else ""
     # a file name may hold a newline too: each finding stays one line
-    return f"{_printable(_relative(d.path), _CONTROL_OR_NEWLINE)}:{cell}{d.start.line}:{d.start.column}"
+    return f"{printable(_relative(d.path), newline=True)}:{cell}{d.start.line}:{d.start.column}"
 
 
 def render_concise(diagnostics: Sequence[Diagnostic]) -> str:
-    return "".join(f"{_where(d)}: {d.code} {_marker(d)}{_printable(d.message)}\n" for d in diagnostics)
+    return "".join(f"{_where(d)}: {d.code} {_marker(d)}{printable(d.message)}\n" for d in diagnostics)
 
 
 def render_text(
@@ -61,7 +62,7 @@ def render_text(
         where = style(f"{_where(d)}:", bold=True)
         code = style(d.code, fg=_COLOURS[d.severity], bold=True)
         module = f" (module `{d.module}`)" if d.module else ""
-        out.append(f"{where} {code} {_marker(d)}{_printable(d.message)}{module}\n")
+        out.append(f"{where} {code} {_marker(d)}{printable(d.message)}{module}\n")
         if show_source:
             out.append(_code_frame(d, read_lines(d), style))
         if d.fix is not None:
@@ -71,7 +72,7 @@ def render_text(
                 Applicability.DISPLAY_ONLY: "",
             }[d.fix.applicability]
             out.append(f"  {style('help', fg='cyan', bold=True)}: {d.fix.title}{kind}\n")
-        out.extend(f"  {style('note', bold=True)}: {_printable(note)}\n" for note in d.notes)
+        out.extend(f"  {style('note', bold=True)}: {printable(note)}\n" for note in d.notes)
     return "".join(out)
 
 

@@ -164,3 +164,35 @@ def test_a_file_with_lone_carriage_returns_is_checked(tmp_path: Path, jobs: str)
     run = _check(tree, "-j", jobs)
     assert run.returncode == 1, run.stderr
     assert _codes(run) == ["EMA202", "EMA202"]
+
+
+def test_show_source_never_reads_through_a_link_or_from_a_fifo(tmp_path: Path) -> None:
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    (outside / "s.py").write_text(SENTINEL.replace("total = 0.0", "total = 0.0  # SECRET_TOKEN"))
+    tree = _tree(tmp_path)
+    (tree / "linked.py").symlink_to(outside / "s.py")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tree / "pipe.py")
+    run = subprocess.run(
+        [sys.executable, "-m", "ema_lint", "check", "--no-cache", "--show-source", "."],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1, run.stderr
+    assert "linked.py:6:5" in run.stdout and "SECRET_TOKEN" not in run.stdout
+    assert "total += loss" in run.stdout  # the sentinel's own frame is shown
+
+
+def test_fix_diff_headers_cannot_forge_lines(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    (tree / "evil\nforged.py:1:1: EMA999 \x1b[31mfake.py").write_text(SENTINEL)
+    run = subprocess.run(
+        [sys.executable, "-m", "ema_lint", "fix", "."], cwd=tree, capture_output=True, text=True, timeout=120
+    )
+    headers = [line for line in run.stdout.splitlines() if line.startswith(("---", "+++"))]
+    assert any("evil\\x0aforged.py:1:1: EMA999 \\x1b[31mfake.py" in line for line in headers), run.stdout
+    assert not any(line.startswith("forged.py") for line in run.stdout.splitlines())
+    assert "\x1b" not in run.stdout
