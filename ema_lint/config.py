@@ -47,21 +47,30 @@ class Settings:
 
 # in one folder the first of these that configures ema-lint wins, as with ruff's files
 CONFIG_FILES = (".ema-lint.toml", "ema-lint.toml", "pyproject.toml")
-_TABLE_HEADER = re.compile(rb"^\s*\[tool\.(\"ema-lint\"|ema-lint)", re.MULTILINE)
 COMMAND_LINE = "<--config>"
 
 
 def _configures(path: str) -> bool:
-    """A standalone file always configures; a pyproject.toml only with a [tool.ema-lint] table."""
+    """A standalone file always configures; a pyproject.toml when its `tool` table has an
+    `ema-lint` key in any shape (a misshapen one is then reported, not silently skipped), or
+    when it mentions ema-lint and cannot be read as TOML at all."""
     if not os.path.isfile(path):
         return False
     if os.path.basename(path) != "pyproject.toml":
         return True
     try:
         with open(path, "rb") as handle:
-            return bool(_TABLE_HEADER.search(handle.read()))
+            raw = handle.read()
     except OSError:
         return False
+    if SECTION.encode() not in raw:
+        # TOML is UTF-8; a UTF-16 file that names the tool is ours to report
+        return SECTION.encode("utf-16-le") in raw
+    try:
+        tool = tomllib.loads(raw.decode("utf-8")).get("tool")
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
+        return True
+    return isinstance(tool, dict) and SECTION in tool
 
 
 def find_config(folder: str) -> str | None:

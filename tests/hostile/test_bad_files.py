@@ -196,3 +196,23 @@ def test_fix_diff_headers_cannot_forge_lines(tmp_path: Path) -> None:
     assert any("evil\\x0aforged.py:1:1: EMA999 \\x1b[31mfake.py" in line for line in headers), run.stdout
     assert not any(line.startswith("forged.py") for line in run.stdout.splitlines())
     assert "\x1b" not in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("config", "reported"),
+    [
+        ("[[tool.ema-lint]]\nselect = ['EMA1']\n", True),
+        ("[tool]\nema-lint = 'x'\n", True),
+        ("[tool.ema-lint\nselect = ['EMA1']\n", True),
+        ("[project]\ndependencies = ['ema-lint']\n", False),
+        ("tool = 5\n", False),
+    ],
+    ids=["array of tables", "not a table", "invalid TOML", "a dependency named ema-lint", "no ema-lint key"],
+)
+def test_a_discovered_pyproject_that_names_the_tool_is_reported_when_misshapen(
+    tmp_path: Path, config: str, reported: bool
+) -> None:
+    tree = _tree(tmp_path, config)
+    run = _check(tree)
+    assert ("EMA002" in _codes(run)) == reported, run.stdout
+    assert "EMA202" in _codes(run)
