@@ -36,6 +36,7 @@ from ema_lint.analysis.torch_names import (
     OPENMMLAB_NORM_CFG_POSITION,
     OPENMMLAB_NORM_FACTORY,
     OPENMMLAB_PACKAGES,
+    OPTIMIZER_NAME,
     STEP_HOOKS,
 )
 
@@ -660,7 +661,9 @@ def summarize(
     # ASCII, its NFKC form otherwise (which may add ASCII the bytes lack).
     mentions_checkpoint = b"checkpoint" in source or not source.isascii()
     names = kinds(ast.Name, ast.Attribute)
-    trains = calls_backward(names) or any(f.name in STEP_HOOKS for f in kinds(ast.FunctionDef, ast.AsyncFunctionDef))
+    trains = calls_backward(names + kinds(ast.Call)) or any(
+        f.name in STEP_HOOKS for f in kinds(ast.FunctionDef, ast.AsyncFunctionDef)
+    )
     return ModuleFacts(
         module_name,
         imports,
@@ -706,13 +709,28 @@ def read_names(nodes: list[ast.AST], scope: "ModuleScope") -> tuple[str, ...]:
 
 
 def calls_backward(nodes: list[ast.AST]) -> bool:
-    """Something named `backward` is referenced (every training step calls one). Reads the
-    `Name` and `Attribute` nodes among `nodes`, as the next three facts read their kinds."""
+    """Something named `backward` is referenced (every training step calls one), or a step
+    helper is handed an optimizer (`net.train_step(loss, self.optim)` backpropagates `loss`).
+    Reads the `Name`, `Attribute` and `Call` nodes among `nodes`."""
     return any(
         (isinstance(node, ast.Attribute) and node.attr == "backward")
         or (isinstance(node, ast.Name) and node.id == "backward")
+        or (isinstance(node, ast.Call) and _steps_a_given_optimizer(node))
         for node in nodes
     )
+
+
+def _steps_a_given_optimizer(call: ast.Call) -> bool:
+    name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+    if "step" not in name:
+        return False
+    for argument in [*call.args, *(k.value for k in call.keywords)]:
+        while isinstance(argument, ast.Subscript):
+            argument = argument.value
+        last = argument.attr if isinstance(argument, ast.Attribute) else getattr(argument, "id", "")
+        if isinstance(last, str) and OPTIMIZER_NAME.search(last.lower()):
+            return True
+    return False
 
 
 def may_hold_momentum_correction(nodes: list[ast.AST]) -> bool:

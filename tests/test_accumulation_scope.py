@@ -353,3 +353,29 @@ def test_gradient_norms_metric_keys_and_fetched_batches_hold_no_graph() -> None:
             accuracy += output["accuracy"]
     """
     assert _findings("EMA202", source) == []
+
+
+def test_a_step_helper_handed_the_loss_and_the_optimizer_backpropagates_the_loss() -> None:
+    """SLM-Lab's shape: `net.train_step(loss, optim)` runs backward and the optimizer step, and
+    the mean taken after the loop (`loss = total_loss / n`) feeds no backward of the loop."""
+    source = """
+    import torch
+
+
+    class DQN:
+        def train(self):
+            total_loss = torch.tensor(0.0)
+            for batch in self.batches():
+                loss = self.calc_q_loss(batch)
+                self.net.train_step(loss, self.optim, self.lr_scheduler)
+                total_loss += loss
+            loss = total_loss / self.training_iter
+            return loss.item()
+
+        def train_on(self, loader):
+            seen = []
+            for batch in loader:
+                self.net.train_step(batch, self.optim)
+                seen.append(batch)
+    """
+    assert _findings("EMA202", source) == [11]

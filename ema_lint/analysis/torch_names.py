@@ -97,4 +97,7 @@ MODULE_OWN_ATTRIBUTES = frozenset({"training", "_modules", "_parameters", "_buff
 # named hold no autograd history by convention.
 LOGGING_NAME = re.compile(r"logs?|log_dict|log_vars|logging_outputs?|metrics?|infos?|stats|extras?")
 METRIC_NAME = re.compile(r"(\w+_)?(acc\w*|correct\w*|top\d+\w*|precision|recall|f1\w*|masks?|n|counts?|ntokens|tokens)")
+# what an optimizer (or the AMP scaler that steps one) is called: `optimizer`, `self.optim`,
+# `opt_d`, `scaler`; searched in the lower-cased last name of the value
+OPTIMIZER_NAME = re.compile(r"optim|(^|_)opt(_|$|\d)|scaler")
 GRADIENT_NORM_NAME = re.compile(r"(\w+_)?(grad_?norms?|gnorm)")

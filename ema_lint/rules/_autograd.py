@@ -37,6 +37,7 @@ from ema_lint.analysis.torch_names import (
     NAMED_ITEMS,
     NO_GRAPH_CALLS,
     NUMERIC_LIBRARIES,
+    OPTIMIZER_NAME,
     OTHER_FRAMEWORKS,
 )
 from ema_lint.rule import Rule
@@ -568,6 +569,14 @@ class _Collector(cst.BatchableCSTVisitor):
         body = loops[-1].node.body
         return isinstance(body, cst.IndentedBlock) and any(s is line for s in body.body)
 
+    def _backpropagates(self, parts: list[cst.CSTNode]) -> None:
+        for part in parts:
+            self.function.backward_names.update(names_in(part))
+            self.function.backpropagated.append(part)
+        self.function.backward_calls.append((self._next(), tuple(self._loops[-1])))
+        for loop in self._loops[-1]:
+            loop.runs_backward = True
+
     def visit_Call(self, node: cst.Call) -> None:
         if self._lambdas:
             return
@@ -583,19 +592,26 @@ class _Collector(cst.BatchableCSTVisitor):
             # `accelerator.backward(loss)`, `self.fabric.backward(loss)`: the loss is the argument
             if isinstance(node.func, cst.Attribute) and name == "backward" and not (parts and _backward_runner(node.func.value)):
                 parts.append(node.func.value)
-            for part in parts:
-                self.function.backward_names.update(names_in(part))
-                self.function.backpropagated.append(part)
-            self.function.backward_calls.append((self._next(), tuple(self._loops[-1])))
-            for loop in self._loops[-1]:
-                loop.runs_backward = True
-        if (name == "step" and _optimizer_like(node.func)) or (
+            self._backpropagates(parts)
+        stepping_helper = "step" in (name or "") and any(_optimizer_like(a.value) for a in node.args)
+        if (name == "step" and _optimizer_like(node.func)) or stepping_helper:
             # `clip_and_step(optimizer)`, `scaler.step(opt)`'s helpers
-            "step" in (name or "") and any(_optimizer_like(a.value) for a in node.args)
-        ):
             self.function.steps_optimizer = True
             for loop in self._loops[-1]:
                 loop.steps_optimizer = True
+        if stepping_helper:
+            # `net.train_step(loss, optim)`: a helper handed the loss beside the optimizer it
+            # steps backpropagates that loss first
+            losses = [
+                a.value
+                for a in node.args
+                if isinstance(a.value, cst.Name)
+                and not _optimizer_like(a.value)
+                # `self.step(batch, optimizer)` is handed the data, not a loss
+                and not any(b.element_of for b in self.function.bindings.get(a.value.value, ()))
+            ]
+            if losses:
+                self._backpropagates(losses)
         func = node.func
         loops = tuple(self._loops[-1])
         if isinstance(func, cst.Attribute) and m.matches(func.value, m.Name("self")):
@@ -936,7 +952,12 @@ class FileFacts:
                     continue
                 feeding.add(code)
                 if isinstance(read, cst.Name):
-                    frontier.extend(b.value for b in function.bindings.get(read.value, ()) if not b.element_of)
+                    # `loss = total / n` after the training loop feeds no backward of the loop
+                    frontier.extend(
+                        b.value
+                        for b in function.bindings.get(read.value, ())
+                        if not b.element_of and _reaches_a_backward(b, function)
+                    )
         return feeding
 
     def _produces_graph(self, binding: Binding, name: str, function: Function) -> bool:
@@ -1746,7 +1767,7 @@ def _optimizer_like(node: cst.BaseExpression) -> bool:
     node = strip_parens(node)
     if isinstance(node, cst.Attribute) and node.attr.value == "step":
         node = node.value
-    return re.search(r"optim|(^|_)opt(_|$|\d)|scaler", _last_name(node)) is not None
+    return OPTIMIZER_NAME.search(_last_name(node)) is not None
 
 
 def _last_name(node: cst.BaseExpression) -> str:
