@@ -31,6 +31,7 @@ from ema_lint.analysis.torch_names import (
     EMA_HELPER_WORDS,
     IN_PLACE_METHODS,
     MODULE_OWN_ATTRIBUTES,
+    NUMERIC_LIBRARIES,
     OPENMMLAB_BN_BLOCKS,
     OPENMMLAB_CONV_MODULES,
     OPENMMLAB_NORM_CFG_POSITION,
@@ -664,6 +665,9 @@ def summarize(
     trains = calls_backward(names + kinds(ast.Call)) or any(
         f.name in STEP_HOOKS for f in kinds(ast.FunctionDef, ast.AsyncFunctionDef)
     )
+    numeric_names = frozenset(
+        local for local, qualified in imports.items() if qualified.partition(".")[0] in NUMERIC_LIBRARIES
+    )
     return ModuleFacts(
         module_name,
         imports,
@@ -678,7 +682,7 @@ def summarize(
         trains,
         read_names(names, scope) if mentions_checkpoint else (),
         structure,
-        tuple(f.name for f in functions if returns_no_graph(f)),
+        tuple(f.name for f in functions if returns_no_graph(f, numeric_names)),
         tuple(renames),
     )
 

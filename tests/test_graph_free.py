@@ -31,3 +31,19 @@ CASES = {
 def test_returns_no_graph(source: str, expected: bool) -> None:
     function = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef))
     assert returns_no_graph(function) is expected
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("    ious = [score(m, p.detach().cpu().numpy()) for m, p in zip(masks, pred)]\n    return np.mean(ious)\n", True),
+        ("    return mean([1.0, p.sum()])\n", True),
+        ("    return np_like.mean(pred)\n", False),
+    ],
+    ids=["numpy alias", "name from numpy", "not numpy"],
+)
+def test_results_of_numpy_like_libraries_hold_no_graph(body: str, expected: bool) -> None:
+    """UCTransNet's `iou_on_batch` returns `np.mean(ious)`: NumPy refuses a tensor that
+    requires grad, so what it returns is never one."""
+    function = ast.parse("def iou_on_batch(masks, pred):\n" + body).body[0]
+    assert returns_no_graph(function, frozenset({"np", "mean"})) is expected

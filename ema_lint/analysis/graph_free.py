@@ -44,10 +44,13 @@ def turns_grad_off(expression: ast.expr) -> bool:
     return _grad_mode(expression) is False
 
 
-def returns_no_graph(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+def returns_no_graph(function: ast.FunctionDef | ast.AsyncFunctionDef, numeric_names: frozenset[str] = frozenset()) -> bool:
     """Every value `function` returns holds no autograd history: each `return` with a value
     returns a new value made with gradients off (a decorator or a `with`, not undone by
-    `enable_grad`), or a value made only of graph-free values (see `_GraphFree`)."""
+    `enable_grad`), or a value made only of graph-free values (see `_GraphFree`).
+    `numeric_names`: the module's names for NumPy-like libraries (`np`, `mean` from
+    `numpy`), whose results are never torch tensors (NumPy refuses a tensor that requires
+    grad)."""
     decorated_off = any(turns_grad_off(decorator) for decorator in function.decorator_list)
     parameters = function.args.posonlyargs + function.args.args + function.args.kwonlyargs
     parameters += [a for a in (function.args.vararg, function.args.kwarg) if a is not None]
@@ -78,7 +81,7 @@ def returns_no_graph(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     visit(function.body, decorated_off)
     if not returns:
         return False
-    free = _GraphFree(bindings)
+    free = _GraphFree(bindings, numeric_names)
     # under grad-off a new value has no history, but a returned name may alias an older one
     return all((grad_off and not _aliases(value)) or free.expression(value) for value, grad_off in returns)
 
@@ -162,8 +165,9 @@ class _GraphFree:
     """The local names that can only hold graph-free values: the greatest set where every
     binding of every name is graph-free given the set (parameters and globals are not)."""
 
-    def __init__(self, bindings: dict[str, list[ast.expr]]):
+    def __init__(self, bindings: dict[str, list[ast.expr]], numeric_names: frozenset[str] = frozenset()):
         self.bindings = bindings
+        self.numeric_names = numeric_names
         self.names = set(bindings)
         # a name bound where this reading does not look (a walrus, a comprehension, `global`)
         self.names -= _bound_elsewhere(bindings)
@@ -192,6 +196,11 @@ class _GraphFree:
             return self.expression(node.operand)
         if isinstance(node, ast.Call):
             function = node.func
+            root = function
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in self.numeric_names:
+                return True  # `np.mean(ious)`
             if isinstance(function, ast.Name):
                 return function.id in SCALAR_CASTS
             if isinstance(function, ast.Attribute):
