@@ -19,13 +19,17 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import select
 import signal
 import sys
 import threading
+import time
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 Item = TypeVar("Item")
+# how soon a worker notices that the run that started it is gone, where it must poll
+ORPHAN_CHECK_SECONDS = 0.5
 
 
 def worker_context() -> BaseContext:
@@ -73,7 +77,7 @@ def map_isolated(
     finished: set[int] = set()
     try:
         with concurrent.futures.ProcessPoolExecutor(
-            jobs, mp_context=context, initializer=setup, initargs=setup_args
+            jobs, mp_context=context, initializer=_start_worker, initargs=(os.getpid(), setup, setup_args)
         ) as pool:
             # largest first: a long item started last would leave the other workers idle
             order = sorted(range(len(items)), key=lambda i: size(items[i]), reverse=True)
@@ -91,7 +95,7 @@ def map_isolated(
 
 
 def _alone(function, item, context: BaseContext, died, setup, setup_args) -> Any:
-    with context.Pool(1, initializer=setup, initargs=setup_args) as pool:
+    with context.Pool(1, initializer=_start_worker, initargs=(os.getpid(), setup, setup_args)) as pool:
         pending = pool.apply_async(function, (item,))
         processes = list(pool._pool)
         while True:
@@ -101,6 +105,38 @@ def _alone(function, item, context: BaseContext, died, setup, setup_args) -> Any
                 dead = [p for p in processes if p.exitcode not in (None, 0)]
                 if dead:
                     return died(item, _cause(dead[0].exitcode))
+
+
+def _start_worker(caller: int, setup: Callable[..., None] | None, setup_args: tuple) -> None:
+    # a worker whose run was killed (SIGKILL leaves no chance to stop the pool) would run on
+    # as an orphan. Linux's parent-death signal fires when the *thread* that started the
+    # worker ends (the pool's own threads do), and a forkserver worker's parent is the
+    # forkserver, which outlives the run: the worker watches the calling process instead.
+    threading.Thread(target=_exit_with, args=(caller,), daemon=True).start()
+    if setup is not None:
+        setup(*setup_args)
+
+
+def _exit_with(caller: int) -> None:
+    try:
+        # readable once the process has ended, reaped or not
+        handle = os.pidfd_open(caller)
+    except (AttributeError, OSError):
+        while _exists(caller):
+            time.sleep(ORPHAN_CHECK_SECONDS)
+    else:
+        select.select([handle], [], [])
+    os._exit(1)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _cause(exitcode: int) -> str:

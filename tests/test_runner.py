@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import libcst as cst
+import pytest
 
 from ema_lint import worker_processes
 from ema_lint.diagnostics import Severity
@@ -244,3 +246,57 @@ def test_scripts_with_the_same_module_name_are_judged_each_on_its_own(tmp_path: 
     files = [SourceFile(str(tmp_path / d / "train.py"), str(tmp_path / d)) for d in ("a", "b")]
     report = check_files(files, SOURCE_RULES)
     assert [(Path(d.path).parent.name, d.code) for d in report.diagnostics] == [("a", "EMA101")]
+
+
+ORPHANING_SCRIPT = """
+import multiprocessing, os, pathlib, sys, time
+from ema_lint.worker_processes import map_isolated, worker_context
+
+
+def slow(item):
+    (pathlib.Path(sys.argv[2]) / str(os.getpid())).touch()
+    time.sleep(120)
+    return item
+
+
+if __name__ == "__main__":
+    context = worker_context() if sys.argv[1] == "default" else multiprocessing.get_context(sys.argv[1])
+    results = map_isolated(slow, list(range(8)), jobs=2, context=context, died=lambda i, c: None,
+                           may_crash=lambda i: False)
+    next(results)
+"""
+
+
+def _running(pid: int) -> bool:
+    # a worker orphaned to a container's init may stay a zombie: it has exited all the same
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+@pytest.mark.parametrize("start_method", ["default", "forkserver"])
+def test_workers_exit_when_the_run_is_killed(tmp_path: Path, start_method: str) -> None:
+    """SIGKILL gives the run no chance to stop its pool; its workers must not run on."""
+    script, started = tmp_path / "orphaning.py", tmp_path / "started"
+    script.write_text(ORPHANING_SCRIPT)
+    started.mkdir()
+    run = subprocess.Popen([sys.executable, str(script), start_method, str(started)])
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(started.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = [int(p.name) for p in started.iterdir()]
+        assert len(workers) >= 2
+    finally:
+        run.kill()
+        run.wait()
+    deadline = time.monotonic() + 10
+    while any(_running(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = [w for w in workers if _running(w)]
+    for worker in alive:
+        os.kill(worker, signal.SIGKILL)
+    assert alive == []
