@@ -188,3 +188,29 @@ def test_only_the_returned_value_that_is_backpropagated_carries_a_graph() -> Non
     """
     assert _findings("EMA201", source) == []
     assert _findings("EMA202", source) == []
+
+
+def test_an_unpacked_result_of_a_method_is_judged_by_what_the_method_returns_there() -> None:
+    """Amphion's trainer: `_train_step` backpropagates nothing itself, returns the loss first
+    and a dict of `.item()` numbers second; only the loss keeps a graph in the epoch loop."""
+    source = """
+        class Trainer:
+            def _train_step(self, batch):
+                train_losses = self.criterion(batch, self.model(batch))
+                total_loss = train_losses["loss"]
+                for key, value in train_losses.items():
+                    train_losses[key] = value.item()
+                return total_loss, train_losses
+
+            def _train_epoch(self):
+                epoch_sum_loss = 0.0
+                epoch_losses = {}
+                for batch in self.loader:
+                    loss, train_losses = self._train_step(batch)
+                    self.accelerator.backward(loss)
+                    self.optimizer.step()
+                    epoch_sum_loss += loss
+                    for key, value in train_losses.items():
+                        epoch_losses[key] += value
+    """
+    assert _findings("EMA202", source) == [17]

@@ -624,6 +624,21 @@ class _Collector(cst.BatchableCSTVisitor):
 
 
 
+def _returned_elements(function: Function, element_index: int) -> list[cst.BaseExpression] | None:
+    """The values `function` returns at `element_index` of the tuples it returns; None when some
+    return is no tuple that long (or there is none)."""
+    elements = []
+    for value in function.returns:
+        value = strip_parens(value)
+        if not isinstance(value, cst.Tuple) or element_index >= len(value.elements):
+            return None
+        element = value.elements[element_index]
+        if isinstance(element, cst.StarredElement):
+            return None
+        elements.append(element.value)
+    return elements or None
+
+
 def _returned_names(function: Function, element_index: int | None) -> set[str]:
     """The names `function` returns, or with `element_index` the names in that element of the
     tuples it returns."""
@@ -796,8 +811,10 @@ class FileFacts:
                 self._by_name.setdefault((function.class_name, function.name), []).append(function)
         self._propagate_grad_free(collector.calls)
         self._mark_loops_that_train(collector.calls)
-        self._backpropagate_returns()
         self._mark_backpropagated_outputs()
+        # after the outputs: what a caller backpropagates is the returned value, not what the
+        # callee computed it from (`losses[key] = value.item()` may have made those numbers)
+        self._backpropagate_returns()
         self._propagate_graph_params(collector.calls)
 
     @functools.cached_property
@@ -1116,6 +1133,15 @@ class FileFacts:
         if binding.element_index is not None:
             if self._unpacked_element_is_free(binding):
                 return False
+            callee = self._callee(strip_parens(binding.value))
+            elements = _returned_elements(callee, binding.element_index) if callee is not None else None
+            if elements is not None and callee not in self._judging:
+                # `loss, info = self.compute(x)`: `info` is what `compute` returns second
+                self._judging.add(callee)
+                try:
+                    return any(self.may_carry_graph(element, callee) for element in elements)
+                finally:
+                    self._judging.discard(callee)
             beside_the_loss = self.beside_the_loss(binding, function)
             if beside_the_loss is not None:
                 # the call recorded a graph, since a gradient flows through it, so what comes
