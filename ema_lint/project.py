@@ -27,11 +27,11 @@ from typing import Iterable, Sequence
 from ema_lint.analysis.graph_free import returns_no_graph
 from ema_lint.analysis.syntax import parse_any
 from ema_lint.analysis.torch_names import (
+    ARRAY_LIBRARIES,
     BATCH_NORM_CONFIG_TYPES,
     EMA_HELPER_WORDS,
     IN_PLACE_METHODS,
     MODULE_OWN_ATTRIBUTES,
-    NUMERIC_LIBRARIES,
     OPENMMLAB_BN_BLOCKS,
     OPENMMLAB_CONV_MODULES,
     OPENMMLAB_NORM_CFG_POSITION,
@@ -666,7 +666,7 @@ def summarize(
         f.name in STEP_HOOKS for f in kinds(ast.FunctionDef, ast.AsyncFunctionDef)
     )
     numeric_names = frozenset(
-        local for local, qualified in imports.items() if qualified.partition(".")[0] in NUMERIC_LIBRARIES
+        local for local, qualified in imports.items() if qualified.partition(".")[0] in ARRAY_LIBRARIES
     )
     return ModuleFacts(
         module_name,

@@ -74,13 +74,16 @@ def map_isolated(
             else:
                 yield item, function(item)
         return
-    finished: set[int] = set()
+    # a file that may crash the parser would break the pool and send every unfinished one
+    # to a process of its own: it runs alone from the start
+    alone = [i for i, item in enumerate(items) if may_crash(item)]
+    finished: set[int] = set(alone)
     try:
         with concurrent.futures.ProcessPoolExecutor(
             jobs, mp_context=context, initializer=_start_worker, initargs=(os.getpid(), setup, setup_args)
         ) as pool:
             # largest first: a long item started last would leave the other workers idle
-            order = sorted(range(len(items)), key=lambda i: size(items[i]), reverse=True)
+            order = sorted((i for i in range(len(items)) if i not in finished), key=lambda i: size(items[i]), reverse=True)
             futures = {pool.submit(function, items[i]): i for i in order}
             for future in concurrent.futures.as_completed(futures):
                 index = futures[future]
@@ -92,10 +95,16 @@ def map_isolated(
         for index, item in enumerate(items):
             if index not in finished:
                 yield item, _alone(function, item, context, died, setup, setup_args)
+    for index in alone:
+        yield items[index], _alone(function, items[index], context, died, setup, setup_args)
 
 
 def _alone(function, item, context: BaseContext, died, setup, setup_args) -> Any:
-    with context.Pool(1, initializer=_start_worker, initargs=(os.getpid(), setup, setup_args)) as pool:
+    try:
+        pool = context.Pool(1, initializer=_start_worker, initargs=(os.getpid(), setup, setup_args))
+    except Exception as error:  # noqa: BLE001 - a fresh worker is sent its setup pickled (a caller's lambda)
+        return died(item, f"could not start: {type(error).__name__}: {error}")
+    with pool:
         pending = pool.apply_async(function, (item,))
         processes = list(pool._pool)
         while True:
@@ -105,6 +114,8 @@ def _alone(function, item, context: BaseContext, died, setup, setup_args) -> Any
                 dead = [p for p in processes if p.exitcode not in (None, 0)]
                 if dead:
                     return died(item, _cause(dead[0].exitcode))
+            except Exception as error:  # noqa: BLE001 - the work could not be sent (a caller's lambda)
+                return died(item, f"could not start: {type(error).__name__}: {error}")
 
 
 def _start_worker(caller: int, setup: Callable[..., None] | None, setup_args: tuple) -> None:

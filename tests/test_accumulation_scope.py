@@ -379,3 +379,17 @@ def test_a_step_helper_handed_the_loss_and_the_optimizer_backpropagates_the_loss
                 seen.append(batch)
     """
     assert _findings("EMA202", source) == [11]
+
+
+def test_a_step_helper_handed_several_values_is_not_taken_to_backpropagate_them() -> None:
+    """`train_step(net, inputs, labels, optimizer)` computes the loss from what it is given:
+    which argument is a loss is unknown, so none is taken for one."""
+    source = """
+    def train(net, loader, optimizer):
+        all_labels = []
+        for data in loader:
+            inputs, labels = data
+            train_step(net, inputs, labels, optimizer)
+            all_labels.append(labels.cpu())
+    """
+    assert _findings("EMA202", source) == []

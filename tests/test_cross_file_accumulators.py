@@ -279,3 +279,21 @@ def test_a_closure_feeds_the_meters_of_the_function_around_it(tmp_path: Path) ->
     names = ("__init__.py", "meter.py", "closures.py")
     report = check_files([SourceFile(str(package / name), str(tmp_path)) for name in names], [rule_for("EMA202")])
     assert [(d.start.line, d.message.split("`")[1]) for d in report.diagnostics] == [(13, 'metrics["sparsity"]')]
+
+
+def test_a_script_level_dict_of_losses_gets_no_detach_fix() -> None:
+    """torchvision's detection recipe at module level: `loss_dict` is a dict of tensors."""
+    from ema_lint.engine import check_source
+
+    source = (
+        "history = []\n"
+        "for images, targets in loader:\n"
+        "    loss_dict = model(images, targets)\n"
+        "    losses = sum(loss for loss in loss_dict.values())\n"
+        "    optimizer.zero_grad()\n"
+        "    losses.backward()\n"
+        "    optimizer.step()\n"
+        "    history.append(loss_dict)\n"
+    )
+    result = check_source("detection.py", source.encode(), [rule_for("EMA202")])
+    assert [(d.start.line, d.fix.applicability.name) for d in result.diagnostics] == [(8, "DISPLAY_ONLY")]

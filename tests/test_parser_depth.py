@@ -75,3 +75,19 @@ def test_every_line_ending_is_measured(newline: str) -> None:
     deep = "x = " + " and ".join(["a"] * 3000)
     assert not may_crash_libcst(newline.join(["x = 1", "y = 2", "def f():", "    return 3", ""]).encode())
     assert may_crash_libcst(newline.join(["x = 1", "y = 2", deep, ""]).encode())
+
+
+def test_items_of_a_literal_are_not_depth_in_a_file_only_libcst_reads() -> None:
+    """A 3.12 file with a long class-weight list keeps its facts (libcst reads items in a loop)."""
+    newer = "type Alias = int\n"
+    weights = "WEIGHTS = [" + ", ".join(f"{i}.5" for i in range(2000)) + "]\n"
+    call = "y = f(" + ", ".join(f"a{i}=b.c({i})" for i in range(2000)) + ")\n"
+    assert not may_crash_libcst((newer + weights + call).encode())
+    assert parse_any(newer + weights) is not None
+
+
+def test_an_elif_chain_is_depth_in_a_file_only_libcst_reads() -> None:
+    """libcst nests each `elif` in the one before; the reference parser stops at about 5,000."""
+    newer = "type Alias = int\nif a:\n    pass\n"
+    assert may_crash_libcst((newer + "elif a:\n    pass\n" * 10000).encode())
+    assert not may_crash_libcst((newer + "elif a:\n    pass\n" * 300).encode())

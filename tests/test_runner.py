@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from ema_lint import worker_processes
 from ema_lint.diagnostics import Severity
-from ema_lint.registry import enabled_rules
+from ema_lint.registry import SOURCE_RULES, enabled_rules
 from ema_lint.rule import Rule
 from ema_lint.runner import ResultCache, SourceFile, check_files
 
@@ -300,3 +301,23 @@ def test_workers_exit_when_the_run_is_killed(tmp_path: Path, start_method: str) 
     for worker in alive:
         os.kill(worker, signal.SIGKILL)
     assert alive == []
+
+
+def test_a_file_that_cannot_be_sent_to_a_worker_costs_only_itself(tmp_path: Path, monkeypatch) -> None:
+    """A caller's `keep` lambda cannot be pickled for a fresh worker: the deep file that must
+    run alone gets an EMA005, the API does not raise, and the other file is fixed in place."""
+    from ema_lint.fix_run import fix_files
+
+    monkeypatch.setattr(worker_processes, "worker_context", lambda: multiprocessing.get_context("spawn"))
+    monkeypatch.setattr("ema_lint.fix_run.worker_context", lambda: multiprocessing.get_context("spawn"))
+    deep = tmp_path / "deep.py"
+    deep.write_text("import torch\nloss.backward()\nx = " + " and ".join(["a"] * 15000) + "\n")
+    plain = tmp_path / "plain.py"
+    plain.write_text(
+        "total = 0.0\nfor b in loader:\n    loss = model(b)\n    loss.backward()\n    optimizer.step()\n    total += loss\n"
+    )
+    files = [SourceFile(str(deep), str(tmp_path)), SourceFile(str(plain), str(tmp_path))]
+    outcomes = fix_files(files, SOURCE_RULES, jobs=1, keep=lambda found: list(found))
+    assert [d.code for d in outcomes[0].remaining] == ["EMA005"]
+    assert "could not start" in outcomes[0].remaining[0].message
+    assert "loss.detach()" in outcomes[1].fixed.decode()

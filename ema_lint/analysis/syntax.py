@@ -36,7 +36,7 @@ def parse_any(source: str | bytes) -> ast.Module:
     try:
         return ast.parse(source)
     except SyntaxError as error:
-        if _long_logical_line(source.encode("utf-8", "surrogateescape") if isinstance(source, str) else source):
+        if _deep_in_tokens(source.encode("utf-8", "surrogateescape") if isinstance(source, str) else source):
             raise error from None
         try:
             module = cst.parse_module(source)
@@ -64,7 +64,7 @@ def may_crash_libcst(source: bytes, tree: ast.Module | None = None) -> bool:
         try:
             tree = ast.parse(source)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
-            return _long_logical_line(source)
+            return _deep_in_tokens(source)
     # the reference parser ends a line at CR LF, LF or a lone CR, as `bytes.splitlines` does
     line_starts = [0, *(match.end() for match in re.finditer(rb"\r\n|\r|\n", source))]
 
@@ -90,22 +90,42 @@ def may_crash_libcst(source: bytes, tree: ast.Module | None = None) -> bool:
     return False
 
 
-def _long_logical_line(source: bytes) -> bool:
-    """For a file the reference parser rejects (newer syntax, Python 2): whether a logical line
-    holds more tokens than MOST_SAFE_DEPTH, or brackets nest deeper than CPython allows. Each
-    level of nesting takes at least one token. A file the tokenizer rejects may hold anything."""
+def _deep_in_tokens(source: bytes) -> bool:
+    """For a file the reference parser rejects (newer syntax, Python 2): whether its syntax may
+    nest deeper than MOST_SAFE_DEPTH. The depth at a token is bounded by the tokens on the
+    path to it: for each open bracket, the tokens since its last comma (items, arguments and
+    keys are read in a loop, not nested), and the `elif` clauses of one `if` (each nests the
+    next). Brackets deeper than CPython allows count too. A file the tokenizer rejects may
+    hold anything."""
     if len(source) <= LONGEST_SAFE_STATEMENT:
         return False
-    tokens = depth = 0
+    runs, path = [0], 0  # tokens since the last comma per open bracket, and their sum
+    elifs: dict[int, int] = {}  # indentation level -> `elif` clauses of the current `if`
+    level, line_start = 0, True
     try:
         for token in tokenize.tokenize(io.BytesIO(source).readline):
-            if token.type == tokenize.NEWLINE:
-                tokens = 0
-            elif token.type not in _LAYOUT:
-                tokens += 1
-            if token.type == tokenize.OP:
-                depth += (token.string in "([{") - (token.string in ")]}")
-            if tokens > MOST_SAFE_DEPTH or depth > MOST_BRACKETS:
+            kind, text = token.type, token.string
+            if kind in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+                runs, path, line_start = [0], 0, True
+                level += (kind == tokenize.INDENT) - (kind == tokenize.DEDENT)
+                continue
+            if kind in _LAYOUT:
+                continue
+            if line_start:
+                line_start = False
+                if text != "else":
+                    elifs[level] = elifs.get(level, 0) + 1 if text == "elif" else 0
+            if kind == tokenize.OP and text in ",;":
+                path -= runs[-1]
+                runs[-1] = 0
+            elif kind == tokenize.OP and text in ")]}" and len(runs) > 1:
+                path -= runs.pop()
+            else:
+                runs[-1] += 1
+                path += 1
+                if kind == tokenize.OP and text in "([{":
+                    runs.append(0)
+            if path > MOST_SAFE_DEPTH or len(runs) > MOST_BRACKETS or elifs.get(level, 0) > MOST_SAFE_DEPTH:
                 return True
     except (tokenize.TokenError, SyntaxError, UnicodeDecodeError, LookupError):
         return True

@@ -97,6 +97,10 @@ MODULE_OWN_ATTRIBUTES = frozenset({"training", "_modules", "_parameters", "_buff
 # named hold no autograd history by convention.
 LOGGING_NAME = re.compile(r"logs?|log_dict|log_vars|logging_outputs?|metrics?|infos?|stats|extras?")
 METRIC_NAME = re.compile(r"(\w+_)?(acc\w*|correct\w*|top\d+\w*|precision|recall|f1\w*|masks?|n|counts?|ntokens|tokens)")
+# libraries whose functions return arrays or plain numbers, never the torch tensor they were
+# given (NumPy refuses a tensor that requires grad); not `random` or `statistics`, whose
+# `choice` and `median` hand back one of their arguments
+ARRAY_LIBRARIES = frozenset({"numpy", "sklearn", "scipy", "pandas", "math"})
 # what an optimizer (or the AMP scaler that steps one) is called: `optimizer`, `self.optim`,
 # `opt_d`, `scaler`; searched in the lower-cased last name of the value
 OPTIMIZER_NAME = re.compile(r"optim|(^|_)opt(_|$|\d)|scaler")

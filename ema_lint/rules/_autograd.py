@@ -600,18 +600,12 @@ class _Collector(cst.BatchableCSTVisitor):
             for loop in self._loops[-1]:
                 loop.steps_optimizer = True
         if stepping_helper:
-            # `net.train_step(loss, optim)`: a helper handed the loss beside the optimizer it
-            # steps backpropagates that loss first
-            losses = [
-                a.value
-                for a in node.args
-                if isinstance(a.value, cst.Name)
-                and not _optimizer_like(a.value)
-                # `self.step(batch, optimizer)` is handed the data, not a loss
-                and not any(b.element_of for b in self.function.bindings.get(a.value.value, ()))
-            ]
-            if losses:
-                self._backpropagates(losses)
+            # `net.train_step(loss, optim)`: a helper handed one value beside the optimizer it
+            # steps backpropagates that value; handed several (`train_step(net, inputs,
+            # labels, optimizer)`) it computes the loss from them, and which is which is unknown
+            named = [a.value for a in node.args if isinstance(a.value, cst.Name) and not _optimizer_like(a.value)]
+            if len(named) == 1 and not any(b.element_of for b in self.function.bindings.get(named[0].value, ())):
+                self._backpropagates(named)
         func = node.func
         loops = tuple(self._loops[-1])
         if isinstance(func, cst.Attribute) and m.matches(func.value, m.Name("self")):

@@ -44,18 +44,19 @@ def _training(function: Function, loops) -> list:
     return training
 
 
-def _read_by_key(value: cst.BaseExpression, function: Function) -> bool:
-    """A name the function also reads by a string key (`loss["total"].backward()`): a dict
-    of tensors, which has no `.detach()`."""
+def _read_as_mapping(value: cst.BaseExpression, function: Function, module: cst.Module) -> bool:
+    """A name the function (or, at module level, the script) also reads as a mapping: by a
+    string key (`loss["total"].backward()`) or through `.values()`, `.items()`, `.keys()`,
+    `.get(...)`: a dict of tensors, which has no `.detach()`."""
     value = strip_parens(value)
-    if not isinstance(value, cst.Name) or function.node is None:
+    if not isinstance(value, cst.Name):
         return False
-    keyed = _KeyedReads()
-    function.node.visit(keyed)
-    return value.value in keyed.names
+    reads = _MappingReads()
+    (function.node or module).visit(reads)
+    return value.value in reads.names
 
 
-class _KeyedReads(cst.CSTVisitor):
+class _MappingReads(cst.CSTVisitor):
     def __init__(self) -> None:
         self.names: set[str] = set()
 
@@ -63,6 +64,14 @@ class _KeyedReads(cst.CSTVisitor):
         index = node.slice[0].slice if len(node.slice) == 1 else None
         if isinstance(node.value, cst.Name) and isinstance(index, cst.Index) and isinstance(index.value, cst.SimpleString):
             self.names.add(node.value.value)
+
+    def visit_Call(self, node: cst.Call) -> None:
+        func = node.func
+        if isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name) and func.attr.value in _MAPPING_METHODS:
+            self.names.add(func.value.value)
+
+
+_MAPPING_METHODS = frozenset({"values", "items", "keys", "get"})
 
 
 # `self.metrics.losses.total.update(loss)`: deeper chains are rare and cost lookups
@@ -269,7 +278,7 @@ class LossAccumulatedWithGraph(AutogradRule):
         inferred = _unpacked_beside_the_loss(facts, found)
         statement = found.site.statement
         extends = isinstance(statement, cst.Expr) and attribute_name(statement.value.func) == "extend"
-        if extends or _is_container(found.value, found.site.function) or _read_by_key(found.value, found.site.function):
+        if extends or _is_container(found.value, found.site.function) or _read_as_mapping(found.value, found.site.function, module):
             # `[a, b].detach()` is no method of a list (and `extend` takes any iterable): which
             # items are tensors is a person's call.
             fix = Fix("Detach the tensors in the accumulated value", Applicability.DISPLAY_ONLY)
