@@ -393,3 +393,17 @@ def test_a_step_helper_handed_several_values_is_not_taken_to_backpropagate_them(
             all_labels.append(labels.cpu())
     """
     assert _findings("EMA202", source) == []
+
+
+def test_a_step_helper_handed_a_data_iterator_is_not_taken_to_backpropagate_it() -> None:
+    """The KGE recipes: `model.train_step(model, optimizer, train_iterator, args)` draws the
+    batch from the iterator it is handed and returns a dict of numbers."""
+    source = """
+    def train(self, optimizer):
+        train_iterator = BidirectionalOneShotIterator(self.head, self.tail)
+        training_logs = []
+        for step in range(self.max_steps):
+            log = self.model.train_step(self.model, optimizer, train_iterator, self.args)
+            training_logs.append(log)
+    """
+    assert _findings("EMA202", source) == []

@@ -569,6 +569,12 @@ class _Collector(cst.BatchableCSTVisitor):
         body = loops[-1].node.body
         return isinstance(body, cst.IndentedBlock) and any(s is line for s in body.body)
 
+    def _data_source(self, name: str) -> bool:
+        """A name bound so far only to a loop element or to a constructed object (a batch, a
+        `BidirectionalOneShotIterator(...)`): data a step helper draws its loss from."""
+        bindings = self.function.bindings.get(name, ())
+        return bool(bindings) and all(b.element_of or _constructed(b.value, self.function) for b in bindings)
+
     def _backpropagates(self, parts: list[cst.CSTNode]) -> None:
         for part in parts:
             self.function.backward_names.update(names_in(part))
@@ -604,7 +610,7 @@ class _Collector(cst.BatchableCSTVisitor):
             # steps backpropagates that value; handed several (`train_step(net, inputs,
             # labels, optimizer)`) it computes the loss from them, and which is which is unknown
             named = [a.value for a in node.args if isinstance(a.value, cst.Name) and not _optimizer_like(a.value)]
-            if len(named) == 1 and not any(b.element_of for b in self.function.bindings.get(named[0].value, ())):
+            if len(named) == 1 and not self._data_source(named[0].value):
                 self._backpropagates(named)
         func = node.func
         loops = tuple(self._loops[-1])
