@@ -192,6 +192,17 @@ def test_meters_held_in_a_dict_are_meters_too(tmp_path: Path) -> None:
     assert [(Path(d.path).name, d.start.line) for d in report.diagnostics] == [("train.py", 12), ("train.py", 13)]
 
 
+def _check_package(root: Path, modules: dict[str, str]):
+    """EMA202 over a package `pkg` of `modules` (file name -> source) under `root`."""
+    package = root / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name, source in modules.items():
+        (package / name).write_text(source)
+    files = [SourceFile(str(package / name), str(root)) for name in ("__init__.py", *modules)]
+    return check_files(files, [rule_for("EMA202")])
+
+
 HOLDERS = """\
 from pkg.meter import AverageMeter, FloatMeter
 
@@ -224,13 +235,7 @@ class Trainer:
 def test_meters_held_in_attributes_are_followed(tmp_path: Path) -> None:
     """`self.meter` and `self.tracker.total` are meters some method constructs; a mapping of
     tensors gets no `.detach()` fix (a dict has none)."""
-    package = tmp_path / "pkg"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "meter.py").write_text(METER)
-    (package / "holders.py").write_text(HOLDERS)
-    names = ("__init__.py", "meter.py", "holders.py")
-    report = check_files([SourceFile(str(package / name), str(tmp_path)) for name in names], [rule_for("EMA202")])
+    report = _check_package(tmp_path, {"meter.py": METER, "holders.py": HOLDERS})
     found = [(d.start.line, d.message.split("`")[1], d.fix.applicability.name) for d in report.diagnostics]
     assert found == [(22, "self.meter", "UNSAFE"), (23, "self.tracker.total", "DISPLAY_ONLY")]
 
@@ -271,13 +276,7 @@ def train_one_epoch(model, loader, optimizer):
 def test_a_closure_feeds_the_meters_of_the_function_around_it(tmp_path: Path) -> None:
     """TinyCLIP's shape: the loss closure updates the epoch's meters, and the caller
     backpropagates what it returns, once per step of its loop."""
-    package = tmp_path / "pkg"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "meter.py").write_text(METER)
-    (package / "closures.py").write_text(CLOSURES)
-    names = ("__init__.py", "meter.py", "closures.py")
-    report = check_files([SourceFile(str(package / name), str(tmp_path)) for name in names], [rule_for("EMA202")])
+    report = _check_package(tmp_path, {"meter.py": METER, "closures.py": CLOSURES})
     assert [(d.start.line, d.message.split("`")[1]) for d in report.diagnostics] == [(13, 'metrics["sparsity"]')]
 
 

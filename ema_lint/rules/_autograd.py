@@ -640,18 +640,11 @@ def _returned_elements(function: Function, element_index: int) -> list[cst.BaseE
 
 
 def _returned_names(function: Function, element_index: int | None) -> set[str]:
-    """The names `function` returns, or with `element_index` the names in that element of the
-    tuples it returns."""
-    names: set[str] = set()
-    for value in function.returns:
-        value = strip_parens(value)
-        if element_index is None and not isinstance(value, cst.Tuple):
-            names |= names_in(value)
-        elif element_index is not None and isinstance(value, cst.Tuple) and element_index < len(value.elements):
-            element = value.elements[element_index]
-            if not isinstance(element, cst.StarredElement):
-                names |= names_in(element.value)
-    return names
+    """The names `function` returns (tuples aside), or with `element_index` the names in that
+    element of the tuples it returns."""
+    if element_index is not None:
+        return {name for element in _returned_elements(function, element_index) or () for name in names_in(element)}
+    return {name for value in function.returns if not isinstance(strip_parens(value), cst.Tuple) for name in names_in(value)}
 
 
 def _backward_runner(receiver: cst.BaseExpression) -> bool:
@@ -913,20 +906,14 @@ class FileFacts:
                     for binding in function.bindings.get(name, ()):
                         if binding.element_of:
                             continue
-                        for callee in self._callees(strip_parens(binding.value), function):
-                            returned = _returned_names(callee, binding.element_index)
-                            if not returned <= callee.backward_names:
-                                callee.backward_names |= returned
-                                changed = True
-
-    def _callees(self, value: cst.BaseExpression, caller: Function) -> list[Function]:
-        if not isinstance(value, cst.Call):
-            return []
-        if isinstance(value.func, cst.Name):
-            return self._by_name.get((None, value.func.value), [])
-        if isinstance(value.func, cst.Attribute) and m.matches(value.func.value, m.Name("self")):
-            return self._by_name.get((caller.class_name, value.func.attr.value), [])
-        return []
+                        value = strip_parens(binding.value)
+                        callee = self._callee(value) if isinstance(value, cst.Call) else None
+                        if callee is None:
+                            continue
+                        returned = _returned_names(callee, binding.element_index)
+                        if not returned <= callee.backward_names:
+                            callee.backward_names |= returned
+                            changed = True
 
     def _mark_backpropagated_outputs(self) -> None:
         """Names the backpropagated value is computed from, when bound to a call's result
@@ -1131,10 +1118,11 @@ class FileFacts:
     def _binding_sources(self, binding: Binding, names: set[str], function: Function) -> bool:
         """Like `_sources`, for the value one binding gives its name."""
         if binding.element_index is not None:
-            if self._unpacked_element_is_free(binding):
-                return False
             callee = self._callee(strip_parens(binding.value))
             elements = _returned_elements(callee, binding.element_index) if callee is not None else None
+            if elements is not None and all(self._never_carries(e, callee, set()) for e in elements):
+                # `info = Tracker()` filled with `.item()` numbers, however the rest is made
+                return False
             if elements is not None and callee not in self._judging:
                 # `loss, info = self.compute(x)`: `info` is what `compute` returns second
                 self._judging.add(callee)
@@ -1206,33 +1194,6 @@ class FileFacts:
         ):
             return None
         return own
-
-    def _unpacked_element_is_free(self, binding: Binding) -> bool:
-        """`loss, info = compute_loss(...)`: `info` carries no graph when the function is in
-        this file and what it returns at that position never can (`info = Tracker()` filled
-        with `.item()` numbers), however the rest of its result is made."""
-        call = strip_parens(binding.value)
-        assert isinstance(call, cst.Call)
-        if isinstance(call.func, cst.Name):
-            key = (None, call.func.value)
-        elif m.matches(call.func, m.Attribute(value=m.Name("self"))):
-            key = (None, "")
-            for function in self.functions:
-                if function.node is not None and function.name == call.func.attr.value and function.class_name:
-                    key = (function.class_name, function.name)
-                    break
-        else:
-            return False
-        callees = [f for f in self.functions if f.node is not None and (f.class_name, f.name) == key]
-        if len(callees) != 1 or not callees[0].returns:
-            return False
-        callee, index = callees[0], binding.element_index
-        elements = []
-        for returned in callee.returns:
-            if not isinstance(returned, cst.Tuple) or index >= len(returned.elements):
-                return False
-            elements.append(returned.elements[index].value)
-        return all(self._never_carries(element, callee, set()) for element in elements)
 
     def _never_carries(self, node: cst.BaseExpression, function: Function, seen: set[str]) -> bool:
         """True when `node` is made only of values that cannot hold a graph: literals, cut
