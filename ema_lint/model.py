@@ -5,7 +5,7 @@ These import torch and look at a live model; `ema-lint check` never imports this
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -14,6 +14,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from ema_lint.diagnostics import Diagnostic, Location
+from ema_lint.model_copies import caller_untouched, isolated_copy
 from ema_lint.model_wrappers import unwrap
 from ema_lint.passes import (
     ANALYSES,
@@ -54,17 +55,18 @@ def check_model(model: torch.nn.Module, example_inputs: tuple[Any, ...] | None =
     (`ema_lint.passes.partial_trace`); with `example_inputs`, two real training steps on a
     copy (the audit) then decide the hazards they measure.
     """
-    model = unwrap(model).module
-    traced = _trace_or_reason(model)
-    if isinstance(traced, str):
+    model = _eager(unwrap(model).module)
+    with caller_untouched(model):
+        traced = _trace_or_reason(model)
+        if not isinstance(traced, str):
+            return _analyse(traced)
         parts = trace_parts(model, traced)
         found = [_not_traceable(model, parts)] + _analyse_parts(parts)
         if example_inputs is not None:
             # The real steps measure these hazards; the parts' graphs only infer them.
             found = [d for d in found if d.code not in MEASURED_CODES]
-            found += _audit(copy.deepcopy(model), default_step(example_inputs))
+            found += _audit(isolated_copy(model), default_step(example_inputs))
         return found
-    return _analyse(traced)
 
 
 def transform(
@@ -108,10 +110,24 @@ def transform(
         inner = transform(wrappers.module, example_inputs, inplace, fuse_ema_updates)
         wrapped = model if inplace else wrappers.rewrap(inner.model)
         return TransformResult(wrapped, inner.diagnostics, inner.modified)
-    target = model if inplace else copy.deepcopy(model)
+    model = _eager(model)
+    if inplace:
+        return _transform(model, example_inputs, fuse_ema_updates, caller=model)
+    with caller_untouched(model):
+        return _transform(isolated_copy(model), example_inputs, fuse_ema_updates, caller=None)
+
+
+def _transform(
+    target: torch.nn.Module,
+    example_inputs: tuple[Any, ...] | None,
+    fuse_ema_updates: bool,
+    caller: torch.nn.Module | None,
+) -> TransformResult:
+    """`transform` of `target`; `caller` is the caller's model when it is `target` itself,
+    so that the audit's steps (on a copy) must not reach it."""
     traced = _trace_or_reason(target)
     if isinstance(traced, str):
-        return _fall_back(target, traced, example_inputs)
+        return _fall_back(target, traced, example_inputs, caller)
     diagnostics = _analyse(traced)
     once = RunningStatsOncePerStepPass(traced.regions)(traced.graph_module)
     modified = once.modified
@@ -138,6 +154,17 @@ def audit(model: torch.nn.Module, step_fn: Callable[[torch.nn.Module], Any], ste
     """Ground truth: run `step_fn(model)` (forward and backward) `steps` times and report the
     hazards the steps showed. `model` is trained by these steps; pass a copy to keep it."""
     return _audit(model, step_fn, steps)
+
+
+def audit_copy(
+    model: torch.nn.Module, step_fn: Callable[[torch.nn.Module], Any], steps: int = 2, train: bool = False
+) -> list[Diagnostic]:
+    """`audit` on a copy of `model` (put in training mode first when `train`); `model` is not
+    changed. Raises `CallerModelChanged` when the steps reached `model` all the same (through
+    a module global), after putting its tensors back."""
+    with caller_untouched(model):
+        duplicate = isolated_copy(model)
+        return _audit(duplicate.train() if train else duplicate, step_fn, steps)
 
 
 def default_step(example_inputs: tuple[Any, ...]) -> Callable[[torch.nn.Module], None]:
@@ -176,6 +203,15 @@ def _by_module(history: dict[str, tuple[str, tuple[str, ...]]]) -> dict[str, lis
     return names
 
 
+def _eager(model: torch.nn.Module) -> torch.nn.Module:
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            "a TorchScript module (torch.jit.script or torch.jit.trace) keeps no Python forward to "
+            "analyse or fix: pass the eager module it was made from"
+        )
+    return model
+
+
 def _trace_or_reason(model: torch.nn.Module) -> Trace | str:
     try:
         return trace(model)
@@ -212,10 +248,18 @@ def _not_traceable(model: torch.nn.Module, parts: PartialTraces) -> Diagnostic:
     )
 
 
-def _fall_back(target: torch.nn.Module, reason: str, example_inputs: tuple[Any, ...] | None) -> TransformResult:
+def _fall_back(
+    target: torch.nn.Module,
+    reason: str,
+    example_inputs: tuple[Any, ...] | None,
+    caller: torch.nn.Module | None,
+) -> TransformResult:
     parts = trace_parts(target, reason)
     diagnostics = [_not_traceable(target, parts)] + _analyse_parts(parts)
-    found = run_audit(copy.deepcopy(target), default_step(example_inputs)) if example_inputs is not None else None
+    found = None
+    if example_inputs is not None:
+        with caller_untouched(caller) if caller is not None else contextlib.nullcontext():
+            found = run_audit(isolated_copy(target), default_step(example_inputs))
     modified = any(_has_running_stats(m) for m in target.modules())
     convert_running_stats(target)
     if found is None:

@@ -43,16 +43,14 @@ class ModelCheck:
         `step(model)` (forward and backward; default: forward `example_inputs`, backward the
         sum of the outputs) `steps` times on a deep copy, so `model` is not changed. Returns
         the findings that do not fail the test (EMA003 when the model cannot be traced)."""
-        import copy
-
-        from ema_lint.model import audit, check_model, default_step
+        from ema_lint.model import audit_copy, check_model, default_step
 
         if step is None:
             if example_inputs is None:
                 raise TypeError("ema_lint_model_check needs example_inputs or step=")
             step = default_step(example_inputs)
         traced = check_model(model)
-        stepped = audit(copy.deepcopy(model).train(), step, steps)
+        stepped = audit_copy(model, step, steps, train=True)
         hazards = [d for d in [*traced, *stepped] if d.code.startswith(HAZARD_PREFIXES)]
         if hazards:
             pytest.fail(hazard_report(type(model).__name__, hazards), pytrace=False)

@@ -11,13 +11,12 @@ are unsafe under its checkpointing.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 
 from ema_lint.diagnostics import Diagnostic
-from ema_lint.model import audit, check_model, default_step
+from ema_lint.model import audit_copy, check_model, default_step
 
 HAZARD_PREFIXES = ("EMA1", "EMA2")
 
@@ -28,8 +27,8 @@ def assert_no_running_stat_hazards(
     """Trace `model` and run `steps` real training steps on a copy of it; raise AssertionError
     listing every 1xx/2xx finding of either. `model` itself is not changed."""
     found = [d for d in check_model(model) if d.code.startswith(HAZARD_PREFIXES)]
-    trained = copy.deepcopy(model).train()
-    found += [d for d in audit(trained, default_step(example_inputs), steps) if d.code.startswith(HAZARD_PREFIXES)]
+    stepped = audit_copy(model, default_step(example_inputs), steps, train=True)
+    found += [d for d in stepped if d.code.startswith(HAZARD_PREFIXES)]
     if found:
         raise AssertionError("running-stat or history hazards found:\n" + "\n".join(_line(d) for d in found))
 
