@@ -28,7 +28,16 @@ from ema_lint.notebook import Notebook, NotebookError, changed_cells, is_noteboo
 from ema_lint.project import ProjectIndex
 from ema_lint.render import printable
 from ema_lint.rule import Rule
-from ema_lint.runner import SourceFile, _Loaded, in_cells, load_and_index, may_crash_libcst_on
+from ema_lint import runner
+from ema_lint.runner import (
+    SourceFile,
+    _Loaded,
+    died_diagnostic,
+    in_cells,
+    load_and_index,
+    out_of_memory,
+    runs_alone,
+)
 from ema_lint.worker_processes import map_isolated, worker_context
 
 Keep = Callable[[Sequence[Diagnostic]], list[Diagnostic]]
@@ -180,17 +189,18 @@ class _Worker:
                 path, source, cls.rules, unsafe=cls.unsafe, project=cls.project, module_name=item.file.module_name,
                 keep=cls.keep,
             )
+        except MemoryError:
+            return _unfixed(item, out_of_memory(path))
         except Exception as error:  # a rule bug (RecursionError included) costs this file, never the run
-            return _unfixed(item, f"internal error: {type(error).__name__}: {error}")
+            return _unfixed(item, tool_diagnostic("EMA005", path, f"internal error: {type(error).__name__}: {error}"))
 
 
-def _unfixed(item: _Loaded, message: str) -> FixedSource:
-    crash = tool_diagnostic("EMA005", item.file.path, message)
+def _unfixed(item: _Loaded, crash: Diagnostic) -> FixedSource:
     return FixedSource(item.file.path, item.source, item.source, remaining=[crash], found=[crash])
 
 
 def _fixer_died(item: _Loaded, cause: str) -> FixedSource:
-    return _unfixed(item, f"internal error: the fixing process died ({cause})")
+    return _unfixed(item, died_diagnostic(item.file.path, "fixing", cause))
 
 
 def _fix_all(todo, rules, project, unsafe, keep, jobs, context):
@@ -200,7 +210,8 @@ def _fix_all(todo, rules, project, unsafe, keep, jobs, context):
         jobs=jobs,
         context=context,
         died=_fixer_died,
-        may_crash=may_crash_libcst_on,
+        run_alone=runs_alone,
+        limits=runner.FILE_LIMITS,
         setup=_Worker.setup,
         setup_args=(rules, project, unsafe, keep),
         size=lambda item: len(item.source),

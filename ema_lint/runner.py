@@ -24,11 +24,14 @@ from ema_lint.notebook import CellMap, Notebook, NotebookError, NotPython, is_no
 from ema_lint.project import ModuleFacts, ProjectIndex, imported_top_names, module_name_for, renamed_module, separate_roots, sibling_imports, summarize
 from ema_lint.result_cache import ResultCache
 from ema_lint.rule import Rule
-from ema_lint.worker_processes import map_isolated, worker_context
+from ema_lint.worker_processes import AloneLimits, LimitReached, map_isolated, worker_context
 
 # Past this size a file is generated data, not code a person wrote; parsing it would take
 # minutes. Reported as EMA004 rather than silently skipped.
 MAX_FILE_BYTES = 10 * 1024 * 1024
+# over this, a file is parsed, checked and fixed in a child process held to `FILE_LIMITS`
+LARGE_FILE_BYTES = 512 * 1024
+FILE_LIMITS = AloneLimits()
 
 
 @dataclass(frozen=True)
@@ -171,9 +174,11 @@ def _summarize(loaded: _Loaded) -> _Loaded:
         loaded.syntax_error = tool_diagnostic(
             "EMA001", loaded.file.path, f"cannot parse: {error.msg}", error.lineno or 1, error.offset or 1
         )
-    except (RecursionError, MemoryError):
+    except RecursionError:
         # a 5,000-term `a + a + ...` exhausts the parser's stack: the file costs itself only
         loaded.problem = tool_diagnostic("EMA004", loaded.file.path, "nested too deeply to parse; not checked")
+    except MemoryError:
+        loaded.problem = out_of_memory(loaded.file.path)
     return loaded
 
 
@@ -207,6 +212,8 @@ class _Worker:
         cls.project.start_recording()
         try:
             result = check_source(path, item.source, cls.rules, cls.project, item.file.module_name)
+        except MemoryError:
+            result = FileResult(path, [out_of_memory(path)])
         except Exception as error:  # a rule bug must cost one file, not the run
             result = FileResult(path)
             result.diagnostics.append(
@@ -217,10 +224,21 @@ class _Worker:
 
 def _crashed(item: _Loaded, cause: str) -> tuple[FileResult, list[str]]:
     result = FileResult(item.file.path)
-    result.diagnostics.append(
-        tool_diagnostic("EMA005", item.file.path, f"internal error: the checker process died ({cause})")
-    )
+    result.diagnostics.append(died_diagnostic(item.file.path, "checker", cause))
     return result, []
+
+
+def died_diagnostic(path: str, process: str, cause: str) -> Diagnostic:
+    """EMA004 for a file stopped at a per-file limit (too large to check), else EMA005."""
+    if isinstance(cause, LimitReached):
+        return tool_diagnostic("EMA004", path, f"not checked: {cause}")
+    return tool_diagnostic("EMA005", path, f"internal error: the {process} process died ({cause})")
+
+
+def out_of_memory(path: str) -> Diagnostic:
+    return tool_diagnostic(
+        "EMA004", path, f"not checked: over the {FILE_LIMITS.memory_bytes / 2**30:.3g} GiB limit for one file"
+    )
 
 
 def _size(item: _Loaded) -> int:
@@ -231,10 +249,14 @@ def may_crash_libcst_on(item: _Loaded) -> bool:
     return item.deep if item.deep is not None else may_crash_libcst(item.source)
 
 
+def runs_alone(item: _Loaded) -> bool:
+    """Whether `item` is checked or fixed in a child of its own, held to `AloneLimits`: it
+    may crash the parser, or it is large enough to take minutes and gigabytes."""
+    return _size(item) > LARGE_FILE_BYTES or may_crash_libcst_on(item)
+
+
 def _summary_died(item: _Loaded, cause: str) -> _Loaded:
-    item.problem = tool_diagnostic(
-        "EMA005", item.file.path, f"internal error: the indexing process died ({cause})"
-    )
+    item.problem = died_diagnostic(item.file.path, "indexing", cause)
     return item
 
 
@@ -254,8 +276,10 @@ def load_and_index(
         jobs=jobs,
         context=context,
         died=_summary_died,
-        # the reference parser cannot crash, and `parse_any` keeps libcst from a file it might
-        may_crash=lambda item: False,
+        # the reference parser cannot crash, and `parse_any` keeps libcst from a file it
+        # might; a large file's trees can still take gigabytes
+        run_alone=lambda item: _size(item) > LARGE_FILE_BYTES,
+        limits=FILE_LIMITS,
         size=_size,
     )
     position = {id(loaded[i]): i for i in needed}
@@ -329,7 +353,8 @@ def _run_phase_two(todo, rules, project, jobs, progress, context) -> Iterable[tu
         jobs=jobs,
         context=context,
         died=_crashed,
-        may_crash=may_crash_libcst_on,
+        run_alone=runs_alone,
+        limits=FILE_LIMITS,
         setup=_Worker.setup,
         setup_args=(rules, project),
         size=_size,

@@ -11,7 +11,9 @@ re-runs in each worker unless its entry point sits under `if __name__ == "__main
 
 A worker can die of one file: libcst's native parser overflows the stack on a statement that
 nests a few thousand levels and takes the process down with a segfault. `map_isolated` makes
-such a file cost its own result, in a pool or in the caller's process.
+such a file cost its own result, in a pool or in the caller's process. A very large file can
+take minutes and gigabytes (the syntax tree costs several hundred bytes per source byte): it
+runs alone too, in a child held to `AloneLimits`, so that it costs at most those.
 """
 
 from __future__ import annotations
@@ -24,12 +26,27 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 Item = TypeVar("Item")
 # how soon a worker notices that the run that started it is gone, where it must poll
 ORPHAN_CHECK_SECONDS = 0.5
+
+
+class LimitReached(str):
+    """How an item run alone died when it was stopped for going over `AloneLimits`."""
+
+
+@dataclass(frozen=True)
+class AloneLimits:
+    """What one item run alone may cost: wall-clock seconds, and address space beyond what
+    the child maps at its start, so that a file whose tree would not fit fails its own
+    allocation instead of the machine's."""
+
+    seconds: float = 120.0
+    memory_bytes: int = 4 * 2**30
 
 
 def worker_context() -> BaseContext:
@@ -55,28 +72,29 @@ def map_isolated(
     jobs: int,
     context: BaseContext,
     died: Callable[[Item, str], Any],
-    may_crash: Callable[[Item], bool],
+    run_alone: Callable[[Item], bool],
     setup: Callable[..., None] | None = None,
     setup_args: tuple = (),
     size: Callable[[Item], int] = lambda item: 0,
+    limits: AloneLimits = AloneLimits(),
 ) -> Iterator[tuple[Item, Any]]:
     """`(item, function(item))` for every item, in the order they finish. `function` and `setup`
     must be importable by name (a worker may be a fresh interpreter). An item whose worker dies
-    gets `died(item, how_it_died)` instead; in the caller's own process (`jobs` 1, or too few items
-    for a pool) the items `may_crash` flags run alone in a child, since a crash there would end
-    the run."""
+    gets `died(item, how_it_died)` instead. The items `run_alone` flags (those that may crash
+    or blow up) run alone in a child held to `limits`, in a pool and in the caller's own
+    process (`jobs` 1, or too few items for a pool) alike."""
     if jobs <= 1 or len(items) < 2 * jobs:
         if setup is not None:
             setup(*setup_args)
         for item in items:
-            if may_crash(item):
-                yield item, _alone(function, item, context, died, setup, setup_args)
+            if run_alone(item):
+                yield item, _alone(function, item, context, died, setup, setup_args, limits)
             else:
                 yield item, function(item)
         return
     # a file that may crash the parser would break the pool and send every unfinished one
     # to a process of its own: it runs alone from the start
-    alone = [i for i, item in enumerate(items) if may_crash(item)]
+    alone = [i for i, item in enumerate(items) if run_alone(item)]
     finished: set[int] = set(alone)
     try:
         with concurrent.futures.ProcessPoolExecutor(
@@ -94,38 +112,70 @@ def map_isolated(
         # which item killed the pool is unknown: each unfinished one runs alone
         for index, item in enumerate(items):
             if index not in finished:
-                yield item, _alone(function, item, context, died, setup, setup_args)
+                yield item, _alone(function, item, context, died, setup, setup_args, limits)
     for index in alone:
-        yield items[index], _alone(function, items[index], context, died, setup, setup_args)
+        yield items[index], _alone(function, items[index], context, died, setup, setup_args, limits)
 
 
-def _alone(function, item, context: BaseContext, died, setup, setup_args) -> Any:
+def _alone(function, item, context: BaseContext, died, setup, setup_args, limits: AloneLimits) -> Any:
     try:
-        pool = context.Pool(1, initializer=_start_worker, initargs=(os.getpid(), setup, setup_args))
+        pool = context.Pool(
+            1, initializer=_start_worker, initargs=(os.getpid(), setup, setup_args, limits.memory_bytes)
+        )
     except Exception as error:  # noqa: BLE001 - a fresh worker is sent its setup pickled (a caller's lambda)
         return died(item, f"could not start: {type(error).__name__}: {error}")
     with pool:
         pending = pool.apply_async(function, (item,))
         processes = list(pool._pool)
+        deadline = time.monotonic() + limits.seconds
         while True:
             try:
                 return pending.get(timeout=0.2)
             except multiprocessing.TimeoutError:
                 dead = [p for p in processes if p.exitcode not in (None, 0)]
+                if dead and dead[0].exitcode == -signal.SIGABRT:
+                    # a native allocation that fails under the address-space limit aborts
+                    return died(item, LimitReached(f"over the {limits.memory_bytes / 2**30:.3g} GiB limit for one file"))
                 if dead:
                     return died(item, _cause(dead[0].exitcode))
+                if time.monotonic() > deadline:
+                    # leaving the `with` terminates the child
+                    return died(item, LimitReached(f"over the {limits.seconds:g} s limit for one file"))
             except Exception as error:  # noqa: BLE001 - the work could not be sent (a caller's lambda)
                 return died(item, f"could not start: {type(error).__name__}: {error}")
 
 
-def _start_worker(caller: int, setup: Callable[..., None] | None, setup_args: tuple) -> None:
+def _start_worker(
+    caller: int, setup: Callable[..., None] | None, setup_args: tuple, memory_bytes: int | None = None
+) -> None:
     # a worker whose run was killed (SIGKILL leaves no chance to stop the pool) would run on
     # as an orphan. Linux's parent-death signal fires when the *thread* that started the
     # worker ends (the pool's own threads do), and a forkserver worker's parent is the
     # forkserver, which outlives the run: the worker watches the calling process instead.
     threading.Thread(target=_exit_with, args=(caller,), daemon=True).start()
+    if memory_bytes is not None:
+        _limit_address_space(memory_bytes)
     if setup is not None:
         setup(*setup_args)
+
+
+def _limit_address_space(memory_bytes: int) -> None:
+    """Allow `memory_bytes` more address space than the child already maps (a forked child
+    shares its parent's mappings, which may be large: an accelerator runtime reserves
+    gigabytes it never touches)."""
+    try:
+        import resource
+
+        with open("/proc/self/statm") as handle:
+            mapped = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError):  # not Linux: the time limit still holds
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = mapped + memory_bytes
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    if soft == resource.RLIM_INFINITY or soft > limit:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
 def _exit_with(caller: int) -> None:

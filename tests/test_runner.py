@@ -263,7 +263,7 @@ def slow(item):
 if __name__ == "__main__":
     context = worker_context() if sys.argv[1] == "default" else multiprocessing.get_context(sys.argv[1])
     results = map_isolated(slow, list(range(8)), jobs=2, context=context, died=lambda i, c: None,
-                           may_crash=lambda i: False)
+                           run_alone=lambda i: False)
     next(results)
 """
 

@@ -216,3 +216,62 @@ def test_a_discovered_pyproject_that_names_the_tool_is_reported_when_misshapen(
     run = _check(tree)
     assert ("EMA002" in _codes(run)) == reported, run.stdout
     assert "EMA202" in _codes(run)
+
+
+_TRAINING_FUNCTION = """
+def train_{i}(model, loader, optimizer):
+    total = 0
+    for x, y in loader:
+        loss = model(x).sum()
+        loss.backward()
+        optimizer.step()
+        total += loss
+    return total
+"""
+
+
+def _large_file(tree: Path, functions: int) -> Path:
+    path = tree / "large.py"
+    path.write_text("import torch\n" + "".join(_TRAINING_FUNCTION.format(i=i) for i in range(functions)))
+    return path
+
+
+@pytest.mark.hang_limit(300)
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [({"seconds": 0.3}, "s limit for one file"), ({"memory_bytes": 64 * 2**20}, "GiB limit for one file")],
+    ids=["time", "memory"],
+)
+def test_a_large_file_is_held_to_its_limits_in_check_and_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int, limits: dict, expected: str
+) -> None:
+    """A file over `LARGE_FILE_BYTES` is parsed, checked and fixed alone in a child that is
+    stopped at the time limit or fails at the memory limit: EMA004, and the others are checked."""
+    from ema_lint import runner
+    from ema_lint.fix_run import fix_files
+    from ema_lint.registry import SOURCE_RULES
+    from ema_lint.worker_processes import AloneLimits
+
+    tree = _tree(tmp_path)
+    large = _large_file(tree, 2800)
+    assert large.stat().st_size > runner.LARGE_FILE_BYTES
+    sentinels = []
+    for index in range(4):
+        sentinel = tree / f"sentinel_{index}.py"
+        sentinel.write_text(SENTINEL)
+        sentinels.append(runner.SourceFile(str(sentinel), str(tree)))
+    monkeypatch.setattr(runner, "FILE_LIMITS", AloneLimits(**limits))
+    files = [runner.SourceFile(str(large), str(tree)), *sentinels]
+
+    report = runner.check_files(files, SOURCE_RULES, jobs=jobs)
+    codes = [(Path(d.path).name, d.code) for d in report.diagnostics]
+    assert codes.count(("large.py", "EMA004")) == 1 and not [c for c in codes if c[0] == "large.py" and c[1] != "EMA004"]
+    assert [d.message for d in report.diagnostics if d.code == "EMA004"][0].endswith(expected)
+    assert sum(code == "EMA202" for _, code in codes) == 4
+
+    fixed = fix_files(files, SOURCE_RULES, unsafe=True, jobs=jobs)
+    by_name = {Path(f.path).name: f for f in fixed}
+    assert not by_name["large.py"].changed
+    assert [d.code for d in by_name["large.py"].remaining] == ["EMA004"]
+    assert all(by_name[f"sentinel_{i}.py"].changed for i in range(4))
