@@ -1,4 +1,5 @@
-"""Syntax newer than the running interpreter is checked like any other file (PEP 695 on 3.11)."""
+"""Syntax newer than the running interpreter is checked like any other file (PEP 695 and
+PEP 701 on 3.11)."""
 
 from __future__ import annotations
 
@@ -22,3 +23,38 @@ def test_a_real_syntax_error_is_still_ema001(tmp_path: Path) -> None:
     target.write_text("def f(:\n    pass\n")
     report = check_files([SourceFile(str(target), str(tmp_path))], SOURCE_RULES)
     assert [d.code for d in report.diagnostics] == ["EMA001"]
+
+
+PEP_701 = '''import torch
+from torch.utils.checkpoint import checkpoint
+songs = ["a", "b"]
+text = f"""{
+    ", ".join(songs)
+} and {f"{"deep"}"} {"plain"}""" "tail" f"{songs[0]!r:>{len("ab")}}"
+label = f"{"nested"}"
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return checkpoint(self.norm, x, use_reentrant=False)
+
+
+total = 0
+for step in range(3):
+    loss = torch.ones(1, requires_grad=True).sum()
+    loss.backward()
+    total += loss
+'''
+
+
+def test_pep_701_f_strings_are_checked_whole_with_their_lines(tmp_path: Path) -> None:
+    """Quotes reused inside f-strings (3.12) do not parse on 3.11: the file is still
+    checked, with no EMA001 or EMA005, and findings after the f-strings keep their lines."""
+    target = tmp_path / "strings.py"
+    target.write_text(PEP_701)
+    report = check_files([SourceFile(str(target), str(tmp_path))], SOURCE_RULES)
+    assert [(d.code, d.start.line) for d in report.diagnostics] == [("EMA101", 16), ("EMA202", 23)]

@@ -39,11 +39,10 @@ def parse_any(source: str | bytes) -> ast.Module:
         if _deep_in_tokens(source.encode("utf-8", "surrogateescape") if isinstance(source, str) else source):
             raise error from None
         try:
-            module = cst.parse_module(source)
-        except (cst.ParserSyntaxError, UnicodeDecodeError, LookupError, SyntaxError, RecursionError):
+            downgraded = cst.parse_module(source).visit(_Downgrade())
+            return ast.parse(downgraded.bytes if isinstance(source, bytes) else downgraded.code)
+        except Exception:  # noqa: BLE001 - whatever libcst or the downgrade trips on, the file has the reference parser's error
             raise error from None
-        downgraded = module.visit(_Downgrade())
-        return ast.parse(downgraded.bytes if isinstance(source, bytes) else downgraded.code)
 
 
 class _Downgrade(cst.CSTTransformer):
@@ -55,6 +54,51 @@ class _Downgrade(cst.CSTTransformer):
 
     def leave_TypeAlias(self, original_node: cst.TypeAlias, updated_node: cst.TypeAlias) -> cst.Assign:
         return cst.Assign(targets=[cst.AssignTarget(updated_node.name)], value=updated_node.value)
+
+    def leave_FormattedString(
+        self, original_node: cst.FormattedString, updated_node: cst.FormattedString
+    ) -> cst.BaseExpression:
+        # PEP 701 f-strings (quotes reused inside, 3.12) do not parse before 3.12: each
+        # becomes `str((expressions...))`, a string made from the same names, over as
+        # many lines as the f-string took so that later lines keep their numbers
+        return _as_str_call(_expressions(updated_node), _lines_of(original_node))
+
+    def visit_ConcatenatedString(self, node: cst.ConcatenatedString) -> bool:
+        return False  # a concatenation holds only strings: it is replaced as a whole
+
+    def leave_ConcatenatedString(
+        self, original_node: cst.ConcatenatedString, updated_node: cst.ConcatenatedString
+    ) -> cst.BaseExpression:
+        formatted = [part for part in _concatenated(original_node) if isinstance(part, cst.FormattedString)]
+        if not formatted:
+            return updated_node
+        values = [value.visit(self) for part in formatted for value in _expressions(part)]
+        return _as_str_call(values, _lines_of(original_node))
+
+
+def _concatenated(node: cst.BaseExpression) -> list[cst.BaseExpression]:
+    if isinstance(node, cst.ConcatenatedString):
+        return _concatenated(node.left) + _concatenated(node.right)
+    return [node]
+
+
+def _expressions(node: cst.FormattedString) -> list[cst.BaseExpression]:
+    found = []
+    for part in node.parts:
+        if isinstance(part, cst.FormattedStringExpression):
+            found.append(part.expression)
+            found.extend(e for spec in part.format_spec or () for e in _expressions(cst.FormattedString([spec])))
+    return found
+
+
+def _lines_of(node: cst.CSTNode) -> int:
+    return cst.Module([]).code_for_node(node).count("\n")
+
+
+def _as_str_call(values: list[cst.BaseExpression], lines: int) -> cst.BaseExpression:
+    text = "".join(cst.Module([]).code_for_node(value) + ", " for value in values)
+    padding = "\n" * max(0, lines - text.count("\n"))
+    return cst.parse_expression(f"str(({text}{padding}))")
 
 
 def may_crash_libcst(source: bytes, tree: ast.Module | None = None) -> bool:
