@@ -179,6 +179,10 @@ def _summarize(loaded: _Loaded) -> _Loaded:
         loaded.problem = tool_diagnostic("EMA004", loaded.file.path, "nested too deeply to parse; not checked")
     except MemoryError:
         loaded.problem = out_of_memory(loaded.file.path)
+    except Exception as error:  # a bug in reading one file's facts costs that file, not the run
+        loaded.problem = tool_diagnostic(
+            "EMA005", loaded.file.path, f"internal error while indexing: {type(error).__name__}: {error}"
+        )
     return loaded
 
 

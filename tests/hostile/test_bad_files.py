@@ -275,3 +275,32 @@ def test_a_large_file_is_held_to_its_limits_in_check_and_fix(
     assert not by_name["large.py"].changed
     assert [d.code for d in by_name["large.py"].remaining] == ["EMA004"]
     assert all(by_name[f"sentinel_{i}.py"].changed for i in range(4))
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_bug_while_indexing_one_file_costs_only_that_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int
+) -> None:
+    from ema_lint import runner
+    from ema_lint.registry import SOURCE_RULES
+
+    real = runner.summarize
+
+    def summarize(module_name, source, **kwargs):
+        if b"poison" in source:
+            raise ValueError("a bug")
+        return real(module_name, source, **kwargs)
+
+    monkeypatch.setattr(runner, "summarize", summarize)
+    monkeypatch.setattr(runner, "worker_context", lambda: __import__("multiprocessing").get_context("fork"))
+    tree = _tree(tmp_path)
+    (tree / "poisoned.py").write_text("poison = 1\n")
+    files = [runner.SourceFile(str(p), str(tree)) for p in sorted(tree.glob("*.py"))]
+    for index in range(3):
+        extra = tree / f"sentinel_{index}.py"
+        extra.write_text(SENTINEL)
+        files.append(runner.SourceFile(str(extra), str(tree)))
+    report = runner.check_files(files, SOURCE_RULES, jobs=jobs)
+    codes = sorted((Path(d.path).name, d.code) for d in report.diagnostics)
+    assert ("poisoned.py", "EMA005") in codes
+    assert sum(code == "EMA202" for _, code in codes) == 4
