@@ -208,7 +208,11 @@ class Finding:
 
 
 def check(source: Source) -> list[Finding]:
-    """`ema-lint check` on the source tree in a subprocess, as a user would run it."""
+    """`ema-lint check` on the source tree in a subprocess, as a user would run it: the tree is
+    a repository of its own (a `.git` marker, so this repository's `.gitignore`, which ignores
+    `build/`, does not apply) with its own settings or the defaults (a `.ema-lint.toml` marker
+    unless it has a configuration, so this repository's `exclude` does not apply)."""
+    _stand_alone(source.root)
     target = source.root / source.subdir if source.subdir else source.root
     # run from inside the tree, as a user does; `PYTHONPATH` picks which ema-lint is measured
     run = subprocess.run(
@@ -227,6 +231,19 @@ def check(source: Source) -> list[Finding]:
             Finding(source.name, path, item["location"]["row"], item["code"], item.get("severity", "error"), item["message"])
         )
     return findings
+
+
+def _stand_alone(root: Path) -> None:
+    (root / ".git").mkdir(exist_ok=True)
+    configured = any((root / name).exists() for name in (".ema-lint.toml", "ema-lint.toml"))
+    pyproject = root / "pyproject.toml"
+    if pyproject.exists():
+        try:
+            configured |= "ema-lint" in tomllib.loads(pyproject.read_text(errors="replace")).get("tool", {})
+        except (tomllib.TOMLDecodeError, AttributeError):
+            pass
+    if not configured:
+        (root / ".ema-lint.toml").write_text("# the defaults: this source is checked as a project of its own\n")
 
 
 def score(corpus: Corpus, findings: dict[str, list[Finding]], show_unjudged: bool) -> int:

@@ -147,7 +147,7 @@ def main():
             medians = measure(variants(model), args.device, args.repeats, inner)
             report(f"{workload}, {level}", medians)
             results[workload, level] = medians
-    print(f"\nratios (loop time / fused lerp time; the last column is the most a single-pass update can reach):")
+    print("\nratios (loop time / fused lerp time; the last column is the most a single-pass update can reach):")
     print(f"  {'workload':20s} {'level':12s} {'mul_/add_':>10s} {'DINO':>7s} {'MoCo':>7s} {'timm V2':>8s} {'exact vs mul_/add_':>19s} {'ceiling':>8s}")
     for (workload, level), medians in results.items():
         fused = medians[FUSED_LERP]

@@ -24,7 +24,8 @@ from ema_lint.render import (
     render_summary,
     render_text,
 )
-from ema_lint.runner import MAX_FILE_BYTES, check_files
+from ema_lint.discovery import standard_input
+from ema_lint.runner import MAX_FILE_BYTES, SourceFile, check_files
 from ema_lint.workspace import Workspace
 
 # Below this many files a progress bar only flickers.
@@ -72,6 +73,26 @@ def selection_options(function):
         else:
             function = click.option(name, multiple=True, callback=_split_selectors, help=text)(function)
     return function
+
+
+def stdin_option(function):
+    """--stdin-filename, shared by `check` and `fix`."""
+    return click.option(
+        "--stdin-filename",
+        type=click.Path(),
+        help="Read the source from standard input (also with the path `-`) and check it as this file: "
+        "its settings, its name in findings.",
+    )(function)
+
+
+def standard_input_file(paths: Sequence[str], stdin_filename: str | None) -> SourceFile | None:
+    """The file to read from standard input, when the paths say so (`-`, or none with
+    --stdin-filename)."""
+    if tuple(paths) == ("-",) or (not paths and stdin_filename is not None):
+        return standard_input(stdin_filename, sys.stdin.buffer.read(MAX_FILE_BYTES + 1))
+    if "-" in paths:
+        raise click.UsageError("`-` (standard input) cannot be combined with other paths")
+    return None
 
 
 def use_colour() -> bool:
@@ -146,6 +167,7 @@ def main() -> None:
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @selection_options
+@stdin_option
 @click.option("--output-format", type=click.Choice(FORMATS), default="text", show_default=True)
 @click.option("--show-source", is_flag=True, help="Show a code frame under each finding.")
 @click.option("--statistics", is_flag=True, help="Count findings per code.")
@@ -166,6 +188,7 @@ def check(
     ignore,
     extend_select,
     config,
+    stdin_filename,
     output_format,
     show_source,
     statistics,
@@ -177,13 +200,20 @@ def check(
 ) -> None:
     """Check PATHS (default: the current folder) without importing or running them."""
     config_file, overrides = config
+    stdin = standard_input_file(paths, stdin_filename)
     workspace = Workspace.open(
-        paths, select=select, ignore=ignore, extend_select=extend_select, config_path=config_file, overrides=overrides
+        paths,
+        select=select,
+        ignore=ignore,
+        extend_select=extend_select,
+        config_path=config_file,
+        overrides=overrides,
+        stdin=stdin,
     )
     for warning in workspace.warnings:
         click.echo(f"warning: {warning}", err=True)
     jobs = jobs or os.cpu_count() or 1
-    cache = None if no_cache else workspace.cache(cache_dir)
+    cache = None if no_cache or stdin is not None else workspace.cache(cache_dir)
     show_progress = (
         sys.stderr.isatty() and not os.environ.get("CI") and not quiet and len(workspace.files) >= PROGRESS_MIN_FILES
     )

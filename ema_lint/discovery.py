@@ -264,6 +264,13 @@ def discover(
     return sorted(files.values(), key=lambda f: f.path), problems
 
 
+def standard_input(filename: str | None, content: bytes) -> SourceFile:
+    """The file standard input stands for: `content`, checked as if it were `filename`
+    (its settings, its module name, its notebook-ness); `-` in the current folder when unnamed."""
+    path = os.path.normpath(filename or "-")
+    return SourceFile(path, _package_root(os.path.dirname(path) or "."), content=content)
+
+
 def _package_root(folder: str) -> str:
     """The folder above the outermost package containing `folder`, so module names are
     the ones Python would import (`timm/layers/x.py` -> `timm.layers.x`)."""

@@ -16,7 +16,16 @@ import threading
 
 import click
 
-from ema_lint.cli import _display_order, _read_lines, _styler, main, selection_options, use_colour
+from ema_lint.cli import (
+    _display_order,
+    _read_lines,
+    _styler,
+    main,
+    selection_options,
+    standard_input_file,
+    stdin_option,
+    use_colour,
+)
 from ema_lint.fix_run import FileFix, fix_files, unified_diff, why_not_fixed
 from ema_lint.fixer import is_applicable
 from ema_lint.render import render_text
@@ -46,15 +55,29 @@ def _signals_unwind():
 @main.command("fix")
 @click.argument("paths", nargs=-1, type=click.Path())
 @selection_options
-@click.option("--write", is_flag=True, help="Apply the fixes. Without it, show a diff and write nothing.")
+@stdin_option
+@click.option(
+    "--write",
+    is_flag=True,
+    help="Apply the fixes (to standard input: print the fixed source). Without it, show a diff and write nothing.",
+)
 @click.option("--unsafe-fixes", is_flag=True, help="Also apply fixes that may change numerics or gradient flow.")
 @click.option("-q", "--quiet", is_flag=True, help="Print diffs and findings only, no summary.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help="Worker processes (default: CPU count).")
-def fix_command(paths, select, ignore, extend_select, config, write, unsafe_fixes, quiet, jobs) -> None:
-    """Fix PATHS (default: the current folder): show a unified diff, or apply it with --write."""
+def fix_command(paths, select, ignore, extend_select, config, stdin_filename, write, unsafe_fixes, quiet, jobs) -> None:
+    """Fix PATHS (default: the current folder): show a unified diff, or apply it with --write.
+    From standard input (`-`, or --stdin-filename), --write prints the fixed source instead,
+    and what remains goes to standard error, as in ruff."""
     config_file, overrides = config
+    stdin = standard_input_file(paths, stdin_filename)
     workspace = Workspace.open(
-        paths, select=select, ignore=ignore, extend_select=extend_select, config_path=config_file, overrides=overrides
+        paths,
+        select=select,
+        ignore=ignore,
+        extend_select=extend_select,
+        config_path=config_file,
+        overrides=overrides,
+        stdin=stdin,
     )
     for warning in workspace.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -63,12 +86,18 @@ def fix_command(paths, select, ignore, extend_select, config, write, unsafe_fixe
             workspace.files,
             workspace.rules,
             unsafe=unsafe_fixes,
-            write=write,
+            write=write and stdin is None,
             keep=workspace.keep,
             jobs=jobs or os.cpu_count() or 1,
-            roots=paths or ["."],
+            roots=[stdin.path] if stdin is not None else paths or ["."],
         )
     style = _styler(use_colour())
+    if write and stdin is not None:
+        sys.stdout.buffer.write(outcomes[0].fixed if outcomes[0].error is None else outcomes[0].source)
+        sys.stdout.flush()
+        remaining = workspace.keep([*workspace.problems, *outcomes[0].remaining])
+        click.echo(render_text(sorted(remaining, key=_display_order), show_source=False, read_lines=_read_lines, style=style), nl=False, err=True)
+        sys.exit(2 if outcomes[0].error is not None else 1 if any(workspace.fails(d) for d in remaining) else 0)
     if not write:
         for outcome in outcomes:
             if outcome.changed:

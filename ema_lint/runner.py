@@ -42,6 +42,8 @@ class SourceFile:
     renames: tuple[tuple[str, str], ...] = ()
     # what its imports' top-level names mean: those renames, and sibling modules (`sibling_imports`)
     import_renames: tuple[tuple[str, str], ...] = ()
+    # the bytes to check instead of what `path` holds: standard input, named `path`
+    content: bytes | None = None
 
     @property
     def module_name(self) -> str:
@@ -87,33 +89,15 @@ class _Loaded:
 
 def _load(file: SourceFile) -> _Loaded:
     loaded = _Loaded(file)
-    try:
-        # non-blocking: opening a FIFO named `*.py` must not wait for a writer
-        descriptor = os.open(file.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(descriptor, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-                loaded.problem = tool_diagnostic(
-                    "EMA004", file.path, "not a regular file (a FIFO, device or socket); not checked"
-                )
-                return loaded
-            size = os.fstat(descriptor).st_size
-            if size > MAX_FILE_BYTES:
-                loaded.problem = tool_diagnostic(
-                    "EMA004",
-                    file.path,
-                    f"file is {size / 2**20:.1f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit; not checked",
-                )
-                return loaded
-            # the limit holds for the bytes actually read too: a size can lie (`/proc`, races)
-            loaded.source = handle.read(MAX_FILE_BYTES + 1)
-        if len(loaded.source) > MAX_FILE_BYTES:
-            loaded.source = None
-            loaded.problem = tool_diagnostic(
-                "EMA004", file.path, f"file is over the {MAX_FILE_BYTES // 2**20} MiB limit; not checked"
-            )
-            return loaded
-    except OSError as error:
-        loaded.problem = tool_diagnostic("EMA004", file.path, f"cannot read: {error.strerror or error}")
+    loaded.source = file.content if file.content is not None else _read(loaded)
+    if loaded.source is None:
+        return loaded
+    if len(loaded.source) > MAX_FILE_BYTES:
+        # the limit holds for the bytes actually read: a size can lie (`/proc`, races)
+        loaded.source = None
+        loaded.problem = tool_diagnostic(
+            "EMA004", file.path, f"file is over the {MAX_FILE_BYTES // 2**20} MiB limit; not checked"
+        )
         return loaded
     loaded.digest = hashlib.blake2b(loaded.source, digest_size=16).hexdigest()
     if file.is_notebook:
@@ -133,6 +117,30 @@ def _load(file: SourceFile) -> _Loaded:
         return loaded
     loaded.problem = undecodable(file.path, loaded.source)
     return loaded
+
+
+def _read(loaded: _Loaded) -> bytes | None:
+    """The file's bytes (at most one over the size limit), or None with `loaded.problem` set."""
+    path = loaded.file.path
+    try:
+        # non-blocking: opening a FIFO named `*.py` must not wait for a writer
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(descriptor, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                loaded.problem = tool_diagnostic("EMA004", path, "not a regular file (a FIFO, device or socket); not checked")
+                return None
+            size = os.fstat(descriptor).st_size
+            if size > MAX_FILE_BYTES:
+                loaded.problem = tool_diagnostic(
+                    "EMA004",
+                    path,
+                    f"file is {size / 2**20:.1f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit; not checked",
+                )
+                return None
+            return handle.read(MAX_FILE_BYTES + 1)
+    except OSError as error:
+        loaded.problem = tool_diagnostic("EMA004", path, f"cannot read: {error.strerror or error}")
+        return None
 
 
 def in_cells(loaded: _Loaded, result: FileResult) -> FileResult:

@@ -53,8 +53,11 @@ class Workspace:
         extend_select: Sequence[str] = (),
         config_path: str | None = None,
         overrides: dict | None = None,
+        stdin: SourceFile | None = None,
     ) -> "Workspace":
-        paths = list(paths) or ["."]
+        """The workspace of `paths` (default: the current folder), or of the one file `stdin`
+        (`standard_input`), which no `exclude` or gitignore pattern leaves out, as in ruff."""
+        paths = [stdin.path] if stdin is not None else list(paths) or ["."]
         resolver = SettingsResolver(config_path, overrides)
         selection = Selection(tuple(select), tuple(ignore), tuple(extend_select))
         excludes: dict[str | None, list[IgnorePattern]] = {}
@@ -68,7 +71,7 @@ class Workspace:
                 exclude_problems.extend(problems)
             return excludes[settings.config_path]
 
-        files, problems = discover(paths, excluded_in)
+        files, problems = ([stdin], []) if stdin is not None else discover(paths, excluded_in)
         for file in files:
             resolver.for_path(file.path)
         used = resolver.used

@@ -23,6 +23,9 @@ CASES = {
  "import torch\ndef f(x):\n    with torch.no_grad():\n        with torch.enable_grad():\n            return x * 2\n": False,
  "def f(x):\n    if (y := x * 2) is not None:\n        pass\n    z = y\n    return z\n": False,
  "import torch\ndef f(x, t):\n    with torch.no_grad():\n        return (x.argmax(1) == t).float().mean()\n": True,
+ "def f(o, idx):\n    y = (o[idx] > 0).cpu().numpy()\n    return abs(sum(y) / len(y) - 0.5), max(y)\n": True,
+ "def f(o):\n    return abs(sum(o))\n": False,
+ "def f(o):\n    return max()\n": False,
  "def f(o, t, topk=(1,)):\n    bs = t.size(0)\n    _, pred = o.topk(max(topk), 1, True, True)\n    correct = pred.t().eq(t.view(1, -1))\n    res = []\n    for k in topk:\n        ck = correct[:k].view(-1).float().sum(0)\n        res.append(ck.mul_(100.0 / bs))\n    return res\n": True,
 }
 

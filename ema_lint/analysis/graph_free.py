@@ -161,6 +161,11 @@ def _bind(statement: ast.stmt, bindings: dict[str, list[ast.expr]], grad_off: bo
             bindings.setdefault(call.func.value.id, []).extend(call.args)
 
 
+# builtins that give back a value of their arguments' kind: `sum` of an array is a NumPy
+# number, `sum` of tensors a tensor with their history
+_KIND_KEEPING_BUILTINS = frozenset({"abs", "sum", "min", "max"})
+
+
 class _GraphFree:
     """The local names that can only hold graph-free values: the greatest set where every
     binding of every name is graph-free given the set (parameters and globals are not)."""
@@ -202,6 +207,8 @@ class _GraphFree:
             if isinstance(root, ast.Name) and root.id in self.numeric_names:
                 return True  # `np.mean(ious)`
             if isinstance(function, ast.Name):
+                if function.id in _KIND_KEEPING_BUILTINS:
+                    return bool(node.args) and all(self.expression(a) for a in node.args)
                 return function.id in SCALAR_CASTS
             if isinstance(function, ast.Attribute):
                 if function.attr in NON_DIFFERENTIABLE_METHODS:

@@ -84,6 +84,29 @@ OTHER_FRAMEWORKS = frozenset({"mxnet", "tensorflow", "jax", "flax", "paddle", "o
 # Calls that read a configuration, with or without arguments: their results are settings.
 CONFIGURATION_CALLS = frozenset({"parse_args", "parse_known_args", "get_args", "get_config", "load_config"})
 
+# `nn.Module` methods no tensor has: a name they are called on holds a module
+MODULE_ONLY_METHODS = frozenset(
+    {"train", "eval", "parameters", "named_parameters", "modules", "named_modules", "children", "state_dict", "load_state_dict", "zero_grad"}
+)
+
+# torch functions and methods that return a (values, indices) pair when given a dimension:
+# the second element holds integer positions, which carry no autograd history
+VALUES_AND_INDICES = frozenset(
+    {"max", "min", "sort", "topk", "kthvalue", "mode", "median", "nanmedian", "cummax", "cummin"}
+)
+
+# Meters of libraries that keep what their method is given (`self.sum += val * n`, a history
+# list), by class and method: the arguments (position, name) that are kept. Classes in the
+# checked tree are read from source instead. torchmetrics and Lightning's `log` are absent:
+# they run or store with gradients off.
+LIBRARY_ACCUMULATORS = {
+    "timm.utils.AverageMeter": {"update": ("0", "val")},
+    "timm.utils.metrics.AverageMeter": {"update": ("0", "val")},
+    "torchnet.meter.AverageValueMeter": {"add": ("0", "value")},
+    "torchnet.meter.averagevaluemeter.AverageValueMeter": {"add": ("0", "value")},
+    "fvcore.common.history_buffer.HistoryBuffer": {"update": ("0", "value")},
+}
+
 # Methods a framework calls once per training step: Lightning's `training_step`, the
 # `train_step` of custom trainers (and Keras-style ones), Hugging Face Trainer's `compute_loss`.
 # State an instance keeps across their calls outlives the step.
@@ -96,7 +119,7 @@ MODULE_OWN_ATTRIBUTES = frozenset({"training", "_modules", "_parameters", "_buff
 # ...`), name metrics and counts, and name gradient norms (measured from `.grad`): values so
 # named hold no autograd history by convention.
 LOGGING_NAME = re.compile(r"logs?|log_dict|log_vars|logging_outputs?|metrics?|infos?|stats|extras?")
-METRIC_NAME = re.compile(r"(\w+_)?(acc\w*|correct\w*|top\d+\w*|precision|recall|f1\w*|masks?|n|counts?|ntokens|tokens)")
+METRIC_NAME = re.compile(r"(\w+_)?([a-z]{0,2}acc\w*|correct\w*|top\d+\w*|precision|recall|f1\w*|masks?|n|counts?|ntokens|tokens)")
 # libraries whose functions return arrays or plain numbers, never the torch tensor they were
 # given (NumPy refuses a tensor that requires grad); not `random` or `statistics`, whose
 # `choice` and `median` hand back one of their arguments

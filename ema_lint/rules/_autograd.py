@@ -33,12 +33,14 @@ from ema_lint.analysis.torch_names import (
     GRADIENT_NORM_NAME,
     LOGGING_NAME,
     METRIC_NAME,
+    MODULE_ONLY_METHODS,
     SCALAR_CASTS,
     NAMED_ITEMS,
     NO_GRAPH_CALLS,
     NUMERIC_LIBRARIES,
     OPTIMIZER_NAME,
     OTHER_FRAMEWORKS,
+    VALUES_AND_INDICES,
 )
 from ema_lint.rule import Rule
 
@@ -249,6 +251,9 @@ class Function:
     scalar_params: frozenset[str] = frozenset()
     # the function this one is defined in (a closure's), None at module or class level
     enclosing: "Function | None" = None
+    # local names it calls or uses as a module (`model(x)`, `model.train()`): objects with a
+    # forward, never tensors that carry history
+    objects: set[str] = field(default_factory=set)
 
     @property
     def name(self) -> str:
@@ -575,6 +580,20 @@ class _Collector(cst.BatchableCSTVisitor):
         bindings = self.function.bindings.get(name, ())
         return bool(bindings) and all(b.element_of or _constructed(b.value, self.function) for b in bindings)
 
+    def _called(self, receiver: cst.BaseExpression) -> bool:
+        """`receiver` (`model`, `self.engine`) was called earlier in this function: an object
+        with a forward, such as the DeepSpeed engine of `model.backward(loss)`, not a tensor."""
+        receiver = strip_parens(receiver)
+        if isinstance(receiver, cst.Name):
+            name, of_self = receiver.value, False
+        elif m.matches(receiver, m.Attribute(value=m.Name("self"))):
+            name, of_self = receiver.attr.value, True
+        else:
+            return False
+        return any(
+            c.caller is self.function and c.callee == name and (c.class_name is not None) == of_self for c in self.calls
+        )
+
     def _backpropagates(self, parts: list[cst.CSTNode]) -> None:
         for part in parts:
             self.function.backward_names.update(names_in(part))
@@ -596,7 +615,9 @@ class _Collector(cst.BatchableCSTVisitor):
             # keywords are options (`retain_graph=i < n`, `inputs=params`), never the loss
             parts: list[cst.CSTNode] = [a.value for a in node.args if a.keyword is None]
             # `accelerator.backward(loss)`, `self.fabric.backward(loss)`: the loss is the argument
-            if isinstance(node.func, cst.Attribute) and name == "backward" and not (parts and _backward_runner(node.func.value)):
+            if isinstance(node.func, cst.Attribute) and name == "backward" and not (
+                parts and (_backward_runner(node.func.value) or self._called(node.func.value))
+            ):
                 parts.append(node.func.value)
             self._backpropagates(parts)
         stepping_helper = "step" in (name or "") and any(_optimizer_like(a.value) for a in node.args)
@@ -613,6 +634,10 @@ class _Collector(cst.BatchableCSTVisitor):
             if len(named) == 1 and not self._data_source(named[0].value):
                 self._backpropagates(named)
         func = node.func
+        if isinstance(func, cst.Name):
+            self.function.objects.add(func.value)
+        elif isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name) and name in MODULE_ONLY_METHODS:
+            self.function.objects.add(func.value.value)
         loops = tuple(self._loops[-1])
         if isinstance(func, cst.Attribute) and m.matches(func.value, m.Name("self")):
             self.calls.append(
@@ -887,6 +912,8 @@ class FileFacts:
                         continue
                     else:
                         name = params[index]
+                    if name in callee.objects:
+                        continue  # `train(model, ...)` calling `model(x)`: a module, not a tensor
                     if name not in callee.graph_params and self.may_carry_graph(arg.value, call.caller):
                         callee.graph_params.add(name)
                         changed = True
@@ -932,6 +959,8 @@ class FileFacts:
                         # `weights = model.reweigh(weights, totals)` after the training loop
                         # feeds the next call's steps, not this call's
                         continue
+                    if isinstance(strip_parens(binding.value), cst.Call) and not self._produces_graph(binding, name, function):
+                        continue  # `args = parser.parse_args()`: what made the settings made no graph
                     for used in names_in(binding.value) - upstream:
                         upstream.add(used)
                         frontier.append(used)
@@ -979,6 +1008,12 @@ class FileFacts:
         arguments = [strip_parens(a.value) for a in value.args]
         if attribute_name(value.func) in CONFIGURATION_CALLS:
             return False
+        if isinstance(value.func, cst.Attribute):
+            receiver = strip_parens(value.func.value)
+            if not isinstance(receiver, cst.Name) or receiver.value in function.bindings or receiver.value in function.params:
+                # `criterion(out, y).mean(dim=0)`: the tensor the method runs on, not only its
+                # options (an imported module's `tyro.cli(Args)` is no such value)
+                arguments.append(receiver)
         if arguments and all(self._inert(a, function, {name}) for a in arguments):
             return False
         return not any(_leaves_torch(a) for a in arguments)
@@ -1050,6 +1085,27 @@ class FileFacts:
             if other.function is site.function
         )
 
+    def loss_cut_before(self, site: Site, name: str) -> bool:
+        """Every part of `name` the function backpropagates (`out["loss"]` of
+        `out["loss"].backward()`) is rebound before `site`, in its block or an enclosing one, to
+        a value without history (`out["loss"] = out["loss"].detach()`): the one graph the
+        record was known to hold is cut, and the rest is taken for what it is by convention,
+        numbers for a logger."""
+        parts = [strip_parens(b) for b in site.function.backpropagated if root_name(b) == name]
+        if not parts or any(isinstance(part, cst.Name) for part in parts):
+            return False
+        cut = {
+            self.code(strip_parens(other.statement.targets[0].target))
+            for other in self.sites
+            if other.function is site.function
+            and isinstance(other.statement, cst.Assign)
+            and len(other.statement.targets) == 1
+            and other.order < site.order
+            and site.blocks[: len(other.blocks)] == other.blocks
+            and not self.may_carry_graph(other.statement.value, site.function)
+        }
+        return all(self.code(part) in cut for part in parts)
+
     def may_carry_graph_at(self, node: cst.BaseExpression, site: Site) -> bool:
         """`may_carry_graph`, with a plain name judged by the binding that reaches `site` when
         one dominates it (`loss.backward(); loss = loss.item(); total += loss`)."""
@@ -1058,6 +1114,8 @@ class FileFacts:
         if isinstance(node, cst.BinaryOperation):
             return self.may_carry_graph_at(node.left, site) or self.may_carry_graph_at(node.right, site)
         if isinstance(node, cst.Name):
+            if node.value in function.backward_names and self.loss_cut_before(site, node.value):
+                return False
             dominating = [
                 b
                 for b in function.bindings.get(node.value, ())
@@ -1094,10 +1152,10 @@ class FileFacts:
         to a call of this file carries what the callee's returns carry."""
         if function in self._carrying:
             return self._carrying[function]
-        carrying = function.graph_params | function.backward_names
+        carrying = (function.graph_params | function.backward_names) - function.objects
         readers: dict[str, list[str]] = {}
         for name, bindings in function.bindings.items():
-            if name in carrying:
+            if name in carrying or name in function.objects:
                 continue
             for binding in bindings:
                 read: set[str] = set()
@@ -1118,6 +1176,9 @@ class FileFacts:
     def _binding_sources(self, binding: Binding, names: set[str], function: Function) -> bool:
         """Like `_sources`, for the value one binding gives its name."""
         if binding.element_index is not None:
+            func = strip_parens(binding.value).func
+            if binding.element_index == 1 and isinstance(func, cst.Attribute) and func.attr.value in VALUES_AND_INDICES:
+                return False  # `_, preds = torch.max(out, 1)`: positions, integers without history
             callee = self._callee(strip_parens(binding.value))
             elements = _returned_elements(callee, binding.element_index) if callee is not None else None
             if elements is not None and all(self._never_carries(e, callee, set()) for e in elements):
@@ -1745,6 +1806,16 @@ def _constructed(value: cst.BaseExpression, function: Function) -> bool:
     name = attribute_name(value.func) or ""
     # one capital letter is a module instance as often as a class (`fake = G(z)`)
     return len(name) > 1 and name[0].isupper() and name != "Parameter"
+
+
+def steps_an_optimizer(statement: cst.CSTNode) -> bool:
+    """`optimizer.step()`, `self.opt_d.step()`, `scaler.step(optimizer)` as a statement."""
+    if not (isinstance(statement, cst.Expr) and isinstance(statement.value, cst.Call)):
+        return False
+    call = statement.value
+    return attribute_name(call.func) == "step" and (
+        _optimizer_like(call.func) or any(_optimizer_like(a.value) for a in call.args)
+    )
 
 
 def _optimizer_like(node: cst.BaseExpression) -> bool:

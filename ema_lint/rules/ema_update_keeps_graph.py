@@ -88,7 +88,7 @@ class EmaUpdateKeepsGraph(RecurrenceRule):
             return False
         if through_data(recurrence.state):
             return False  # the write bypasses autograd; EMA203 reports it
-        if not facts.may_carry_graph(recurrence.new_term, site.function):
+        if not facts.may_carry_graph_at(recurrence.new_term, site):
             return False
         if self._cut_before(facts, recurrence):
             return False

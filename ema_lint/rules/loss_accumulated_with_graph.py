@@ -3,13 +3,14 @@ from __future__ import annotations
 import libcst as cst
 
 from ema_lint.analysis.names import dotted_text
-from ema_lint.analysis.torch_names import STEP_HOOKS
+from ema_lint.analysis.torch_names import LIBRARY_ACCUMULATORS, STEP_HOOKS
 from ema_lint.diagnostics import Applicability, Fix, Severity
 from ema_lint.project import BUILT
 from ema_lint.rule import Example
 from ema_lint.rules._autograd import (
     PARAMETER_SOURCES,
     Function,
+    names_in,
     one_line,
     AutogradRule,
     Accumulation,
@@ -19,6 +20,7 @@ from ema_lint.rules._autograd import (
     collection_kind,
     detached,
     root_name,
+    steps_an_optimizer,
     strip_parens,
 )
 
@@ -42,6 +44,12 @@ def _training(function: Function, loops) -> list:
         # (gradient accumulation, sub-networks, a batch group): its graphs go with the step
         training = [loop for loop in training if loop.steps_optimizer]
     return training
+
+
+def _runs_one_step(function: Function) -> bool:
+    """`function` is one training step: it calls `backward` outside any loop of its own
+    (a trainer's `train_step`, whatever its name)."""
+    return any(not loops for _, loops in function.backward_calls)
 
 
 def _read_as_mapping(value: cst.BaseExpression, function: Function, module: cst.Module) -> bool:
@@ -177,6 +185,7 @@ class LossAccumulatedWithGraph(AutogradRule):
         project = self.context.project
         accumulating: set[str] = set()
         for qualified in self._receiver_classes(site, receiver):
+            accumulating.update(LIBRARY_ACCUMULATORS.get(qualified, {}).get(method, ()))
             # the first class of the MRO that defines the method is the one called
             for facts in project.mro(qualified):
                 if method in facts.accumulating_arguments:
@@ -246,24 +255,30 @@ class LossAccumulatedWithGraph(AutogradRule):
             # the steps are the owner's training loops around the calls of the closure
             calls = [c for c in facts.calls if c.caller is owner and c.class_name is None and c.callee == function.name]
             loops = {loop for call in calls for loop in call.loops}
-            return any(self._carried_across(owner, name, None, loop) for loop in _training(owner, loops))
+            return any(self._carried_across(facts, owner, name, None, loop) for loop in _training(owner, loops))
         training = _training(function, site.loops)
-        if function.name in STEP_HOOKS:
-            # `self.training_step_outputs.append(loss)`: the framework's loop is the step loop,
-            # and a local of the hook (a loop's total included) dies with the step
+        if function.name in STEP_HOOKS or (not site.loops and _runs_one_step(function)):
+            # `self.training_step_outputs.append(loss)`: the framework's loop (or the caller's)
+            # is the step loop, and a local of the step (a loop's total included) dies with it
             return root_name(accumulator) == "self" and not facts.reset_before(site, facts.code(accumulator))
-        return any(self._carried_across(function, name, found.site.statement, loop) for loop in training)
+        return any(self._carried_across(facts, function, name, found.site.statement, loop) for loop in training)
 
     @staticmethod
-    def _carried_across(function: Function, name: str, statement, loop) -> bool:
-        """The accumulator rooted at `name` outlives one iteration of `loop`: it is a `self.`
-        attribute, or the local it is (or is an item or attribute of, `stats["loss"]`) was bound
-        before the loop and is not re-created at the top of the loop body (by a statement other
-        than the accumulating `statement`)."""
+    def _carried_across(facts: FileFacts, function: Function, name: str, statement, loop) -> bool:
+        """The accumulator rooted at `name` outlives one training step of `loop`: it is a
+        `self.` attribute, or the local it is (or is an item or attribute of, `stats["loss"]`)
+        was bound before the loop and is not re-created at the top of the loop body (by a
+        statement other than the accumulating `statement`), nor where the loop steps its
+        optimizer (`if i % accumulation == 0: optimizer.step(); acc = 0`: a window of
+        micro-batches, freed with its step)."""
         if name == "self":
             return True
         bindings = function.bindings.get(name, ())
         if any(b.statement is not None and b.statement is not statement and b.loops and b.loops[-1] is loop for b in bindings):
+            return False
+        stepping = {s.blocks for s in facts.sites if s.function is function and loop in s.loops and steps_an_optimizer(s.statement)}
+        resets = [b for b in bindings if not b.augmented and name not in names_in(b.value)]
+        if any(b.loops and b.loops[-1] is loop and b.blocks in stepping for b in resets):
             return False
         return any(loop not in b.loops for b in bindings)
 
