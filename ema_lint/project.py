@@ -713,12 +713,15 @@ def read_names(nodes: list[ast.AST], scope: "ModuleScope") -> tuple[str, ...]:
 
 
 def calls_backward(nodes: list[ast.AST]) -> bool:
-    """Something named `backward` is referenced (every training step calls one), or a step
-    helper is handed an optimizer (`net.train_step(loss, self.optim)` backpropagates `loss`).
-    Reads the `Name`, `Attribute` and `Call` nodes among `nodes`."""
+    """Something named `backward` is referenced (every training step calls one), or
+    `autograd.grad` (which backpropagates too), or a step helper is handed an optimizer
+    (`net.train_step(loss, self.optim)` backpropagates `loss`). Reads the `Name`,
+    `Attribute` and `Call` nodes among `nodes`."""
     return any(
         (isinstance(node, ast.Attribute) and node.attr == "backward")
         or (isinstance(node, ast.Name) and node.id == "backward")
+        or (isinstance(node, ast.Attribute) and node.attr == "grad" and isinstance(node.value, ast.Name) and node.value.id == "autograd")
+        or (isinstance(node, ast.Attribute) and node.attr == "grad" and isinstance(node.value, ast.Attribute) and node.value.attr == "autograd")
         or (isinstance(node, ast.Call) and _steps_a_given_optimizer(node))
         for node in nodes
     )

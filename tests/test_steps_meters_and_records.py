@@ -231,3 +231,24 @@ def test_an_accumulator_reset_where_the_optimizer_steps_lives_one_step() -> None
                 running = 0
     """
     assert _lines("EMA202", source) == [8]
+
+
+def test_autograd_grad_backpropagates_its_outputs_like_backward() -> None:
+    source = """
+    import torch
+
+    class Client:
+        def train(self, x, y):
+            loss = self.criterion(self.model(x), y)
+            grads = torch.autograd.grad(loss, self.model.parameters())
+            for p, g in zip(self.model_x.parameters(), grads):
+                p.data.add_(g, alpha=-self.lr)
+            self.losses.append(loss)
+
+        def penalty(self, real):
+            scores = self.critic(real)
+            grads = torch.autograd.grad(outputs=scores.sum(), inputs=real)[0]
+            self.norms.append(grads.norm())
+            return grads
+    """
+    assert _lines("EMA202", source) == [10]

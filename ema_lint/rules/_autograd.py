@@ -620,6 +620,10 @@ class _Collector(cst.BatchableCSTVisitor):
             ):
                 parts.append(node.func.value)
             self._backpropagates(parts)
+        if name == "grad" and (dotted_text(node.func) or "").endswith("autograd.grad"):
+            # `torch.autograd.grad(loss, params)` backpropagates `loss` as `loss.backward()` does
+            outputs = [a.value for a in node.args if (a.keyword is None and not a.star) or (a.keyword and a.keyword.value == "outputs")]
+            self._backpropagates(outputs[:1])
         stepping_helper = "step" in (name or "") and any(_optimizer_like(a.value) for a in node.args)
         if (name == "step" and _optimizer_like(node.func)) or stepping_helper:
             # `clip_and_step(optimizer)`, `scaler.step(opt)`'s helpers

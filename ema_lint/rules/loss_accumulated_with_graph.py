@@ -139,9 +139,9 @@ class LossAccumulatedWithGraph(AutogradRule):
     severity = Severity.ERROR
     summary = "A loss is accumulated across steps together with its autograd graph"
     # A finding needs a training loop, which `_autograd` recognises only by a call named
-    # `backward` in the loop body, or a per-step hook (`training_step`, ...): a file without
-    # one of these words cannot hold one.
-    triggers = ("backward", *sorted(STEP_HOOKS))
+    # `backward` or `autograd.grad` in the loop body, or a per-step hook (`training_step`,
+    # ...): a file without one of these words cannot hold one.
+    triggers = ("backward", "autograd", *sorted(STEP_HOOKS))
 
     @classmethod
     def structurally_possible(cls, project, module_name: str) -> bool:
