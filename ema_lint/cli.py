@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import click
 
@@ -90,8 +90,8 @@ def standard_input_file(paths: Sequence[str], stdin_filename: str | None) -> Sou
     --stdin-filename)."""
     if tuple(paths) == ("-",) or (not paths and stdin_filename is not None):
         return standard_input(stdin_filename, sys.stdin.buffer.read(MAX_FILE_BYTES + 1))
-    if "-" in paths:
-        raise click.UsageError("`-` (standard input) cannot be combined with other paths")
+    if "-" in paths or stdin_filename is not None:
+        raise click.UsageError("standard input (`-` or --stdin-filename) cannot be combined with other paths")
     return None
 
 
@@ -124,12 +124,24 @@ def _read_lines(diagnostic: Diagnostic) -> list[str] | None:
             raw = handle.read(MAX_FILE_BYTES)
     except OSError:
         return None
+    return _lines_of(raw, diagnostic)
+
+
+def _lines_of(raw: bytes, diagnostic: Diagnostic) -> list[str] | None:
     if diagnostic.cell is None:
         return raw.decode("utf-8", errors="replace").splitlines()
     try:
         return Notebook(raw).cell_lines(diagnostic.cell)
     except NotebookError:
         return None
+
+
+def lines_reader(stdin: SourceFile | None) -> Callable[[Diagnostic], list[str] | None]:
+    """What code frames are read from: the files, and for standard input the bytes read
+    (an editor's unsaved buffer, not the file of that name on disk)."""
+    if stdin is None:
+        return _read_lines
+    return lambda diagnostic: _lines_of(stdin.content, diagnostic) if diagnostic.path == stdin.path else None
 
 
 def emit(
@@ -139,11 +151,12 @@ def emit(
     show_source: bool = False,
     quiet: bool = False,
     statistics: bool = False,
+    read_lines: Callable[[Diagnostic], list[str] | None] = _read_lines,
 ) -> None:
     """Print `diagnostics` in `output_format` (one of FORMATS), as `check` and `check-model` do."""
     if output_format == "text":
         style = _styler(use_colour())
-        click.echo(render_text(diagnostics, show_source=show_source, read_lines=_read_lines, style=style), nl=False)
+        click.echo(render_text(diagnostics, show_source=show_source, read_lines=read_lines, style=style), nl=False)
         if not quiet:
             click.echo(render_summary(diagnostics, statistics=statistics), nl=False)
     elif output_format == "concise":
@@ -226,7 +239,14 @@ def check(
     for note in cache.notes if cache is not None else ():
         click.echo(f"note: {note}", err=True)
 
-    emit(diagnostics, output_format, show_source=show_source, quiet=quiet, statistics=statistics)
+    emit(
+        diagnostics,
+        output_format,
+        show_source=show_source,
+        quiet=quiet,
+        statistics=statistics,
+        read_lines=lines_reader(stdin),
+    )
     failing = [d for d in diagnostics if workspace.fails(d)]
     sys.exit(0 if exit_zero or not failing else 1)
 

@@ -33,6 +33,9 @@ class FileResult:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     parsed: bool = False
     skipped: bool = False
+    # stopped at a per-file time or memory limit: a result of the machine's load, not of the
+    # file, so never cached
+    limited: bool = False
 
 
 def tool_diagnostic(code: str, path: str, message: str, line: int = 1, column: int = 1) -> Diagnostic:

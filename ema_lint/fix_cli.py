@@ -97,6 +97,8 @@ def fix_command(paths, select, ignore, extend_select, config, stdin_filename, wr
         sys.stdout.flush()
         remaining = workspace.keep([*workspace.problems, *outcomes[0].remaining])
         click.echo(render_text(sorted(remaining, key=_display_order), show_source=False, read_lines=_read_lines, style=style), nl=False, err=True)
+        if outcomes[0].skipped is not None:
+            click.echo(f"{style('skipped', fg='yellow', bold=True)}: {outcomes[0].skipped}", err=True)
         sys.exit(2 if outcomes[0].error is not None else 1 if any(workspace.fails(d) for d in remaining) else 0)
     if not write:
         for outcome in outcomes:

@@ -136,6 +136,9 @@ def _targets(files: Sequence[SourceFile], roots: Sequence[str] = ()) -> tuple[li
     unwritable: dict[str, str] = {}
     seen: set[str] = set()
     for file in files:
+        if file.content is not None:
+            targets.append(file)  # standard input: its fix is printed, and nothing on disk is written
+            continue
         real = os.path.realpath(file.path)
         if os.path.islink(file.path):
             if real in regular_reals:

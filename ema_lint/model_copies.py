@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import types
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -50,28 +51,33 @@ def isolated_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 @contextmanager
 def caller_untouched(model: torch.nn.Module) -> Iterator[None]:
-    """Run the body; if it changed a tensor of `model` (its values, even through `.data`, or
-    which tensor an attribute holds), put them back and raise `CallerModelChanged`.
+    """Run the body; if it changed a tensor of `model` (its values, even through `.data`,
+    which tensor an attribute holds, or a parameter's `.grad`), put them back and raise
+    `CallerModelChanged`.
 
-    This holds one copy of the caller's tensors while the body runs."""
+    This holds a copy of the caller's tensors in host memory while the body runs (a meta
+    tensor has no values to copy: only which tensor it is can be checked)."""
     slots = [slot for slot in _tensor_slots(model) if not isinstance(slot[2], UninitializedTensorMixin)]
-    saved = [tensor.detach().clone() for _, _, tensor in slots]
+    saved = [_Snapshot.of(tensor) for _, _, tensor in slots]
+    parameters = [p for p in {id(p): p for p in model.parameters()}.values() if not isinstance(p, UninitializedTensorMixin)]
+    gradients = [(p.grad, _Snapshot.of(p.grad) if p.grad is not None else None) for p in parameters]
     try:
         yield
     finally:
         changed = []
         with torch.no_grad():
-            for (table, key, tensor), value in zip(slots, saved):
+            for (table, key, tensor), snapshot in zip(slots, saved):
                 if table is not None and table.get(key) is not tensor:
                     table[key] = tensor
                     changed.append(key)
-                if _same_kind(tensor, value):
-                    if not _same_values(tensor, value):
-                        tensor.copy_(value)
-                        changed.append(key)
-                else:
-                    tensor.data = value
+                if snapshot.restore(tensor):
                     changed.append(key)
+            for parameter, (gradient, snapshot) in zip(parameters, gradients):
+                if parameter.grad is not gradient:
+                    parameter.grad = gradient
+                    changed.append("a parameter's .grad")
+                if gradient is not None and snapshot.restore(gradient):
+                    changed.append("a parameter's .grad")
     if changed:
         raise CallerModelChanged(
             f"running the model changed the caller's own model ({', '.join(map(str, changed[:5]))}), "
@@ -80,14 +86,43 @@ def caller_untouched(model: torch.nn.Module) -> Iterator[None]:
         )
 
 
-def _same_kind(tensor: torch.Tensor, saved: torch.Tensor) -> bool:
-    return tensor.shape == saved.shape and tensor.dtype == saved.dtype and tensor.device == saved.device
+@dataclass
+class _Snapshot:
+    """A tensor's values in host memory, with what it must still be to take them back."""
 
+    values: torch.Tensor | None
+    shape: torch.Size
+    dtype: torch.dtype
+    version: int
 
-def _same_values(tensor: torch.Tensor, saved: torch.Tensor) -> bool:
-    if tensor.is_floating_point() or tensor.is_complex():
-        return torch.allclose(tensor, saved, rtol=0, atol=0, equal_nan=True)
-    return torch.equal(tensor, saved)
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> "_Snapshot":
+        values = None if tensor.is_meta else tensor.detach().to("cpu", copy=True)
+        return cls(values, tensor.shape, tensor.dtype, tensor._version)
+
+    def restore(self, tensor: torch.Tensor) -> bool:
+        """Put the values back into `tensor` if they changed; whether they had."""
+        if self.values is None:
+            return False
+        if tensor.shape != self.shape or tensor.dtype != self.dtype:
+            tensor.data = self.values.to(tensor.device)
+            return True
+        try:
+            now = tensor.detach().to("cpu")
+            if now.layout != torch.strided:
+                now, before = now.to_dense(), self.values.to_dense()
+            else:
+                before = self.values
+            same = (
+                torch.allclose(now, before, rtol=0, atol=0, equal_nan=True)
+                if now.is_floating_point() or now.is_complex()
+                else torch.equal(now, before)
+            )
+        except (RuntimeError, NotImplementedError):  # a layout or dtype with no comparison
+            same = tensor._version == self.version
+        if not same:
+            tensor.copy_(self.values.to(tensor.device))
+        return not same
 
 
 def _tensors(model: torch.nn.Module) -> Iterator[torch.Tensor]:

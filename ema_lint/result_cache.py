@@ -190,7 +190,7 @@ class ResultCache:
         return result
 
     def store_result(self, item: "_Loaded", project: ProjectIndex, result: FileResult, consulted: list[str]) -> None:
-        if not any(d.code == "EMA005" for d in result.diagnostics):
+        if not result.limited and not any(d.code == "EMA005" for d in result.diagnostics):
             key = (item.file.path, item.digest, self._project_key(project))
             self._results[key] = (result, tuple((m, self._module_digest(project, m)) for m in consulted))
             self._live_results.add(key)

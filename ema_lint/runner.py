@@ -9,6 +9,7 @@ content hash, and a worker that crashes costs one file a diagnostic, never the r
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -204,7 +205,7 @@ def _prefer_reference_parser(item: _Loaded, result: FileResult) -> FileResult:
     if item.syntax_error is None or result.parsed:
         return result
     others = [d for d in result.diagnostics if d.code != "EMA001"]
-    return FileResult(result.path, [item.syntax_error, *others], parsed=False, skipped=result.skipped)
+    return dataclasses.replace(result, diagnostics=[item.syntax_error, *others], parsed=False)
 
 
 class _Worker:
@@ -225,7 +226,7 @@ class _Worker:
         try:
             result = check_source(path, item.source, cls.rules, cls.project, item.file.module_name)
         except MemoryError:
-            result = FileResult(path, [out_of_memory(path)])
+            result = FileResult(path, [out_of_memory(path)], limited=True)
         except Exception as error:  # a rule bug must cost one file, not the run
             result = FileResult(path)
             result.diagnostics.append(
@@ -235,7 +236,7 @@ class _Worker:
 
 
 def _crashed(item: _Loaded, cause: str) -> tuple[FileResult, list[str]]:
-    result = FileResult(item.file.path)
+    result = FileResult(item.file.path, limited=isinstance(cause, LimitReached))
     result.diagnostics.append(died_diagnostic(item.file.path, "checker", cause))
     return result, []
 
@@ -249,7 +250,10 @@ def died_diagnostic(path: str, process: str, cause: str) -> Diagnostic:
 
 def out_of_memory(path: str) -> Diagnostic:
     return tool_diagnostic(
-        "EMA004", path, f"not checked: over the {FILE_LIMITS.memory_bytes / 2**30:.3g} GiB limit for one file"
+        "EMA004",
+        path,
+        f"not checked: out of memory (a file over {LARGE_FILE_BYTES // 1024} KiB is held to "
+        f"{FILE_LIMITS.memory_bytes / 2**30:.3g} GiB)",
     )
 
 

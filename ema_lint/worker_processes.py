@@ -133,8 +133,9 @@ def _alone(function, item, context: BaseContext, died, setup, setup_args, limits
                 return pending.get(timeout=0.2)
             except multiprocessing.TimeoutError:
                 dead = [p for p in processes if p.exitcode not in (None, 0)]
-                if dead and dead[0].exitcode == -signal.SIGABRT:
-                    # a native allocation that fails under the address-space limit aborts
+                if dead and dead[0].exitcode == -signal.SIGABRT and sys.platform.startswith("linux"):
+                    # a native allocation that fails under the address-space limit (set where
+                    # /proc is) aborts
                     return died(item, LimitReached(f"over the {limits.memory_bytes / 2**30:.3g} GiB limit for one file"))
                 if dead:
                     return died(item, _cause(dead[0].exitcode))

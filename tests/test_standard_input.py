@@ -53,3 +53,19 @@ def test_fix_prints_the_fixed_source_or_a_diff_and_writes_nothing(tmp_path: Path
     left = _run(tmp_path, "fix", "--write", "-", source=SOURCE.replace("import torch", "import torch\nimport (", 1))
     assert left.returncode == 1 and b"EMA001" in left.stderr
     assert on_disk.read_text() == "unchanged\n"
+
+
+def test_standard_input_is_its_own_file_for_frames_and_for_fix(tmp_path: Path) -> None:
+    """The buffer, not the file of that name on disk, shows in code frames; a read-only or
+    linked file of that name does not stop the printed fix, since nothing is written."""
+    (tmp_path / "train.py").write_text("print(1)\n" * 10)
+    (tmp_path / "train.py").chmod(0o444)
+    (tmp_path / "linked.py").symlink_to(tmp_path / "train.py")
+    frame = _run(tmp_path, "check", "--show-source", "--stdin-filename", "train.py")
+    assert b"total += loss" in frame.stdout and b"print(1)" not in frame.stdout
+    for name in ("train.py", "linked.py"):
+        fixed = _run(tmp_path, "fix", "--write", "--stdin-filename", name)
+        assert fixed.stdout.decode().endswith("total += loss.detach()\n"), fixed.stderr
+    assert (tmp_path / "train.py").read_text() == "print(1)\n" * 10
+    mixed = _run(tmp_path, "check", "--stdin-filename", "train.py", "linked.py")
+    assert mixed.returncode == 2 and b"cannot be combined" in mixed.stderr

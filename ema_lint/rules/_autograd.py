@@ -1012,15 +1012,22 @@ class FileFacts:
         arguments = [strip_parens(a.value) for a in value.args]
         if attribute_name(value.func) in CONFIGURATION_CALLS:
             return False
-        if isinstance(value.func, cst.Attribute):
-            receiver = strip_parens(value.func.value)
-            if not isinstance(receiver, cst.Name) or receiver.value in function.bindings or receiver.value in function.params:
-                # `criterion(out, y).mean(dim=0)`: the tensor the method runs on, not only its
-                # options (an imported module's `tyro.cli(Args)` is no such value)
-                arguments.append(receiver)
+        if isinstance(value.func, cst.Attribute) and self._tensor_receiver(strip_parens(value.func.value), name, function):
+            # `criterion(out, y).mean(dim=0)`: the tensor the method runs on, not only its options
+            arguments.append(strip_parens(value.func.value))
         if arguments and all(self._inert(a, function, {name}) for a in arguments):
             return False
         return not any(_leaves_torch(a) for a in arguments)
+
+    @staticmethod
+    def _tensor_receiver(receiver: cst.BaseExpression, name: str, function: Function) -> bool:
+        """Whether the receiver of a method call bound to `name` is a value the call computes
+        from: not the name's own earlier value (`ce = ce.mean()` is judged as it was), not a
+        module the function calls (`model.kl_loss()`), not an imported module (`tyro.cli`)."""
+        if not isinstance(receiver, cst.Name):
+            return True
+        local = receiver.value in function.bindings or receiver.value in function.params
+        return local and receiver.value != name and receiver.value not in function.objects
 
     def _numpy_valued(self, node: cst.BaseExpression, function: Function, seen: set[str]) -> bool:
         """`x.cpu().numpy()`, `np.array(...)`, or a local name bound only to such values."""
@@ -1129,7 +1136,11 @@ class FileFacts:
                 dominating = []  # `loss *= n` keeps what `loss` held: no single binding decides
             reaching = max(dominating, key=lambda b: b.order) if dominating else None
             if reaching is not None and any(
-                reaching.order < b.order < site.order for b in function.bindings.get(node.value, ())
+                reaching.order < b.order < site.order
+                # a later binding in a loop around the use, not around `reaching`, reaches the
+                # use on the loop's next iteration
+                or (b.order > site.order and set(b.loops) & (set(site.loops) - set(reaching.loops)))
+                for b in function.bindings.get(node.value, ())
             ):
                 reaching = None  # a binding in a nested block may reach the use instead
             if reaching is not None:

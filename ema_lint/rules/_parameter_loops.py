@@ -61,30 +61,30 @@ def _kind(facts: FileFacts, recurrence: Recurrence, iterable: cst.BaseExpression
     a local name is bound to, or through what the class's methods assign to a `self.`
     attribute (`self.target_params = list(target_net.state_dict().values())`)."""
     iterable = strip_parens(iterable)
-    kind = _made_from(iterable)
+    kind = collection_kind(iterable)
     if kind is not None:
         return kind
     function = recurrence.site.function
     if isinstance(iterable, cst.Name):
-        values = [b.value for b in function.bindings.get(iterable.value, ()) if not b.element_of]
+        kinds = {collection_kind(b.value) for b in function.bindings.get(iterable.value, ()) if not b.element_of}
     elif m.matches(iterable, m.Attribute(value=m.Name("self"))) and function.class_name is not None:
         code = facts.code(iterable)
-        values = [
-            site.statement.value
+        kinds = {
+            _kept_copies_of(site.statement.value)
             for site in facts.sites
             if site.function.class_name == function.class_name
             and isinstance(site.statement, cst.Assign)
             and any(facts.code(strip_parens(t.target)) == code for t in site.statement.targets)
-        ]
+        }
     else:
         return None
-    kinds = {_made_from(value) for value in values}
     return kinds.pop() if len(kinds) == 1 else None
 
 
-def _made_from(value: cst.BaseExpression) -> str | None:
+def _kept_copies_of(value: cst.BaseExpression) -> str | None:
     """`collection_kind`, also through a list comprehension over module tensors
-    (`[p.detach().clone() for p in model.parameters()]`)."""
+    (`self.shadow = [p.detach().clone() for p in model.parameters()]`): copies the class keeps
+    from call to call, as a model EMA's are."""
     value = strip_parens(value)
     if isinstance(value, cst.ListComp) and value.for_in.inner_for_in is None:
         return collection_kind(value.for_in.iter)

@@ -134,3 +134,33 @@ def test_the_guard_restores_values_written_through_data_and_rebound_attributes()
     assert model.average is average and model.linear.bias.shape == (3,)
     with caller_untouched(model), torch.no_grad():
         model.linear.weight.add_(0)  # written, but to the same values: nothing to report
+
+
+def test_meta_and_sparse_tensors_are_guarded_without_comparing_what_cannot_be() -> None:
+    meta = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).to("meta")
+    assert check_model(meta) == []
+    sparse = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    sparse.register_buffer("adjacency", torch.eye(4).to_sparse())
+    assert check_model(sparse) == [] and not transform(sparse).modified
+    with pytest.raises(CallerModelChanged):
+        with caller_untouched(sparse), torch.no_grad():
+            sparse.adjacency.copy_((2 * torch.eye(4)).to_sparse())
+    assert torch.equal(sparse.adjacency.to_dense(), torch.eye(4))
+
+
+class ReturnsTheGlobalsOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return GRADIENT_SINK.linear(x)
+
+
+GRADIENT_SINK = ReturnsTheGlobalsOutput()
+
+
+def test_gradients_written_into_the_caller_are_undone_and_reported() -> None:
+    with pytest.raises(CallerModelChanged, match="grad"):
+        audit_copy(GRADIENT_SINK, default_step((torch.randn(2, 3),)), train=True)
+    assert GRADIENT_SINK.linear.weight.grad is None
