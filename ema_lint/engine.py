@@ -157,7 +157,7 @@ def check_source(
         id(visitor): [d for d in visitor.diagnostics if not (honour_noqa and is_suppressed(d, comments))]
         for visitor in visitors
     }
-    # only a finding that is shown supersedes another (`# noqa: EMA301` leaves the EMA203)
+    # only a finding that is shown supersedes another (EMA301 suppressed by noqa leaves the EMA203)
     shown = [d for found in kept.values() for d in found]
     for visitor in visitors:
         result.diagnostics.extend(d for d in kept[id(visitor)] if not _superseded(d, visitor.SUPERSEDED_BY, shown))

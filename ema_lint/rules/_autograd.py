@@ -580,6 +580,23 @@ class _Collector(cst.BatchableCSTVisitor):
         bindings = self.function.bindings.get(name, ())
         return bool(bindings) and all(b.element_of or _constructed(b.value, self.function) for b in bindings)
 
+    def _steps_by_hand(self, call: cst.Call) -> bool:
+        """`torch.autograd.grad(loss, model.parameters())` ends a training step as
+        `loss.backward()` does: gradients of a module's parameters, with no graph kept. With
+        respect to other tensors (a trust region's distribution parameters, atom positions) or
+        with `create_graph=True` (a gradient penalty, an inner MAML step) it is part of
+        computing a loss."""
+        positional = [a.value for a in call.args if a.keyword is None and not a.star]
+        inputs = [a.value for a in call.args if a.keyword is not None and a.keyword.value == "inputs"] + positional[1:2]
+        if not inputs or _creates_graph(call):
+            return False
+        wrt = strip_parens(inputs[0])
+        if isinstance(wrt, cst.Name):
+            kinds = {collection_kind(b.value) for b in self.function.bindings.get(wrt.value, ()) if not b.element_of}
+        else:
+            kinds = {collection_kind(wrt)}
+        return bool(kinds) and kinds <= PARAMETER_SOURCES
+
     def _called(self, receiver: cst.BaseExpression) -> bool:
         """`receiver` (`model`, `self.engine`) was called earlier in this function: an object
         with a forward, such as the DeepSpeed engine of `model.backward(loss)`, not a tensor."""
@@ -620,8 +637,7 @@ class _Collector(cst.BatchableCSTVisitor):
             ):
                 parts.append(node.func.value)
             self._backpropagates(parts)
-        if name == "grad" and (dotted_text(node.func) or "").endswith("autograd.grad"):
-            # `torch.autograd.grad(loss, params)` backpropagates `loss` as `loss.backward()` does
+        if name == "grad" and (dotted_text(node.func) or "").endswith("autograd.grad") and self._steps_by_hand(node):
             outputs = [a.value for a in node.args if (a.keyword is None and not a.star) or (a.keyword and a.keyword.value == "outputs")]
             self._backpropagates(outputs[:1])
         stepping_helper = "step" in (name or "") and any(_optimizer_like(a.value) for a in node.args)
