@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from ema_lint import require_torch
 from ema_lint.config import SettingsResolver
 from ema_lint.engine import severity_at_least
 from ema_lint.render import FORMATS
@@ -63,6 +64,11 @@ def check_model_command(factory, train_mode, input_shapes, output_format, quiet,
     module_name, _, attribute = factory.partition(":")
     if not module_name or not attribute:
         raise click.UsageError("FACTORY must look like `package.module:function`")
+    try:
+        require_torch("check-model")
+    except ImportError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:

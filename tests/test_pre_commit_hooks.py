@@ -1,10 +1,10 @@
 """The pre-commit hooks in `.pre-commit-hooks.yaml`, through `pre-commit try-repo`.
 
 try-repo builds each hook environment from the package registry in a fresh store, so each
-run below installs ema-lint and torch into a new virtualenv (about a minute each). Two
-runs prove the whole path: the check hook fails and the fix hook rewrites, then both pass.
-`PIP_CONSTRAINT` holds the hook environment to the torch this suite runs on (the pinned
-CPU build), never a CUDA build from the registry; pip's log proves it did.
+run below installs ema-lint into a new virtualenv. Two runs prove the whole path: the check
+hook fails and the fix hook rewrites, then both pass. The linter needs no torch, so the hook
+environments get none (a torch install, CPU or CUDA, took minutes per environment); pip's
+log proves it. `PIP_CONSTRAINT` would still hold any torch to the suite's own build.
 """
 
 from __future__ import annotations
@@ -130,6 +130,7 @@ def test_check_fails_fix_rewrites_then_both_pass(tmp_path: Path, user_repository
     ), second.stdout + second.stderr
     assert (user_repository / "train.py").read_text() == FIXED
 
-    # one hook environment per run, each with exactly the suite's own torch build
-    installed_torch = re.findall(r"Successfully installed .*?\btorch-(\S+)", pip_log.read_text())
-    assert installed_torch == [torch.__version__, torch.__version__]
+    # one hook environment per run, each with ema-lint and without torch
+    installed = re.findall(r"Successfully installed (.*)", pip_log.read_text())
+    assert len([line for line in installed if "ema-lint" in line or "ema_lint" in line]) == 2, installed
+    assert not any(re.search(r"\btorch-", line) for line in installed), installed
