@@ -63,9 +63,15 @@ class EmaUpdateViaData(RecurrenceRule):
             loop = parameter_loop(facts, recurrence)
             fix = foreach_fix(self, facts, loop, safe_when_wrapped=True) if loop is not None else None
             state = one_line(module, strip_parens(recurrence.state))
+            site = recurrence.site
+            remedy = (
+                "drop `.data`: the update already runs under `torch.no_grad()`"
+                if site.grad_off or site.function.grad_free
+                else "update under `torch.no_grad()` instead"
+            )
             self.report(
                 recurrence.statement,
-                f"EMA update writes `{state}`, which bypasses autograd's version checks; update under `torch.no_grad()` instead",
+                f"EMA update writes `{state}`, which bypasses autograd's version checks; {remedy}",
                 fix=fix,
             )
 
