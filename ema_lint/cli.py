@@ -95,6 +95,25 @@ def standard_input_file(paths: Sequence[str], stdin_filename: str | None) -> Sou
     return None
 
 
+def open_workspace(paths, select, ignore, extend_select, config, stdin_filename) -> tuple[Workspace, SourceFile | None]:
+    """The workspace `check` and `fix` work in, from their shared options, and the file read
+    from standard input if any; its warnings go to stderr."""
+    config_file, overrides = config
+    stdin = standard_input_file(paths, stdin_filename)
+    workspace = Workspace.open(
+        paths,
+        select=select,
+        ignore=ignore,
+        extend_select=extend_select,
+        config_path=config_file,
+        overrides=overrides,
+        stdin=stdin,
+    )
+    for warning in workspace.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return workspace, stdin
+
+
 def use_colour() -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
@@ -212,19 +231,7 @@ def check(
     cache_dir,
 ) -> None:
     """Check PATHS (default: the current folder) without importing or running them."""
-    config_file, overrides = config
-    stdin = standard_input_file(paths, stdin_filename)
-    workspace = Workspace.open(
-        paths,
-        select=select,
-        ignore=ignore,
-        extend_select=extend_select,
-        config_path=config_file,
-        overrides=overrides,
-        stdin=stdin,
-    )
-    for warning in workspace.warnings:
-        click.echo(f"warning: {warning}", err=True)
+    workspace, stdin = open_workspace(paths, select, ignore, extend_select, config, stdin_filename)
     jobs = jobs or os.cpu_count() or 1
     cache = None if no_cache or stdin is not None else workspace.cache(cache_dir)
     show_progress = (

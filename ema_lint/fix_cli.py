@@ -22,14 +22,13 @@ from ema_lint.cli import (
     _styler,
     main,
     selection_options,
-    standard_input_file,
+    open_workspace,
     stdin_option,
     use_colour,
 )
 from ema_lint.fix_run import FileFix, fix_files, unified_diff, why_not_fixed
 from ema_lint.fixer import is_applicable
 from ema_lint.render import render_text
-from ema_lint.workspace import Workspace
 
 
 @contextlib.contextmanager
@@ -68,19 +67,7 @@ def fix_command(paths, select, ignore, extend_select, config, stdin_filename, wr
     """Fix PATHS (default: the current folder): show a unified diff, or apply it with --write.
     From standard input (`-`, or --stdin-filename), --write prints the fixed source instead,
     and what remains goes to standard error, as in ruff."""
-    config_file, overrides = config
-    stdin = standard_input_file(paths, stdin_filename)
-    workspace = Workspace.open(
-        paths,
-        select=select,
-        ignore=ignore,
-        extend_select=extend_select,
-        config_path=config_file,
-        overrides=overrides,
-        stdin=stdin,
-    )
-    for warning in workspace.warnings:
-        click.echo(f"warning: {warning}", err=True)
+    workspace, stdin = open_workspace(paths, select, ignore, extend_select, config, stdin_filename)
     with _signals_unwind():
         outcomes = fix_files(
             workspace.files,
