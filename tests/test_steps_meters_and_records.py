@@ -252,3 +252,22 @@ def test_autograd_grad_backpropagates_its_outputs_like_backward() -> None:
             return grads
     """
     assert _lines("EMA202", source) == [10]
+
+
+def test_a_method_on_a_computed_value_carries_that_value_s_graph() -> None:
+    source = """
+    import torch
+    from torch import nn
+
+    def train(model, loader, optimizer):
+        per_variable = torch.zeros(4)
+        for x, y in loader:
+            criterion = nn.MSELoss(reduction="none")
+            out = model(x)
+            loss_per_var = criterion(out, y).mean(dim=0)
+            total = loss_per_var.mean()
+            total.backward()
+            optimizer.step()
+            per_variable += loss_per_var
+    """
+    assert _lines("EMA202", source) == [14]

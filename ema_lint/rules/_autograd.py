@@ -1025,25 +1025,29 @@ class FileFacts:
             return False  # `batch = next(loader_iter)` fetches data
         if _constructed(value, function):
             return False  # `model = Net(...).to(device)`, `torch.LongTensor(labels)`: no recorded op
-        arguments = [strip_parens(a.value) for a in value.args]
         if attribute_name(value.func) in CONFIGURATION_CALLS:
             return False
-        if isinstance(value.func, cst.Attribute) and self._tensor_receiver(strip_parens(value.func.value), name, function):
-            # `criterion(out, y).mean(dim=0)`: the tensor the method runs on, not only its options
-            arguments.append(strip_parens(value.func.value))
+        arguments = self._call_inputs(value, name, function)
         if arguments and all(self._inert(a, function, {name}) for a in arguments):
             return False
         return not any(_leaves_torch(a) for a in arguments)
 
     @staticmethod
-    def _tensor_receiver(receiver: cst.BaseExpression, name: str, function: Function) -> bool:
-        """Whether the receiver of a method call bound to `name` is a value the call computes
-        from: not the name's own earlier value (`ce = ce.mean()` is judged as it was), not a
-        module the function calls (`model.kl_loss()`), not an imported module (`tyro.cli`)."""
-        if not isinstance(receiver, cst.Name):
-            return True
-        local = receiver.value in function.bindings or receiver.value in function.params
-        return local and receiver.value != name and receiver.value not in function.objects
+    def _call_inputs(call: cst.Call, name: str, function: Function) -> list[cst.BaseExpression]:
+        """What a call bound to `name` computes from: its arguments, and the value a method runs
+        on (`criterion(out, y).mean(dim=0)`), but not the name's own earlier value (`ce =
+        ce.mean()` is judged as it was), a module the function calls (`model.kl_loss()`) or an
+        imported module (`tyro.cli(Args)`)."""
+        inputs = [strip_parens(a.value) for a in call.args]
+        if isinstance(call.func, cst.Attribute):
+            receiver = strip_parens(call.func.value)
+            if not isinstance(receiver, cst.Name) or (
+                (receiver.value in function.bindings or receiver.value in function.params)
+                and receiver.value != name
+                and receiver.value not in function.objects
+            ):
+                inputs.append(receiver)
+        return inputs
 
     def _numpy_valued(self, node: cst.BaseExpression, function: Function, seen: set[str]) -> bool:
         """`x.cpu().numpy()`, `np.array(...)`, or a local name bound only to such values."""
@@ -1093,7 +1097,7 @@ class FileFacts:
                     self._inert(binding.value, scope, seen)
                     or (
                         isinstance(strip_parens(binding.value), cst.Call)
-                        and all(self._inert(a.value, scope, seen) for a in strip_parens(binding.value).args)
+                        and all(self._inert(v, scope, seen) for v in self._call_inputs(strip_parens(binding.value), node.value, scope))
                     )
                 )
                 for binding in bindings
