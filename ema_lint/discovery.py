@@ -203,10 +203,17 @@ def _is_virtualenv(folder: str) -> bool:
 
 
 def discover(
-    paths: list[str], excluded_in: Callable[[str], Sequence[IgnorePattern]] = lambda folder: ()
+    paths: list[str],
+    excluded_in: Callable[[str], Sequence[IgnorePattern]] = lambda folder: (),
+    *,
+    respect_gitignore: bool = True,
+    force_exclude: bool = False,
 ) -> tuple[list[SourceFile], list[Diagnostic]]:
     """The files to check under `paths`; `excluded_in(folder)`: the `exclude` patterns of
-    the configuration that governs `folder`."""
+    the configuration that governs `folder`. A file named in `paths` is checked even when
+    excluded, unless `force_exclude` (ruff's `--force-exclude`, for pre-commit)."""
+    gitignores = read_gitignore if respect_gitignore else lambda folder: []
+    ancestor_gitignores = _ancestor_gitignores if respect_gitignore else lambda folder: []
     files: dict[str, SourceFile] = {}
     problems: list[Diagnostic] = []
     walked: set[str] = set()
@@ -229,7 +236,7 @@ def discover(
         if real in walked:
             return
         walked.add(real)
-        patterns = patterns + read_gitignore(folder)
+        patterns = patterns + gitignores(folder)
         excluded = excluded_in(folder)
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -254,11 +261,22 @@ def discover(
             elif entry.name.endswith((".py", NOTEBOOK_SUFFIX)):
                 add(entry.path, module_root)
 
+    def excluded_by_force(path: str) -> bool:
+        """The file, or a folder above it, is one a walk of its tree would skip."""
+        folder = os.path.abspath(os.path.dirname(path) or ".")
+        patterns = ancestor_gitignores(folder) + gitignores(folder) + list(excluded_in(folder))
+        candidates, current = [(os.path.abspath(path), False)], folder
+        while os.path.dirname(current) != current:
+            candidates.append((current, True))
+            current = os.path.dirname(current)
+        return any(is_ignored(candidate, is_folder, patterns) for candidate, is_folder in candidates)
+
     for path in paths:
         if os.path.isdir(path):
-            walk(path, _package_root(path), _ancestor_gitignores(path))
+            walk(path, _package_root(path), ancestor_gitignores(path))
         elif os.path.lexists(path):
-            add(path, _package_root(os.path.dirname(path) or "."))
+            if not (force_exclude and excluded_by_force(path)):
+                add(path, _package_root(os.path.dirname(path) or "."))
         else:
             problems.append(tool_diagnostic("EMA004", os.path.normpath(path), "cannot read: no such file or folder"))
     return sorted(files.values(), key=lambda f: f.path), problems

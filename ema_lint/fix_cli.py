@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Callable
 
 import click
 
@@ -20,12 +21,14 @@ from ema_lint.cli import (
     _display_order,
     _read_lines,
     _styler,
+    discovery_options,
     main,
     selection_options,
     open_workspace,
     stdin_option,
     use_colour,
 )
+from ema_lint.workspace import DiscoveryOptions, Workspace
 from ema_lint.fix_run import FileFix, fix_files, unified_diff, why_not_fixed
 from ema_lint.fixer import is_applicable
 from ema_lint.render import render_text
@@ -54,6 +57,7 @@ def _signals_unwind():
 @main.command("fix")
 @click.argument("paths", nargs=-1, type=click.Path())
 @selection_options
+@discovery_options
 @stdin_option
 @click.option(
     "--write",
@@ -63,30 +67,31 @@ def _signals_unwind():
 @click.option("--unsafe-fixes", is_flag=True, help="Also apply fixes that may change numerics or gradient flow.")
 @click.option("-q", "--quiet", is_flag=True, help="Print diffs and findings only, no summary.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help="Worker processes (default: CPU count).")
-def fix_command(paths, select, ignore, extend_select, config, stdin_filename, write, unsafe_fixes, quiet, jobs) -> None:
+def fix_command(
+    paths,
+    select,
+    ignore,
+    extend_select,
+    config,
+    extend_exclude,
+    force_exclude,
+    no_respect_gitignore,
+    stdin_filename,
+    write,
+    unsafe_fixes,
+    quiet,
+    jobs,
+) -> None:
     """Fix PATHS (default: the current folder): show a unified diff, or apply it with --write.
     From standard input (`-`, or --stdin-filename), --write prints the fixed source instead,
     and what remains goes to standard error, as in ruff."""
-    workspace, stdin = open_workspace(paths, select, ignore, extend_select, config, stdin_filename)
-    with _signals_unwind():
-        outcomes = fix_files(
-            workspace.files,
-            workspace.rules,
-            unsafe=unsafe_fixes,
-            write=write and stdin is None,
-            keep=workspace.keep,
-            jobs=jobs or os.cpu_count() or 1,
-            roots=[stdin.path] if stdin is not None else paths or ["."],
-        )
+    discovery = DiscoveryOptions(extend_exclude, not no_respect_gitignore, force_exclude)
+    workspace, stdin = open_workspace(paths, select, ignore, extend_select, config, stdin_filename, discovery)
+    roots = [stdin.path] if stdin is not None else paths or ["."]
+    outcomes = _fix(workspace, stdin, write=write, unsafe=unsafe_fixes, jobs=jobs or os.cpu_count() or 1, roots=roots)
     style = _styler(use_colour())
     if write and stdin is not None:
-        sys.stdout.buffer.write(outcomes[0].fixed if outcomes[0].error is None else outcomes[0].source)
-        sys.stdout.flush()
-        remaining = workspace.keep([*workspace.problems, *outcomes[0].remaining])
-        click.echo(render_text(sorted(remaining, key=_display_order), show_source=False, read_lines=_read_lines, style=style), nl=False, err=True)
-        if outcomes[0].skipped is not None:
-            click.echo(f"{style('skipped', fg='yellow', bold=True)}: {outcomes[0].skipped}", err=True)
-        sys.exit(2 if outcomes[0].error is not None else 1 if any(workspace.fails(d) for d in remaining) else 0)
+        sys.exit(_print_fixed_stdin(workspace, outcomes[0]))
     if not write:
         for outcome in outcomes:
             if outcome.changed:
@@ -109,6 +114,93 @@ def fix_command(paths, select, ignore, extend_select, config, stdin_filename, wr
     failing = [d for d in remaining if workspace.fails(d)]
     pending = not write and any(outcome.changed for outcome in outcomes)
     sys.exit(1 if failing or pending else 0)
+
+
+def _fix(workspace: Workspace, stdin, *, write: bool, unsafe: bool, jobs: int, roots) -> list[FileFix]:
+    with _signals_unwind():
+        return fix_files(
+            workspace.files,
+            workspace.rules,
+            unsafe=unsafe,
+            write=write and stdin is None,
+            keep=workspace.keep,
+            jobs=jobs,
+            roots=roots,
+        )
+
+
+def _print_fixed_stdin(workspace: Workspace, outcome: FileFix) -> int:
+    """ruff's contract for fixing standard input: the fixed source on standard output, what
+    remains on standard error. Returns the exit code."""
+    style = _styler(use_colour())
+    sys.stdout.buffer.write(outcome.fixed if outcome.error is None else outcome.source)
+    sys.stdout.flush()
+    remaining = workspace.keep([*workspace.problems, *outcome.remaining])
+    click.echo(render_text(sorted(remaining, key=_display_order), show_source=False, read_lines=_read_lines, style=style), nl=False, err=True)
+    if outcome.skipped is not None:
+        click.echo(f"{style('skipped', fg='yellow', bold=True)}: {outcome.skipped}", err=True)
+    return 2 if outcome.error is not None else 1 if any(workspace.fails(d) for d in remaining) else 0
+
+
+def fix_in_check(
+    workspace: Workspace,
+    stdin,
+    *,
+    write: bool,
+    unsafe: bool,
+    jobs: int,
+    roots,
+    report: Callable[[list], None],
+    show_fixes: bool,
+    exit_zero: bool,
+    exit_non_zero_on_fix: bool,
+) -> int:
+    """`check --fix` (write, then `report` what remains) and `check --diff` (print the diff
+    only), as ruff. Returns the exit code."""
+    from ema_lint.cli import RUN_FAILURE_CODES
+
+    outcomes = _fix(workspace, stdin, write=write, unsafe=unsafe, jobs=jobs, roots=roots)
+    if write and stdin is not None:
+        return _print_fixed_stdin(workspace, outcomes[0])
+    errors = [outcome for outcome in outcomes if outcome.error is not None]
+    for outcome in errors:
+        click.echo(f"error: {os.path.relpath(outcome.path)}: {outcome.error}", err=True)
+    if not write:
+        for outcome in outcomes:
+            if outcome.changed:
+                click.echo(unified_diff(os.path.relpath(outcome.path), outcome.source, outcome.fixed), nl=False)
+        pending = sum(sum(outcome.applied.values()) for outcome in outcomes)
+        if pending:
+            click.echo(f"Would fix {pending} finding{'' if pending == 1 else 's'}.", err=True)
+        return 2 if errors else 1 if pending else 0
+    remaining = sorted(
+        workspace.keep([*workspace.problems, *(d for outcome in outcomes for d in outcome.remaining)]),
+        key=_display_order,
+    )
+    report(remaining)
+    if show_fixes:
+        click.echo(applied_fixes(outcomes), nl=False)
+    if errors or any(d.code in RUN_FAILURE_CODES for d in remaining):
+        return 2
+    applied = any(outcome.applied for outcome in outcomes)
+    failing = not exit_zero and any(workspace.fails(d) for d in remaining)
+    return 1 if failing or (exit_non_zero_on_fix and applied) else 0
+
+
+def applied_fixes(outcomes: list[FileFix]) -> str:
+    """ruff's `--show-fixes` list: per file, how many of each code were fixed."""
+    from ema_lint.registry import rule_for
+
+    fixed = [outcome for outcome in outcomes if outcome.applied]
+    if not fixed:
+        return ""
+    total = sum(sum(outcome.applied.values()) for outcome in fixed)
+    lines = [f"\nFixed {_count(total, 'finding')}:\n"]
+    for outcome in fixed:
+        lines.append(f"- {os.path.relpath(outcome.path)}:\n")
+        for code, count in sorted(outcome.applied.items()):
+            lines.append(f"    {count} × {code} ({rule_for(code).name})\n")
+    return "".join(lines)
 
 
 def _left(outcome: FileFix, write: bool, unsafe: bool):

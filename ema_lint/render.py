@@ -1,5 +1,6 @@
-"""Diagnostics as text (optionally with code frames), concise lines, JSON, SARIF 2.1.0 and
-GitHub Actions workflow commands. Pure functions from data to strings."""
+"""Diagnostics for people: text (optionally with code frames), full, concise and grouped
+lines, the summary and per-code statistics. Pure functions from data to strings; the formats
+other tools read are in `report_formats`."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ import os
 import re
 from typing import Callable, Sequence
 
-from ema_lint import __version__
 from ema_lint.diagnostics import Applicability, Diagnostic, Severity
-from ema_lint.registry import TOOL_CODES, rule_for, tool_code
+from ema_lint.report_formats import RENDERERS
 
-FORMATS = ("text", "concise", "json", "sarif", "github")
+FORMATS = ("text", "full", "concise", "grouped", *RENDERERS)
 _COLOURS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
 
@@ -95,13 +95,46 @@ def _code_frame(d: Diagnostic, lines: list[str] | None, style) -> str:
     return "".join(frame)
 
 
-def render_summary(diagnostics: Sequence[Diagnostic], *, statistics: bool) -> str:
+def render_grouped(diagnostics: Sequence[Diagnostic]) -> str:
+    """Findings under their file's name, as ruff's `grouped` format."""
     out = []
-    if statistics:
-        counts = collections.Counter((d.code, d.name) for d in diagnostics)
-        fixable = collections.Counter(d.code for d in diagnostics if d.fixable)
-        for (code, name), count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
-            out.append(f"{count:>5}\t{code}\t{'[*]' if fixable[code] else '   '}\t{name}\n")
+    by_file: dict[str, list[Diagnostic]] = {}
+    for d in diagnostics:
+        by_file.setdefault(d.path, []).append(d)
+    for path, found in by_file.items():
+        out.append(f"{printable(_relative(path), newline=True)}:\n")
+        for d in found:
+            cell = f"cell {d.cell}:" if d.cell is not None else ""
+            out.append(f"  {cell}{d.start.line}:{d.start.column} {d.code} {_marker(d)}{printable(d.message)}\n")
+        out.append("\n")
+    return "".join(out)
+
+
+def _per_code(diagnostics: Sequence[Diagnostic]) -> list[tuple[str, str, int, int]]:
+    """(code, name, count, fixable count), most frequent first."""
+    counts = collections.Counter((d.code, d.name) for d in diagnostics)
+    fixable = collections.Counter(d.code for d in diagnostics if d.fixable)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [(code, name, count, fixable[code]) for (code, name), count in ranked]
+
+
+def render_statistics(diagnostics: Sequence[Diagnostic]) -> str:
+    """The per-code counts `--statistics` prints instead of the findings."""
+    return "".join(
+        f"{count:>5}\t{code}\t{'[*]' if fixable else '   '}\t{name}\n" for code, name, count, fixable in _per_code(diagnostics)
+    )
+
+
+def render_statistics_json(diagnostics: Sequence[Diagnostic]) -> str:
+    records = [
+        {"code": code, "name": name, "count": count, "fixable": bool(fixable), "fixable_count": fixable}
+        for code, name, count, fixable in _per_code(diagnostics)
+    ]
+    return json.dumps(records, indent=2) + "\n"
+
+
+def render_summary(diagnostics: Sequence[Diagnostic]) -> str:
+    out = []
     if diagnostics:
         plural = "s" if len(diagnostics) != 1 else ""
         out.append(f"Found {len(diagnostics)} finding{plural}.\n")
@@ -113,151 +146,4 @@ def render_summary(diagnostics: Sequence[Diagnostic], *, statistics: bool) -> st
             out.append(f"{unsafe} more fixable with `ema-lint fix --write --unsafe-fixes`.\n")
     else:
         out.append("All checks passed!\n")
-    return "".join(out)
-
-
-def _as_dict(d: Diagnostic) -> dict:
-    fix = None
-    if d.fix is not None:
-        fix = {
-            "title": d.fix.title,
-            "applicability": d.fix.applicability.value,
-            "edits": [
-                {
-                    "location": {"row": e.start.line, "column": e.start.column},
-                    "end_location": {"row": e.end.line, "column": e.end.column},
-                    "content": e.content,
-                }
-                for e in d.fix.edits
-            ],
-            "imports": [{"module": i.module, "name": i.name} for i in d.fix.imports],
-        }
-    return {
-        "code": d.code,
-        "name": d.name,
-        "message": d.message,
-        "severity": d.severity.value,
-        "filename": d.path,
-        "location": {"row": d.start.line, "column": d.start.column},
-        "end_location": {"row": d.end.line, "column": d.end.column},
-        "cell": d.cell,
-        "module": d.module,
-        "fix": fix,
-        "notes": list(d.notes),
-    }
-
-
-def render_json(diagnostics: Sequence[Diagnostic]) -> str:
-    return json.dumps([_as_dict(d) for d in diagnostics], indent=2) + "\n"
-
-
-def _describe(code: str) -> tuple[str, str, Severity]:
-    rule = rule_for(code)
-    if rule is not None:
-        return rule.name, rule.summary, rule.severity
-    tool = tool_code(code)
-    return tool.name, tool.summary, tool.severity
-
-
-_SARIF_LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
-
-
-def render_sarif(diagnostics: Sequence[Diagnostic], root: str) -> str:
-    from ema_lint.registry import SOURCE_RULES
-
-    codes = [r.code for r in SOURCE_RULES] + [t.code for t in TOOL_CODES]
-    codes = sorted(set(codes) | {d.code for d in diagnostics})
-    index = {code: i for i, code in enumerate(codes)}
-    rules = []
-    for code in codes:
-        name, summary, severity = _describe(code)
-        rules.append(
-            {
-                "id": code,
-                "name": name,
-                "shortDescription": {"text": summary},
-                "fullDescription": {"text": summary},
-                "help": {"text": f"Run `ema-lint rule {code}` for details."},
-                "defaultConfiguration": {"level": _SARIF_LEVEL[severity]},
-            }
-        )
-    results = []
-    for d in diagnostics:
-        uri = os.path.relpath(os.path.abspath(d.path), root).replace(os.sep, "/")
-        result = {
-            "ruleId": d.code,
-            "ruleIndex": index[d.code],
-            "level": _SARIF_LEVEL[d.severity],
-            "message": {"text": d.message},
-            "locations": [
-                {
-                    "physicalLocation": {
-                        "artifactLocation": {"uri": uri, "uriBaseId": "%SRCROOT%"},
-                        "region": {
-                            "startLine": d.start.line,
-                            "startColumn": d.start.column,
-                            "endLine": max(d.end.line, d.start.line),
-                            "endColumn": max(d.end.column, d.start.column),
-                        },
-                    }
-                }
-            ],
-        }
-        properties = {key: value for key, value in (("module", d.module), ("cell", d.cell)) if value is not None}
-        if properties:
-            result["properties"] = properties
-        results.append(result)
-    document = {
-        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
-        "version": "2.1.0",
-        "runs": [
-            {
-                "tool": {
-                    "driver": {
-                        "name": "ema-lint",
-                        "version": __version__,
-                        "informationUri": "https://pypi.org/project/ema-lint/",
-                        "rules": rules,
-                    }
-                },
-                "originalUriBaseIds": {"%SRCROOT%": {"uri": _file_uri(root)}},
-                "results": results,
-            }
-        ],
-    }
-    return json.dumps(document, indent=2) + "\n"
-
-
-def _file_uri(folder: str) -> str:
-    return "file://" + os.path.abspath(folder).replace(os.sep, "/").rstrip("/") + "/"
-
-
-def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _escape_property(text: str) -> str:
-    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
-_GITHUB_COMMAND = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
-
-
-def render_github(diagnostics: Sequence[Diagnostic]) -> str:
-    out = []
-    for d in diagnostics:
-        path = _relative(d.path)
-        # a notebook's lines are not lines of its JSON file: such a finding names the file only
-        position = () if d.cell is not None else (
-            ("line", d.start.line),
-            ("col", d.start.column),
-            ("endLine", d.end.line),
-            ("endColumn", d.end.column),
-        )
-        properties = ",".join(
-            f"{key}={_escape_property(str(value))}"
-            for key, value in (("title", f"ema-lint ({d.code})"), ("file", path), *position)
-        )
-        message = _escape_data(f"{_where(d)}: {d.code} {d.message}")
-        out.append(f"::{_GITHUB_COMMAND[d.severity]} {properties}::{message}\n")
     return "".join(out)

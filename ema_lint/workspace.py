@@ -33,6 +33,17 @@ class Selection:
         return chosen, (*settings.ignore, *self.ignore)
 
 
+@dataclass(frozen=True)
+class DiscoveryOptions:
+    """The command line's say in which files are checked (ruff's flags of the same names)."""
+
+    # gitignore-style patterns relative to the current folder, on top of each configuration's
+    extend_exclude: tuple[str, ...] = ()
+    respect_gitignore: bool = True
+    # apply exclusions to files named on the command line too (pre-commit passes every file)
+    force_exclude: bool = False
+
+
 @dataclass
 class Workspace:
     resolver: SettingsResolver
@@ -54,24 +65,35 @@ class Workspace:
         config_path: str | None = None,
         overrides: dict | None = None,
         stdin: SourceFile | None = None,
+        discovery: "DiscoveryOptions | None" = None,
     ) -> "Workspace":
         """The workspace of `paths` (default: the current folder), or of the one file `stdin`
         (`standard_input`), which no `exclude` or gitignore pattern leaves out, as in ruff."""
+        discovery = discovery or DiscoveryOptions()
         paths = [stdin.path] if stdin is not None else list(paths) or ["."]
         resolver = SettingsResolver(config_path, overrides)
         selection = Selection(tuple(select), tuple(ignore), tuple(extend_select))
         excludes: dict[str | None, list[IgnorePattern]] = {}
-        exclude_problems: list[Diagnostic] = []
+        command_line_excludes, exclude_problems = exclude_patterns(os.getcwd(), discovery.extend_exclude)
 
         def excluded_in(folder: str) -> list[IgnorePattern]:
             settings = resolver.for_folder(folder)
             if settings.config_path not in excludes:
                 patterns, problems = exclude_patterns(settings.root, settings.exclude)
-                excludes[settings.config_path] = patterns
+                excludes[settings.config_path] = patterns + command_line_excludes
                 exclude_problems.extend(problems)
             return excludes[settings.config_path]
 
-        files, problems = ([stdin], []) if stdin is not None else discover(paths, excluded_in)
+        files, problems = (
+            ([stdin], [])
+            if stdin is not None
+            else discover(
+                paths,
+                excluded_in,
+                respect_gitignore=discovery.respect_gitignore,
+                force_exclude=discovery.force_exclude,
+            )
+        )
         for file in files:
             resolver.for_path(file.path)
         used = resolver.used

@@ -35,7 +35,7 @@ def test_colour_frame_marks_code_and_carets() -> None:
 
 def test_unknown_rule_code_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["rule", "EMA999"])
-    assert result.exit_code == 2 and "unknown code 'EMA999'" in result.output
+    assert result.exit_code == 2 and "unknown code or name 'EMA999'" in result.output
 
 
 def test_rule_all_lists_tool_codes() -> None:

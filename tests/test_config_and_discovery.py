@@ -84,7 +84,8 @@ def test_bad_config_is_a_diagnostic_and_the_run_goes_on(tmp_path: Path, monkeypa
     (tmp_path / "bad.py").write_text("def f(:\n")
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["check", "--no-cache", "--output-format", "concise", "-q"])
-    assert result.exit_code == 1
+    # the run goes on, and exits 2 as ruff does on a configuration error
+    assert result.exit_code == 2
     assert result.output.splitlines() == [
         "bad.py:1:7: EMA001 cannot parse: invalid syntax",
         "pyproject.toml:5:1: EMA002 `select` must be a list of strings",
@@ -100,7 +101,7 @@ def test_invalid_toml_is_reported_with_its_line(tmp_path: Path, monkeypatch) -> 
     (tmp_path / "ok.py").write_text("x = 1\n")
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["check", "--no-cache", "--output-format", "concise", "-q"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.output.startswith("pyproject.toml:") and "EMA002 invalid TOML" in result.output
 
 

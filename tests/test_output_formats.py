@@ -44,10 +44,9 @@ def test_text_with_source_frame(project: Path) -> None:
     )
 
 
-def test_concise_and_statistics(project: Path) -> None:
+def test_statistics_replace_the_findings(project: Path) -> None:
     result = _run("--output-format", "concise", "--statistics")
     assert result.output == (
-        "pkg/broken.py:2:7: EMA001 cannot parse: invalid syntax\n"
         "    1\tEMA001\t   \tsyntax-error\n"
         "Found 1 finding.\n"
     )
@@ -88,16 +87,23 @@ def test_sarif_has_the_shape_code_scanning_accepts(project: Path) -> None:
     driver = run["tool"]["driver"]
     assert driver["name"] == "ema-lint" and driver["version"]
     ids = [rule["id"] for rule in driver["rules"]]
-    assert ids == sorted(set(ids)) and "EMA001" in ids
+    assert ids == sorted(set(ids)) and "EMA202" in ids
     for rule in driver["rules"]:
         assert rule["shortDescription"]["text"] and rule["defaultConfiguration"]["level"] in ("error", "warning", "note")
-    (result,) = run["results"]
-    assert result["ruleId"] == "EMA001" and ids[result["ruleIndex"]] == "EMA001"
-    assert result["level"] == "error" and result["message"]["text"] == "cannot parse: invalid syntax"
-    (location,) = result["locations"]
+        assert rule["help"]["markdown"].startswith(f"# {rule['name']} ({rule['id']})")
+    # an unparsable file is the tool's problem, not a finding about the code
+    assert run["results"] == []
+    (invocation,) = run["invocations"]
+    assert invocation["executionSuccessful"] is True
+    (notification,) = invocation["toolExecutionNotifications"]
+    descriptors = [n["id"] for n in driver["notifications"]]
+    assert descriptors[notification["descriptor"]["index"]] == notification["descriptor"]["id"] == "EMA001"
+    assert notification["level"] == "error" and notification["message"]["text"] == "cannot parse: invalid syntax"
+    (location,) = notification["locations"]
     physical = location["physicalLocation"]
     assert physical["artifactLocation"] == {"uri": "pkg/broken.py", "uriBaseId": "%SRCROOT%"}
     assert physical["region"] == {"startLine": 2, "startColumn": 7, "endLine": 2, "endColumn": 7}
+    assert run["columnKind"] == "unicodeCodePoints"
     assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"].startswith("file:///")
 
 
@@ -115,10 +121,10 @@ def test_exit_codes(project: Path) -> None:
 
 def test_github_escapes_properties_and_data() -> None:
     from ema_lint.diagnostics import Diagnostic, Location, Severity
-    from ema_lint.render import render_github
+    from ema_lint.report_formats import render_github
 
     d = Diagnostic("EMA001", "syntax-error", "100% bad\nline", "a,b:c.py", Location(1, 1), Location(1, 2), Severity.WARNING)
-    assert render_github([d]) == (
+    assert render_github([d], ".") == (
         "::warning title=ema-lint (EMA001),file=a%2Cb%3Ac.py,line=1,col=1,endLine=1,endColumn=2"
         "::a,b:c.py:1:1: EMA001 100%25 bad%0Aline\n"
     )
