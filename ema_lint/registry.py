@@ -15,6 +15,7 @@ from ema_lint.rules.batchnorm_in_checkpoint import BatchnormInCheckpoint
 from ema_lint.rules.ema_update_in_python_loop import EmaUpdateInPythonLoop
 from ema_lint.rules.ema_update_keeps_graph import EmaUpdateKeepsGraph
 from ema_lint.rules.ema_update_via_data import EmaUpdateViaData
+from ema_lint.rules.graph_kept_after_step import GraphKeptAfterStep
 from ema_lint.rules.loss_accumulated_with_graph import LossAccumulatedWithGraph
 from ema_lint.rules.momentum_correction_workaround import MomentumCorrectionWorkaround
 from ema_lint.rules.stateful_module_in_checkpoint import StatefulModuleInCheckpoint
@@ -45,6 +46,7 @@ SOURCE_RULES: tuple[type[Rule], ...] = (
     EmaUpdateKeepsGraph,
     LossAccumulatedWithGraph,
     EmaUpdateViaData,
+    GraphKeptAfterStep,
     EmaUpdateInPythonLoop,
 )
 

@@ -208,6 +208,11 @@ class _Iteration:
             call = statement.value
             parts: list[cst.BaseExpression] = []
             node: cst.BaseExpression = call
+            if _discarded_tail(call):
+                # `e.data.mul_(d).add(p.data, alpha=1 - d)`: the tail's result is thrown away (a
+                # bug that leaves only the decay), but the loop is still an EMA walked per tensor
+                parts.extend(_Scale(a.value) if _scales(call, a) else a.value for a in call.args)
+                node = strip_parens(call.func.value)
             while isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value in IN_PLACE_METHODS:
                 parts.extend(_Scale(a.value) if _scales(node, a) else a.value for a in node.args)
                 node = strip_parens(node.func.value)
@@ -250,7 +255,7 @@ class _Iteration:
         node, _ = _bare(node)
         if isinstance(node, cst.Name):
             if node.value in self.loop_names:
-                return node.value
+                return self._value_of_items(node.value) or node.value
             if depth < 3:
                 for binding in self.site.function.bindings.get(node.value, ()):
                     if binding.element_of or not binding.loops:
@@ -273,6 +278,20 @@ class _Iteration:
             inner = self._per_iteration(node.value, depth)
             return None if inner is None else f"{inner}.{node.attr.value}"
         return None
+
+    def _value_of_items(self, name: str) -> str | None:
+        """`d[]` for `v` of `for k, v in d.items()`: the value and `d[k]` are one tensor
+        (`for k, v in cur.items(): cur[k].copy_(a * v + (1 - a) * last[k])`)."""
+        loop = self.loop_names[name]
+        iterable, target = strip_parens(loop.iter), loop.target
+        if not (
+            m.matches(iterable, m.Call(func=m.Attribute(attr=m.Name("items")), args=[]))
+            and isinstance(target, cst.Tuple)
+            and len(target.elements) == 2
+            and m.matches(target.elements[1].value, m.Name(name))
+        ):
+            return None
+        return self.facts.code(iterable.func.value) + "[]"
 
     def _in_optimizer(self) -> bool:
         """An optimizer's loop: in a class named or derived like one, in a function taking
@@ -436,6 +455,18 @@ def _scales(call: cst.Call, argument: cst.Arg) -> bool:
     if method in ("add_", "sub_") and len(positional) == 2:
         return argument is positional[0]
     return method == "lerp_" and len(positional) == 2 and argument is positional[1]
+
+
+def _discarded_tail(call: cst.Call) -> bool:
+    """An out-of-place step chained onto an in-place one, as a statement: `e.mul_(d).add(p)`."""
+    if not (isinstance(call.func, cst.Attribute) and call.func.attr.value in ARITHMETIC_CALLS - IN_PLACE_METHODS):
+        return False
+    receiver = strip_parens(call.func.value)
+    return (
+        isinstance(receiver, cst.Call)
+        and isinstance(receiver.func, cst.Attribute)
+        and receiver.func.attr.value in IN_PLACE_METHODS
+    )
 
 
 def _is_helper_call(node: cst.BaseExpression) -> bool:

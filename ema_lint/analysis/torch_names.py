@@ -119,7 +119,11 @@ MODULE_OWN_ATTRIBUTES = frozenset({"training", "_modules", "_parameters", "_buff
 # ...`), name metrics and counts, and name gradient norms (measured from `.grad`): values so
 # named hold no autograd history by convention.
 LOGGING_NAME = re.compile(r"logs?|log_dict|log_vars|logging_outputs?|metrics?|infos?|stats|extras?")
-METRIC_NAME = re.compile(r"(\w+_)?([a-z]{0,2}acc\w*|correct\w*|top\d+\w*|precision|recall|f1\w*|masks?|n|counts?|ntokens|tokens)")
+# evaluation metrics that no one differentiates (`eer` from scipy, `bleu`, `auc`): numbers
+METRIC_NAME = re.compile(
+    r"(\w+_)?([a-z]{0,2}acc\w*|correct\w*|top\d+\w*|precision|recall|f1\w*|masks?|n|counts?|ntokens|tokens"
+    r"|eer|auc\w*|bleu\w*|[wc]er|ndcg\w*|mrr|hits\w*)"
+)
 # libraries whose functions return arrays or plain numbers, never the torch tensor they were
 # given (NumPy refuses a tensor that requires grad); not `random` or `statistics`, whose
 # `choice` and `median` hand back one of their arguments

@@ -317,6 +317,9 @@ class _Collector(cst.BatchableCSTVisitor):
         self._order = 0
         # modules whose parameters are set `requires_grad_(False)`
         self.frozen: list[cst.BaseExpression] = []
+        # modules handed to a requires-grad helper (`toggle_grad(model, False)`), with whether
+        # the call turns gradients off
+        self.toggled: list[tuple[list[cst.BaseExpression], bool]] = []
         self._lambdas = 0
         self._single_body: list[cst.CSTNode | None] = [None]
         self._blocks: list[int] = []
@@ -625,6 +628,9 @@ class _Collector(cst.BatchableCSTVisitor):
         name = attribute_name(node.func)
         if name == "requires_grad_" and isinstance(node.func, cst.Attribute) and _is_false_arg(node.args):
             self.frozen.append(node.func.value)
+        toggled = _toggled_modules(node)
+        if toggled is not None:
+            self.toggled.append(toggled)
         # `self.backward(...)` is a method of the user's own class (hand-written backprop in
         # numpy code), not autograd's
         # Lightning's `self.manual_backward(loss)` is autograd's
@@ -702,7 +708,12 @@ def _metric_key(lookup: cst.Subscript) -> bool:
     """`d["accuracy"]`: a string key naming a metric or a count."""
     if len(lookup.slice) != 1 or not isinstance(lookup.slice[0].slice, cst.Index):
         return False
-    key = strip_parens(lookup.slice[0].slice.value)
+    return _metric_key_text(lookup.slice[0].slice.value)
+
+
+def _metric_key_text(key: cst.BaseExpression) -> bool:
+    """A string literal naming a metric or a count (`"accuracy"`, `"n_samples"`)."""
+    key = strip_parens(key)
     if not isinstance(key, cst.SimpleString):
         return False
     text = key.evaluated_value
@@ -724,6 +735,18 @@ def _creates_graph(call: cst.Call) -> bool:
 
 def _is_false_arg(args: Sequence[cst.Arg]) -> bool:
     return len(args) == 1 and isinstance(args[0].value, cst.Name) and args[0].value.value == "False"
+
+
+def _toggled_modules(call: cst.Call) -> tuple[list[cst.BaseExpression], bool] | None:
+    """`set_requires_grad([net_d, net_g], False)`, `toggle_grad(model, flag)`,
+    `requires_grad(model, require=True)`: the modules a requires-grad helper is handed (its
+    first argument, or the items of a list there), and whether it certainly turns them off."""
+    name = attribute_name(call.func) or ""
+    if not REQUIRES_GRAD_HELPER.fullmatch(name) or len(call.args) < 2 or call.args[0].keyword is not None:
+        return None
+    first = strip_parens(call.args[0].value)
+    modules = [e.value for e in first.elements] if isinstance(first, (cst.List, cst.Tuple)) else [first]
+    return modules, all(m.matches(a.value, m.Name("False")) for a in call.args[1:2])
 
 
 def _freezes(line: cst.BaseStatement) -> bool:
@@ -765,6 +788,8 @@ def _is_constant(node: cst.BaseExpression) -> bool:
 
 
 # Builtins that hand back the objects they are given (or containers of them).
+# helpers that set `requires_grad` on a module's parameters from their second argument
+REQUIRES_GRAD_HELPER = re.compile(r"(set_|toggle_)?requires_grads?(_to)?|toggle_grads?")
 _PASS_THROUGH_CALLS = frozenset({"list", "tuple", "dict", "set", "sorted", "reversed", "min", "max", "next", "iter", "getattr"})
 
 
@@ -838,7 +863,11 @@ class FileFacts:
         self.numeric_names = collector.numeric_names
         # imports another framework and not torch: no torch autograd state in this file
         self.foreign = "torch" not in collector.imported_roots and bool(collector.imported_roots & OTHER_FRAMEWORKS)
-        self.frozen = {code_of(module, node) for node in collector.frozen}
+        # a module a helper turns gradients off for is frozen, unless the file also turns them
+        # back on for it (a GAN toggling its discriminator between the two steps)
+        toggled_off = {code_of(module, n) for nodes, off in collector.toggled if off for n in nodes}
+        toggled_on = {code_of(module, n) for nodes, off in collector.toggled if not off for n in nodes}
+        self.frozen = {code_of(module, node) for node in collector.frozen} | (toggled_off - toggled_on)
         self._code: dict[int, str] = {}
         self._carrying: dict[Function, set[str]] = {}
         # functions whose returns are being judged (recursion guard)
@@ -852,7 +881,10 @@ class FileFacts:
         self._mark_backpropagated_outputs()
         # after the outputs: what a caller backpropagates is the returned value, not what the
         # callee computed it from (`losses[key] = value.item()` may have made those numbers)
-        self._backpropagate_returns()
+        returning = self._backpropagate_returns()
+        # in a function whose result its caller backpropagates, every earlier binding reaches
+        # that backward: the module outputs the returned loss is computed from recorded a graph
+        self._mark_backpropagated_outputs(returning)
         self._propagate_graph_params(collector.calls)
 
     @functools.cached_property
@@ -944,7 +976,8 @@ class FileFacts:
     def _backpropagate_returns(self) -> None:
         """`loss = compute(x)` then `loss.backward()`, with `compute` a function of this file (a
         closure in the training function, a `self.` method): the names `compute` returns are
-        backpropagated too, in `compute`."""
+        backpropagated too, in `compute`. Returns the functions that gained names."""
+        gained: list[Function] = []
         changed = True
         while changed:
             changed = False
@@ -961,13 +994,17 @@ class FileFacts:
                         if not returned <= callee.backward_names:
                             callee.backward_names |= returned
                             changed = True
+                            if callee not in gained:
+                                gained.append(callee)
+        return gained
 
-    def _mark_backpropagated_outputs(self) -> None:
+    def _mark_backpropagated_outputs(self, returning: list[Function] | None = None) -> None:
         """Names the backpropagated value is computed from, when bound to a call's result
         (`out = model(x)`, then `loss = criterion(out, y)`; `loss.backward()`): such a call
         recorded a graph, since a gradient flows through it. Names bound to loop elements
-        (`x, y` from a loader) or to device/dtype moves (`y = y.to(device)`) are not marked."""
-        for function in self.functions:
+        (`x, y` from a loader) or to device/dtype moves (`y = y.to(device)`) are not marked.
+        `returning`: functions whose returned names a caller backpropagates, after the return."""
+        for function in self.functions if returning is None else returning:
             function.feeds_backward = self._feeding_backward(function)
             frontier, upstream = list(function.backward_names), set(function.backward_names)
             while frontier:
@@ -975,7 +1012,7 @@ class FileFacts:
                 for binding in function.bindings.get(name, ()):
                     if binding.element_of or _constructed(binding.value, function):
                         continue
-                    if not _reaches_a_backward(binding, function):
+                    if returning is None and not _reaches_a_backward(binding, function):
                         # `weights = model.reweigh(weights, totals)` after the training loop
                         # feeds the next call's steps, not this call's
                         continue
@@ -985,6 +1022,10 @@ class FileFacts:
                         upstream.add(used)
                         frontier.append(used)
             for name in upstream - function.backward_names:
+                if returning is not None and name in function.returned_names:
+                    # what the function also returns is judged by its value there (a dict of
+                    # losses a loop turns into `.item()` numbers before returning it)
+                    continue
                 bindings = function.bindings.get(name, ())
                 if bindings and all(self._produces_graph(b, name, function) for b in bindings):
                     function.backward_names.add(name)
@@ -1389,6 +1430,13 @@ class FileFacts:
             return self._sources(node.body, names) or self._sources(node.orelse, names)
         if isinstance(node, (cst.Tuple, cst.List)):
             return any(self._sources(e.value, names) for e in node.elements)
+        if isinstance(node, cst.Dict):
+            # `history.append({"out": out, "loss": loss})`: a record holds what its values hold
+            return any(
+                self._sources(e.value, names)
+                for e in node.elements
+                if isinstance(e, cst.DictElement) and not _metric_key_text(e.key)
+            )
         return False
 
     def _not_a_tensor_otherwise(self, choice: cst.IfExp) -> bool:

@@ -52,6 +52,20 @@ def _runs_one_step(function: Function) -> bool:
     return any(not loops for _, loops in function.backward_calls)
 
 
+def _called_per_step(facts: FileFacts, function: Function) -> bool:
+    """A method the class's own training step calls (`loss, aux = self.loss_fn(batch)` in an
+    `update_fn` that backpropagates): what it keeps on `self` outlives each step as well."""
+    if function.class_name is None:
+        return False
+    return any(
+        call.callee == function.name
+        and call.class_name == function.class_name
+        and call.caller is not function
+        and (call.caller.name in STEP_HOOKS or _runs_one_step(call.caller) or any(loop.runs_backward for loop in call.loops))
+        for call in facts.calls
+    )
+
+
 def _read_as_mapping(value: cst.BaseExpression, function: Function, module: cst.Module) -> bool:
     """A name the function (or, at module level, the script) also reads as a mapping: by a
     string key (`loss["total"].backward()`) or through `.values()`, `.items()`, `.keys()`,
@@ -257,7 +271,7 @@ class LossAccumulatedWithGraph(AutogradRule):
             loops = {loop for call in calls for loop in call.loops}
             return any(self._carried_across(facts, owner, name, None, loop) for loop in _training(owner, loops))
         training = _training(function, site.loops)
-        if function.name in STEP_HOOKS or (not site.loops and _runs_one_step(function)):
+        if function.name in STEP_HOOKS or (not site.loops and (_runs_one_step(function) or _called_per_step(facts, function))):
             # `self.training_step_outputs.append(loss)`: the framework's loop (or the caller's)
             # is the step loop, and a local of the step (a loop's total included) dies with it
             return root_name(accumulator) == "self" and not facts.reset_before(site, facts.code(accumulator))
