@@ -101,10 +101,12 @@ class _Iteration:
                 self._split(part, target_key, sources, weights)
         # a helper per tensor takes the weight inside (`ema_updater.update_average(old, new)`)
         parts = [part.value if isinstance(part, _Scale) else part for part in parts]
-        weighted = weights or any(_is_helper_call(part) for part in parts) or self._helper_over_module_tensors(target)
+        weighted = (
+            weights or any(_is_helper_call(_bare(part)[0]) for part in parts) or self._helper_over_module_tensors(target)
+        )
         if not weighted or not any(self._in_step(target, source) for source in sources):
             return None
-        if not self._moves_toward(written, target_key):
+        if not (self._moves_toward(written, target_key) or self._loaded_after(target)):
             return None
         loop = self._loop_of(target)
         if loop is None or any(_mentions_gradient(node) for node in (*parts, target, loop.iter, loop.body)):
@@ -155,6 +157,17 @@ class _Iteration:
                 return any(self._reads(value, target_key) for value in inputs)
             return True
         return self._reads(statement.value, target_key)
+
+    def _loaded_after(self, target: cst.BaseExpression) -> bool:
+        """`new[k] = a * ema_sd[k] + (1 - a) * sd[k]` into a dict the function then loads into
+        a model (`ema_model.load_state_dict(new)`): the average is written through a copy."""
+        target = strip_parens(target)
+        function = self.site.function.node
+        if not isinstance(target, cst.Subscript) or function is None:
+            return False
+        written = self.facts.code(strip_parens(target.value))
+        loads = m.findall(function, m.Call(func=m.Attribute(attr=m.Name("load_state_dict")), args=[m.Arg(), m.ZeroOrMore()]))
+        return any(self.facts.code(strip_parens(call.args[0].value)) == written for call in loads)
 
     def _reads(self, value: cst.BaseExpression, target_key: str) -> bool:
         """`value` reads the target, directly or through a temporary of the loop

@@ -17,7 +17,7 @@ TRANSFER_METHODS = frozenset(
 # Out-of-place arithmetic that can spell an EMA step (`torch.lerp(a, b, w)`, `a.mul(d)`).
 ARITHMETIC_CALLS = frozenset({"lerp", "mul", "add", "sub", "div", "addcmul", "lerp_", "mul_", "add_", "sub_", "div_"})
 # A per-tensor EMA helper is recognised by its name: these are the words such helpers use.
-EMA_HELPER_WORDS = ("lerp", "ema", "avg", "average", "momentum", "update", "accumulate", "interpolat", "polyak", "blend")
+EMA_HELPER_WORDS = ("lerp", "ema", "avg", "average", "momentum", "update", "accumulate", "interp", "polyak", "blend")
 # Words that name a running average itself (a part of its object's or method's name), not
 # any update.
 AVERAGE_WORDS = frozenset({"ema", "avg", "average", "averager", "momentum", "polyak", "swa", "shadow", "moving"})
