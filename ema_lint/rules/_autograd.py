@@ -286,6 +286,8 @@ class Site:
     blocks: tuple[int, ...] = ()
     # the small statement just before this one in the same block, if any
     follows: "Site | None" = None
+    # the tests of the `if` statements whose body holds this one, outermost first
+    guards: tuple[cst.BaseExpression, ...] = ()
 
     def same_path(self, other: "Site") -> bool:
         shorter = min(len(self.blocks), len(other.blocks))
@@ -329,8 +331,12 @@ class _Collector(cst.BatchableCSTVisitor):
         # local names bound to numeric libraries (`np`, `roc_auc_score`), and the top-level
         # packages the file imports
         self.numeric_names: set[str] = set()
+        # the names among them whose functions turn a tensor into a NumPy array (not `math`,
+        # whose `isnan` takes any number, a tensor with history included)
+        self.array_names: set[str] = set()
         self.imported_roots: set[str] = set()
         self._suspended: list[Loop] = []
+        self._guards: list[cst.BaseExpression] = []
 
     @property
     def function(self) -> Function:
@@ -348,6 +354,8 @@ class _Collector(cst.BatchableCSTVisitor):
             if root in NUMERIC_LIBRARIES:
                 local = alias.asname.name.value if alias.asname else root
                 self.numeric_names.add(local)
+                if root in NUMPY_CONVERTING:
+                    self.array_names.add(local)
 
     def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
         if node.module is None or node.relative:
@@ -357,6 +365,8 @@ class _Collector(cst.BatchableCSTVisitor):
         if root in NUMERIC_LIBRARIES and not isinstance(node.names, cst.ImportStar):
             for alias in node.names:
                 self.numeric_names.add(alias.asname.name.value if alias.asname else dotted_text(alias.name) or "")
+                if root in NUMPY_CONVERTING:
+                    self.array_names.add(alias.asname.name.value if alias.asname else dotted_text(alias.name) or "")
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self._scopes.append(node.name.value)
@@ -415,6 +425,12 @@ class _Collector(cst.BatchableCSTVisitor):
 
     def visit_If(self, node: cst.If) -> None:
         self._compound()
+
+    def visit_If_body(self, node: cst.If) -> None:
+        self._guards.append(node.test)
+
+    def leave_If_body(self, node: cst.If) -> None:
+        self._guards.pop()
 
     def visit_Try(self, node: cst.Try) -> None:
         self._compound()
@@ -563,6 +579,7 @@ class _Collector(cst.BatchableCSTVisitor):
                     node if single else None,
                     tuple(self._blocks),
                     self._previous.get(self._block_key(), None),
+                    tuple(self._guards),
                 )
             )
             self._previous[self._block_key()] = self.sites[-1]
@@ -788,6 +805,9 @@ def _is_constant(node: cst.BaseExpression) -> bool:
 
 
 # Builtins that hand back the objects they are given (or containers of them).
+# libraries whose functions convert a tensor argument to a NumPy array, which raises for one
+# that requires grad
+NUMPY_CONVERTING = frozenset({"numpy", "scipy", "sklearn", "pandas"})
 # helpers that set `requires_grad` on a module's parameters from their second argument
 REQUIRES_GRAD_HELPER = re.compile(r"(set_|toggle_)?requires_grads?(_to)?|toggle_grads?")
 _PASS_THROUGH_CALLS = frozenset({"list", "tuple", "dict", "set", "sorted", "reversed", "min", "max", "next", "iter", "getattr"})
@@ -861,6 +881,7 @@ class FileFacts:
         self.calls = collector.calls
         self.class_bases = collector.class_bases
         self.numeric_names = collector.numeric_names
+        self.array_names = collector.array_names
         # imports another framework and not torch: no torch autograd state in this file
         self.foreign = "torch" not in collector.imported_roots and bool(collector.imported_roots & OTHER_FRAMEWORKS)
         # a module a helper turns gradients off for is frozen, unless the file also turns them
@@ -1188,6 +1209,8 @@ class FileFacts:
         if isinstance(node, cst.Name):
             if node.value in function.backward_names and self.loss_cut_before(site, node.value):
                 return False
+            if self._checked_by_numpy(node.value, site):
+                return False
             dominating = [
                 b
                 for b in function.bindings.get(node.value, ())
@@ -1215,6 +1238,17 @@ class FileFacts:
                 ):
                     return not names.isdisjoint(self._carrying_names(function))
         return self.may_carry_graph(node, function)
+
+    def _checked_by_numpy(self, name: str, site: Site) -> bool:
+        """An `if` around the site hands `name` itself to NumPy (`if not np.isnan(v):`), which
+        raises for a tensor that requires grad: where the site runs, `name` holds no graph."""
+        for guard in site.guards:
+            for call in _calls_in(guard):
+                if root_name(call.func) in self.array_names and any(
+                    m.matches(strip_parens(a.value), m.Name(name)) for a in call.args
+                ):
+                    return True
+        return False
 
     def may_carry_graph(self, node: cst.BaseExpression, function: Function) -> bool:
         names: set[str] = set()
