@@ -21,10 +21,23 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parameter import UninitializedBuffer
 
 from ema_lint.runtime.recompute import _GlobalModuleHooks, is_recomputing
 
 _recording = threading.local()
+
+
+def _uninitialized(module: nn.Module) -> bool:
+    """A lazy module before its first forward: its buffers have no shape yet."""
+    return any(isinstance(b, UninitializedBuffer) for b in module._buffers.values())
+
+
+def _initialize_lazy(module: nn.Module, args: Any) -> None:
+    """Materialise a lazy module's parameters and buffers from this forward's input now, as
+    its own pre-hook is about to (that hook then finds nothing left to initialise and only
+    retires itself), so the state the forward starts from can be snapshotted."""
+    module.initialize_parameters(*args)
 
 
 class _ReplayRegion:
@@ -32,10 +45,12 @@ class _ReplayRegion:
         self.snapshots: list[tuple[nn.Module, dict[str, torch.Tensor]]] = []
         self._seen: set[int] = set()
 
-    def record(self, module: nn.Module) -> None:
+    def record(self, module: nn.Module, args: Any) -> None:
         if id(module) in self._seen:
             return  # the state before the region's first call is the one to replay from
         self._seen.add(id(module))
+        if _uninitialized(module):
+            _initialize_lazy(module, args)
         buffers = {name: buffer.clone() for name, buffer in module._buffers.items() if buffer is not None}
         if buffers:
             self.snapshots.append((module, buffers))
@@ -52,7 +67,7 @@ def _record_pre_hook(module: nn.Module, args: Any) -> None:
     # Every region being recorded on this thread: an outer region's recomputation re-runs
     # the inner regions' forwards too, so it needs their modules' starting state as well.
     for region in _active_regions():
-        region.record(module)
+        region.record(module, args)
 
 
 _record_hooks = _GlobalModuleHooks(_record_pre_hook, None)
@@ -106,9 +121,9 @@ def replay_buffers() -> tuple[_RecordForward, _ReplayRecompute]:
 
 
 class _ReplayOnRecompute:
-    """The hooks behind `replay_on_recompute`; one picklable object per module.
+    """The hooks behind `replay_on_recompute` for one module and its own buffers; picklable.
 
-    One snapshot, the module's buffers before its latest forward outside backward, keeps the
+    One snapshot, the buffers before the module's latest forward outside backward, keeps the
     memory bounded whatever the training loop does (forwards that are never recomputed,
     inference in train mode); a step that calls the module more than once recomputes every
     call from the last call's snapshot, which is why the docs limit exactness to one call.
@@ -118,8 +133,8 @@ class _ReplayOnRecompute:
         self._reset()
 
     def _reset(self) -> None:
-        self._snapshot: list[tuple[nn.Module, str, torch.Tensor]] = []
-        self._left_by_forward: list[list[tuple[nn.Module, str, torch.Tensor]]] = []
+        self._snapshot: list[tuple[str, torch.Tensor]] = []
+        self._left_by_forward: list[list[tuple[str, torch.Tensor]]] = []
 
     def __getstate__(self) -> dict[str, Any]:
         return {}  # the snapshot belongs to the step in flight, not to the module's state
@@ -131,24 +146,21 @@ class _ReplayOnRecompute:
         if not is_recomputing():
             # Reentrant checkpoint runs the real forward under no_grad, hence `training` too.
             if torch.is_grad_enabled() or module.training:
-                self._snapshot = [
-                    (owner, name, buffer.clone())
-                    for owner in module.modules()
-                    for name, buffer in owner._buffers.items()
-                    if buffer is not None
-                ]
+                if _uninitialized(module):
+                    _initialize_lazy(module, args)
+                self._snapshot = [(name, buffer.clone()) for name, buffer in module._buffers.items() if buffer is not None]
             return
-        self._left_by_forward.append([(owner, name, owner._buffers[name]) for owner, name, _ in self._snapshot])
+        self._left_by_forward.append([(name, module._buffers[name]) for name, _ in self._snapshot])
         # Clones, so the snapshot stays intact for a further backward (`retain_graph=True`);
         # buffer objects are swapped rather than written, so tensors that autograd saved
         # from the real buffers keep their version counters.
-        for owner, name, value in self._snapshot:
-            owner._buffers[name] = value.clone()
+        for name, value in self._snapshot:
+            module._buffers[name] = value.clone()
 
     def after_forward(self, module: nn.Module, args: Any, output: Any) -> None:
         if is_recomputing() and self._left_by_forward:
-            for owner, name, value in self._left_by_forward.pop():
-                owner._buffers[name] = value
+            for name, value in self._left_by_forward.pop():
+                module._buffers[name] = value
 
 
 def replay_on_recompute(module: nn.Module) -> nn.Module:
@@ -157,16 +169,23 @@ def replay_on_recompute(module: nn.Module) -> nn.Module:
 
     ```python
     replay_on_recompute(discriminator.block[0])   # a spectral_norm conv inside a checkpoint
+    replay_on_recompute(model)                    # every buffer-owning submodule of a model
     ```
 
     Recomputation is recognised like `convert_running_stats` does (a forward inside backward,
     or an explicit `recomputing()` signal), so any checkpoint flavour and call site works.
-    Exact when the module runs once per training step, as a checkpointed block does; the
-    buffers of `module` and its submodules are cloned once per forward in training mode.
-    For a module called several times in one step, use `replay_buffers` at the call site.
+    The hooks go on `module` and on each submodule that owns buffers, so a container whose
+    children a checkpoint calls directly (`checkpoint_sequential`, nested checkpoints) is
+    covered; lazy modules are snapshotted once initialised. Exact when each module runs once
+    per training step, as a checkpointed block does; each module's own buffers are cloned
+    once per forward in training mode. For a module called several times in one step, use
+    `replay_buffers` at the call site.
     """
-    hooks = _ReplayOnRecompute()
-    # Before the module's own pre-hooks: old-style spectral_norm steps its power iteration in one.
-    module.register_forward_pre_hook(hooks.before_forward, prepend=True)
-    module.register_forward_hook(hooks.after_forward, always_call=True)
+    for owner in module.modules():
+        if not owner._buffers:
+            continue
+        hooks = _ReplayOnRecompute()
+        # Before the module's own pre-hooks: old-style spectral_norm steps its power iteration in one.
+        owner.register_forward_pre_hook(hooks.before_forward, prepend=True)
+        owner.register_forward_hook(hooks.after_forward, always_call=True)
     return module

@@ -112,3 +112,59 @@ def test_module_replay_survives_pickling_and_copying():
         reference(x).sum().backward()
         assert torch.equal(clone.weight_orig.grad, reference.weight_orig.grad)
         assert all(torch.equal(a, b) for a, b in zip(clone.state_dict().values(), reference.state_dict().values()))
+
+
+def _lazy_region() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(4, 6), nn.LazyBatchNorm1d(), nn.Tanh(), spectral_norm(nn.Linear(6, 6)), nn.LazyBatchNorm1d(), nn.Linear(6, 2)
+    )
+
+
+def _steps(model: nn.Module, call) -> list:
+    """Three SGD steps of `call(model, x)`; what each step saw and left."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = torch.Generator().manual_seed(1)
+    trace = []
+    for _ in range(STEPS):
+        x = torch.randn(8, 4, generator=data, requires_grad=True)
+        out = call(model, x)
+        (out * torch.randn(out.shape, generator=data)).sum().backward()
+        trace.append((out.detach(), x.grad, [p.grad.clone() for p in model.parameters()]))
+        optimizer.step()
+        optimizer.zero_grad()
+    return trace
+
+
+def _nested(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    def inner(h):
+        return checkpoint(model[3:5], h, use_reentrant=False)
+
+    return model[5](checkpoint(lambda h: inner(model[0:3](h)), x, use_reentrant=False))
+
+
+CALLS = {
+    "checkpoint": lambda model, x: checkpoint(model, x, use_reentrant=False),
+    "reentrant": lambda model, x: checkpoint(model, x, use_reentrant=True),
+    "sequential": lambda model, x: torch.utils.checkpoint.checkpoint_sequential(model, 3, x, use_reentrant=False),
+    "nested": _nested,
+}
+
+
+@pytest.mark.parametrize("flavour", sorted(CALLS))
+def test_module_replay_on_a_container_with_lazy_modules_in_every_flavour(flavour):
+    """The hooks sit on every buffer-owning submodule, so a checkpoint that calls the
+    container's children directly (sequential, nested) is covered, and a lazy BatchNorm is
+    snapshotted once its first forward has materialised it."""
+    reference = _lazy_region()
+    expected = _steps(reference, lambda model, x: model(x))
+    model = replay_on_recompute(_lazy_region())
+    assert same_training((model, _steps(model, CALLS[flavour])), (reference, expected))
+
+
+def test_replay_buffers_initialises_a_lazy_module_first():
+    reference = _lazy_region()
+    expected = _steps(reference, lambda model, x: model(x))
+    model = _lazy_region()
+    trace = _steps(model, lambda model, x: checkpoint(model, x, use_reentrant=False, context_fn=replay_buffers))
+    assert same_training((model, trace), (reference, expected))
