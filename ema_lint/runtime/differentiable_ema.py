@@ -22,6 +22,7 @@ same forward value (bit for bit: one shared formula) and differs only in the gra
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -30,6 +31,8 @@ from torch import nn
 MODES = ("constant", "detach", "straight_through", "trace", "truncated")
 JACOBIAN_MODES = ("trace", "truncated")
 STATELESS_MODES = ("constant", "detach", "straight_through")
+# Default ceiling on the state "trace" and "truncated" keep (the Jacobians beside the average).
+DEFAULT_MEMORY_BUDGET = 1 << 30
 
 
 def _blend(average: torch.Tensor, sample: torch.Tensor, decay: float) -> torch.Tensor:
@@ -59,7 +62,10 @@ class _TraceGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         dims = grad.dim()
-        param_grads = tuple(torch.tensordot(grad, trace, dims=dims) for trace in ctx.saved_tensors)
+        param_grads = tuple(
+            torch.tensordot(grad, trace, dims=dims) if needed else None
+            for trace, needed in zip(ctx.saved_tensors, ctx.needs_input_grad[2:])
+        )
         return (None, None, *param_grads)
 
 
@@ -97,10 +103,19 @@ class DifferentiableEMA(nn.Module):
         average = ema(critic(batch).mean())   # exact d average / d critic parameters
         average.backward()
     ```
-    The average starts at zero, like BatchNorm's `running_mean`. `state_dict()` holds the
-    average; in "trace" mode one trace per parameter (`trace_0`, `trace_1`, ...); in
-    "truncated" mode (`horizon=K`) one ring buffer of K Jacobians per parameter
-    (`window_0`, ...) and the next slot (`window_next`).
+    The average starts at zero, like BatchNorm's `running_mean`; `bias_correction=True`
+    divides what `forward` returns by `1 - decay**t` after `t` updates (as Adam does), so early
+    averages are not pulled toward zero. `state_dict()` holds the average and the update count;
+    in "trace" mode one trace per parameter (`trace_0`, `trace_1`, ...); in "truncated" mode
+    (`horizon=K`) one ring buffer of K Jacobians per parameter (`window_0`, ...) and the next
+    slot (`window_next`). The state keeps the declared `dtype` whatever the samples' dtype.
+
+    "trace" and "truncated" are exact or refuse: an update under `no_grad` (the sample's
+    Jacobian is unknown there) raises, a sample that depends on tensors requiring grad that
+    are not in `parameters` raises (they would get no gradient), parameters that do not
+    require grad get none, and a state above `memory_budget` bytes is refused when the
+    module is built. A deep copy keeps the parameters (the copies when the model is copied in
+    the same `deepcopy`); an unpickled one has none until `bind(parameters)`.
     """
 
     def __init__(
@@ -113,6 +128,8 @@ class DifferentiableEMA(nn.Module):
         horizon: int | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        bias_correction: bool = False,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -126,10 +143,20 @@ class DifferentiableEMA(nn.Module):
         self.decay = decay
         self.mode = mode
         self.horizon = horizon
+        self.bias_correction = bias_correction
         self.register_buffer("average", torch.zeros(shape, dtype=dtype, device=device))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long, device=self.average.device))
         # Not registered: the parameters belong to the caller's model, not to this module.
-        self.trace_parameters: list[torch.Tensor] = list(parameters) if parameters is not None else []
+        self.trace_parameters: list[torch.Tensor] | None = list(parameters) if parameters is not None else []
         self._jacobian_shapes = [(*shape, *param.shape) for param in self.trace_parameters]
+        state_bytes = self.state_bytes(shape, self.trace_parameters, mode, horizon, self.average.dtype)
+        if state_bytes > memory_budget:
+            raise ValueError(
+                f'mode="{mode}" would keep {state_bytes / 2**20:.1f} MiB of Jacobians beside the average '
+                f"({_numel(shape)} values x {sum(p.numel() for p in self.trace_parameters)} parameters), over "
+                f"memory_budget={memory_budget / 2**20:.1f} MiB: use mode=\"straight_through\" (no state), fewer "
+                "parameters (the last layer), a smaller horizon, or raise memory_budget"
+            )
         like = {"dtype": self.average.dtype, "device": self.average.device}
         for index, jacobian_shape in enumerate(self._jacobian_shapes):
             if mode == "trace":
@@ -139,20 +166,69 @@ class DifferentiableEMA(nn.Module):
         if mode == "truncated":
             self.register_buffer("window_next", torch.zeros((), dtype=torch.long, device=self.average.device))
 
+    @staticmethod
+    def state_bytes(
+        shape: Sequence[int], parameters: Sequence[torch.Tensor], mode: str, horizon: int | None, dtype: torch.dtype
+    ) -> int:
+        """Bytes of Jacobian state a module of this configuration keeps: `numel(shape) *
+        sum(p.numel())` values for "trace", `horizon` times that for "truncated", 0 otherwise."""
+        if mode not in JACOBIAN_MODES:
+            return 0
+        copies = horizon if mode == "truncated" else 1
+        return copies * _numel(shape) * sum(p.numel() for p in parameters) * torch.empty((), dtype=dtype).element_size()
+
+    def bind(self, parameters: Iterable[torch.Tensor]) -> "DifferentiableEMA":
+        """Point "trace"/"truncated" at these parameters (after unpickling, or to follow a copied
+        model); their shapes must be those the state was built for."""
+        parameters = list(parameters)
+        shapes = [(*self.average.shape, *p.shape) for p in parameters]
+        if shapes != self._jacobian_shapes:
+            raise ValueError(f"parameters of shapes {[tuple(p.shape) for p in parameters]} do not match the state")
+        self.trace_parameters = parameters
+        return self
+
+    def reset(self) -> None:
+        """Back to the state of a new module: a zero average, no updates, zero Jacobians."""
+        with torch.no_grad():
+            self.average = torch.zeros_like(self.average)
+            self.updates.zero_()
+            for name, buffer in list(self._buffers.items()):
+                if name.startswith(("trace_", "window_")) and buffer is not None:
+                    setattr(self, name, torch.zeros_like(buffer))
+
+    def __deepcopy__(self, memo: dict) -> "DifferentiableEMA":
+        # The parameters are the caller's: a copy of this module alone keeps pointing at them;
+        # a copy of the model holding both follows the copied parameters (`memo`).
+        parameters = self.trace_parameters
+        duplicate = self.__class__.__new__(self.__class__)
+        memo[id(self)] = duplicate
+        for key, value in self.__dict__.items():
+            if key != "trace_parameters":
+                duplicate.__dict__[key] = copy.deepcopy(value, memo)
+        duplicate.__dict__["trace_parameters"] = None if parameters is None else [memo.get(id(p), p) for p in parameters]
+        return duplicate
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        # a pickle cannot hold a reference to the caller's live parameters
+        state["trace_parameters"] = None if self.mode in JACOBIAN_MODES else []
+        return state
+
     def _numbered(self, prefix: str) -> list[torch.Tensor]:
         return [getattr(self, f"{prefix}_{index}") for index in range(len(self.trace_parameters))]
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         if sample.shape != self.average.shape:
             raise ValueError(f"sample shape {tuple(sample.shape)} != average shape {tuple(self.average.shape)}")
+        self.updates += 1
         if self.mode in STATELESS_MODES:
-            out = ema_update(self.average, sample, self.decay, self.mode)
+            out = ema_update(self.average, sample, self.decay, self.mode).to(self.average.dtype)
             # Reassigned, never written in place, so earlier outputs and saved tensors stay valid.
             self.average = out.detach()
-            return out
-        params = self.trace_parameters
+            return self._corrected(out)
+        params = self._checked_parameters(sample)
         with torch.no_grad():
-            value = _blend(self.average, sample.detach(), self.decay)
+            value = _blend(self.average, sample.detach(), self.decay).to(self.average.dtype)
         jacobians = self._sample_jacobians(sample, params)
         with torch.no_grad():
             if self.mode == "trace":
@@ -163,7 +239,34 @@ class DifferentiableEMA(nn.Module):
             else:
                 derivatives = self._truncated_derivatives(jacobians)
         self.average = value
-        return _TraceGradient.apply(value, derivatives, *params)
+        return self._corrected(_TraceGradient.apply(value, derivatives, *params))
+
+    def _corrected(self, out: torch.Tensor) -> torch.Tensor:
+        if not self.bias_correction or self.decay == 0.0:
+            return out
+        return out / (1.0 - self.decay ** int(self.updates))
+
+    def _checked_parameters(self, sample: torch.Tensor) -> list[torch.Tensor]:
+        """The parameters, when the exact gradient can be given; else a clear error."""
+        params = self.trace_parameters
+        if params is None:
+            raise RuntimeError(
+                f'this DifferentiableEMA(mode="{self.mode}") was unpickled: its parameters belong to the model; '
+                "call .bind(model_parameters) first"
+            )
+        if not torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            raise RuntimeError(
+                f'DifferentiableEMA(mode="{self.mode}") updated under torch.no_grad(): the sample\'s Jacobian is '
+                "unknown there, so the trace would be silently wrong; update with gradients on"
+            )
+        untracked = _leaves_requiring_grad(sample) - {id(p) for p in params}
+        if untracked:
+            raise ValueError(
+                f"the sample depends on {len(untracked)} tensor(s) that require grad but are not in parameters=; "
+                f'mode="{self.mode}" would give them no gradient: add them to parameters, detach them, or use '
+                'mode="straight_through"'
+            )
+        return params
 
     def _truncated_derivatives(self, jacobians: list[torch.Tensor]) -> list[torch.Tensor]:
         horizon = self.horizon
@@ -185,11 +288,46 @@ class DifferentiableEMA(nn.Module):
         like = {"dtype": self.average.dtype, "device": self.average.device}
         if not sample.requires_grad:
             return [torch.zeros(shape, **like) for shape in self._jacobian_shapes]
-        basis = torch.eye(sample.numel(), dtype=sample.dtype, device=sample.device).reshape(-1, *sample.shape)
-        rows = torch.autograd.grad(
-            sample, params, grad_outputs=basis, retain_graph=True, allow_unused=True, is_grads_batched=True
-        )
+        trained = [index for index, param in enumerate(params) if param.requires_grad]
+        rows: list[torch.Tensor | None] = [None] * len(params)
+        if trained:
+            basis = torch.eye(sample.numel(), dtype=sample.dtype, device=sample.device).reshape(-1, *sample.shape)
+            found = torch.autograd.grad(
+                sample,
+                [params[index] for index in trained],
+                grad_outputs=basis,
+                retain_graph=True,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+            for index, row in zip(trained, found):
+                rows[index] = row
+        # a frozen parameter (requires_grad=False) has no Jacobian to keep and gets no gradient
         return [
-            torch.zeros(shape, **like) if row is None else row.reshape(shape)
+            torch.zeros(shape, **like) if row is None else row.reshape(shape).to(**like)
             for row, shape in zip(rows, self._jacobian_shapes)
         ]
+
+
+def _numel(shape: Sequence[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def _leaves_requiring_grad(sample: torch.Tensor) -> set[int]:
+    """ids of the leaf tensors that require grad which `sample`'s autograd graph reaches."""
+    if sample.grad_fn is None:
+        return {id(sample)} if sample.requires_grad else set()
+    leaves, seen, pending = set(), set(), [sample.grad_fn]
+    while pending:
+        node = pending.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            leaves.add(id(variable))
+        pending.extend(next_node for next_node, _ in node.next_functions)
+    return leaves

@@ -125,7 +125,7 @@ def test_state_dict_round_trip(mode):
     for x in xs[:4]:
         ema(w * x)
     state = ema.state_dict()
-    expected_keys = {"average", *{"trace": ["trace_0"], "truncated": ["window_0", "window_next"]}.get(mode, [])}
+    expected_keys = {"average", "updates", *{"trace": ["trace_0"], "truncated": ["window_0", "window_next"]}.get(mode, [])}
     assert set(state) == expected_keys
     restored = make_ema(mode, w)
     restored.load_state_dict(state)
@@ -184,3 +184,90 @@ def test_invalid_arguments():
         DifferentiableEMA(0.9, "truncated", parameters=[torch.zeros(1)], horizon=0)
     with pytest.raises(ValueError, match=r"sample shape \(2,\) != average shape \(\)"):
         DifferentiableEMA(0.9)(torch.zeros(2))
+
+
+@pytest.mark.parametrize("mode", ["trace", "truncated"])
+def test_an_update_under_no_grad_is_refused_not_silently_wrong(mode):
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    ema = make_ema(mode, w)
+    ema(w * samples(1)[0])
+    with torch.no_grad(), pytest.raises(RuntimeError, match="no_grad"):
+        ema(w * samples(2)[1])
+
+
+@pytest.mark.parametrize("mode", ["trace", "truncated"])
+def test_a_sample_depending_on_unlisted_tensors_is_refused(mode):
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    ema = make_ema(mode, w)
+    with pytest.raises(ValueError, match="not in parameters"):
+        ema(w * upstream)
+    # listed, it gets its exact gradient too
+    both = DifferentiableEMA(DECAY, mode, shape=(3,), parameters=[w, upstream], horizon=HORIZON if mode == "truncated" else None, dtype=w.dtype)
+    both(w * upstream).sum().backward()
+    assert torch.equal(upstream.grad, (1 - DECAY) * w.detach())
+
+
+def test_a_frozen_parameter_in_the_list_gets_no_gradient_and_the_others_are_exact():
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    frozen = torch.randn(3, dtype=torch.float64)
+    ema = DifferentiableEMA(DECAY, "trace", shape=(3,), parameters=[w, frozen], dtype=w.dtype)
+    xs = samples(3)
+    for x in xs:
+        out = ema(w * frozen * x)
+    out.sum().backward()
+    expected = sum((1 - DECAY) * DECAY ** (len(xs) - 1 - i) * frozen * x for i, x in enumerate(xs))
+    assert torch.allclose(w.grad, expected, rtol=0, atol=1e-15) and frozen.grad is None
+
+
+def test_a_deep_copy_keeps_sending_gradients_to_the_model():
+    import copy
+
+    model = nn.Linear(3, 1).double()
+    ema = DifferentiableEMA(DECAY, "trace", shape=(1,), parameters=list(model.parameters()), dtype=torch.float64)
+    x = samples(1)[0]
+    alone = copy.deepcopy(ema)
+    alone(model(x)).sum().backward()
+    assert model.weight.grad is not None and torch.equal(model.weight.grad, (1 - DECAY) * x.reshape(1, 3))
+
+    holder = nn.ModuleDict({"model": model, "ema": ema})
+    copied = copy.deepcopy(holder)
+    assert copied["ema"].trace_parameters[0] is copied["model"].weight
+
+
+def test_an_unpickled_trace_needs_its_parameters_bound():
+    import pickle
+
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    ema = make_ema("trace", w)
+    ema(w * samples(1)[0])
+    restored = pickle.loads(pickle.dumps(ema))
+    with pytest.raises(RuntimeError, match="bind"):
+        restored(w * samples(2)[1])
+    restored.bind([w])
+    assert torch.equal(restored(w * samples(2)[1]), ema(w * samples(2)[1]))
+
+
+def test_state_above_the_memory_budget_is_refused_with_the_mode_that_fits():
+    weights = torch.zeros(1024, 1024, requires_grad=True)
+    with pytest.raises(ValueError, match="straight_through"):
+        DifferentiableEMA(0.9, "trace", shape=(1024,), parameters=[weights])
+    assert DifferentiableEMA.state_bytes((1024,), [weights], "trace", None, torch.float32) == 1024 * 1024 * 1024 * 4
+
+
+@pytest.mark.parametrize("mode", BOUNDED_MODES)
+def test_reset_bias_correction_and_dtype(mode):
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    parameters = [w] if mode in ("trace", "truncated") else None
+    ema = DifferentiableEMA(
+        DECAY, mode, shape=(3,), parameters=parameters, horizon=HORIZON if mode == "truncated" else None,
+        dtype=torch.float32, bias_correction=True,
+    )
+    x = samples(1)[0]
+    first = ema(w * x)
+    # the first corrected average is the sample itself (in the declared dtype)
+    assert torch.allclose(first.double(), (w * x).detach(), rtol=1e-6, atol=0)
+    assert ema.average.dtype == torch.float32 and int(ema.updates) == 1
+    ema.reset()
+    assert int(ema.updates) == 0 and torch.equal(ema.average, torch.zeros(3))
+    assert all(not b.any() for name, b in ema.named_buffers() if name.startswith(("trace_", "window_")))
