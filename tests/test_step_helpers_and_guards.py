@@ -180,3 +180,44 @@ def test_a_new_dict_that_is_not_loaded_is_no_model_average() -> None:
         return mixed
     """
     assert _findings("EMA301", source) == []
+
+
+def test_slots_of_a_container_the_caller_keeps_across_steps_are_reported() -> None:
+    """dlwpt's `computeBatchLoss`: each batch writes its slice of a metrics tensor the epoch
+    loop made, which links every batch's graph; a detached store or one under no_grad is fine."""
+    source = """
+    import torch
+
+    class App:
+        def do_training(self, train_dl):
+            metrics = torch.zeros(3, len(train_dl.dataset))
+            for batch_ndx, batch in enumerate(train_dl):
+                loss = self.compute_batch_loss(batch_ndx, batch, train_dl.batch_size, metrics)
+                loss.backward()
+                self.optimizer.step()
+
+        def compute_batch_loss(self, batch_ndx, batch, batch_size, metrics_g):
+            x, y = batch
+            logits = self.model(x)
+            loss_g = self.loss_func(logits, y)
+            start = batch_ndx * batch_size
+            metrics_g[0, start:start + y.size(0)] = loss_g
+            metrics_g[1, start:start + y.size(0)] = loss_g.detach()
+            metrics_g[2, 0] = loss_g.mean()
+            return loss_g.mean()
+    """
+    assert _findings("EMA202", source) == [17]
+
+
+def test_lengths_beside_the_scores_are_integers() -> None:
+    source = """
+    def train(decoder, loader, criterion, optimizer, losses):
+        for imgs, caps, caplens in loader:
+            scores, caps_sorted, decode_lengths = decoder(imgs, caps, caplens)
+            targets = pack_padded_sequence(caps_sorted, decode_lengths, batch_first=True).data
+            loss = criterion(pack_padded_sequence(scores, decode_lengths, batch_first=True).data, targets)
+            loss.backward()
+            optimizer.step()
+            losses.update(loss.item(), sum(decode_lengths))
+    """
+    assert _findings("EMA202", source) == []

@@ -1040,6 +1040,8 @@ class FileFacts:
                     if isinstance(strip_parens(binding.value), cst.Call) and not self._produces_graph(binding, name, function):
                         continue  # `args = parser.parse_args()`: what made the settings made no graph
                     for used in names_in(binding.value) - upstream:
+                        if _names_a_count(used):
+                            continue  # `decode_lengths` beside the scores: sizes, integers
                         upstream.add(used)
                         frontier.append(used)
             for name in upstream - function.backward_names:
@@ -1870,7 +1872,27 @@ def accumulation(facts: FileFacts, site: Site) -> Accumulation | None:
         m.Call(func=m.Attribute(attr=m.Name("append") | m.Name("extend") | m.Name("add_")), args=[m.Arg(keyword=None, star="")]),
     ):
         return Accumulation(site, statement.value.func.value, statement.value.args[0].value)
+    if isinstance(statement, cst.Assign) and len(statement.targets) == 1:
+        target = strip_parens(statement.targets[0].target)
+        if isinstance(target, cst.Subscript) and _moving_index(target):
+            # `metrics_g[LOSS, start:end] = loss_g`: each step writes another slot of one
+            # container, which then holds every step's value (a tensor links their graphs)
+            return Accumulation(site, target.value, statement.value)
     return None
+
+
+def _moving_index(lookup: cst.Subscript) -> bool:
+    """An index that moves with the iteration: a slice with a computed bound, or a name, not
+    only constants (`d["loss"]`, `buf[0]` overwrite one slot)."""
+    for element in lookup.slice:
+        index = element.slice
+        if isinstance(index, cst.Slice):
+            bounds = [b for b in (index.lower, index.upper) if b is not None]
+            if any(not _is_constant(strip_parens(b)) for b in bounds):
+                return True
+        elif isinstance(strip_parens(index.value), cst.Name) and not strip_parens(index.value).value.isupper():
+            return True
+    return False
 
 
 def _reaches_a_backward(binding: Binding, function: Function) -> bool:

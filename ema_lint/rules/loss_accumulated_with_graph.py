@@ -52,6 +52,29 @@ def _runs_one_step(function: Function) -> bool:
     return any(not loops for _, loops in function.backward_calls)
 
 
+def _filled_per_step(facts: FileFacts, function: Function, parameter: str) -> bool:
+    """A caller of this file passes, for `parameter`, a container it made before a training
+    loop and calls `function` in that loop (`computeBatchLoss(..., trnMetrics_g)` per batch):
+    what the function stores in it lives across the steps."""
+    position = function.params.index(parameter)
+    for call in facts.calls:
+        if call.callee != function.name or call.class_name != function.class_name or call.caller is function:
+            continue
+        offset = 1 if function.class_name is not None and call.class_name is not None else 0
+        positional = [a for a in call.args if a.keyword is None and not a.star]
+        keyword = {a.keyword.value: a for a in call.args if a.keyword is not None}
+        argument = keyword.get(parameter) or (
+            positional[position - offset] if 0 <= position - offset < len(positional) else None
+        )
+        if argument is None or not isinstance(strip_parens(argument.value), cst.Name):
+            continue
+        passed = strip_parens(argument.value).value
+        for loop in _training(call.caller, call.loops):
+            if LossAccumulatedWithGraph._carried_across(facts, call.caller, passed, None, loop):
+                return True
+    return False
+
+
 def _called_per_step(facts: FileFacts, function: Function) -> bool:
     """A method the class's own training step calls (`loss, aux = self.loss_fn(batch)` in an
     `update_fn` that backpropagates): what it keeps on `self` outlives each step as well."""
@@ -270,6 +293,8 @@ class LossAccumulatedWithGraph(AutogradRule):
             calls = [c for c in facts.calls if c.caller is owner and c.class_name is None and c.callee == function.name]
             loops = {loop for call in calls for loop in call.loops}
             return any(self._carried_across(facts, owner, name, None, loop) for loop in _training(owner, loops))
+        if name in function.params and name not in ("self", "cls") and _filled_per_step(facts, function, name):
+            return True
         training = _training(function, site.loops)
         if function.name in STEP_HOOKS or (not site.loops and (_runs_one_step(function) or _called_per_step(facts, function))):
             # `self.training_step_outputs.append(loss)`: the framework's loop (or the caller's)
@@ -301,7 +326,9 @@ class LossAccumulatedWithGraph(AutogradRule):
         accumulator = one_line(module, strip_parens(found.accumulator))
         value = one_line(module, strip_parens(found.value))
         root = root_name(found.accumulator)
-        escapes = root == "self" or root in found.site.function.returned_names
+        # a `self.` attribute, a returned name or the caller's container handed in as a parameter
+        function = found.site.function
+        escapes = root == "self" or root in function.returned_names or root in function.params
         # `loss, dist = model.step(x)`: `dist` is taken for a tensor because it comes beside the
         # loss; if it is a number after all, `.detach()` would raise
         inferred = _unpacked_beside_the_loss(facts, found)
