@@ -221,3 +221,22 @@ def test_lengths_beside_the_scores_are_integers() -> None:
             losses.update(loss.item(), sum(decode_lengths))
     """
     assert _findings("EMA202", source) == []
+
+
+def test_a_loop_over_networks_within_one_step_is_not_a_step_loop() -> None:
+    """AttnGAN: `errD_total` sums one loss per discriminator, each stepping its own optimizer,
+    and is reset every iteration; summed across the iterations it would be reported."""
+    source = """
+    def train(netG, netsD, optimizersD, loader):
+        history = 0
+        for data in loader:
+            fake = netG(data)
+            errD_total = 0
+            for i in range(len(netsD)):
+                errD = netsD[i](fake).mean()
+                errD.backward()
+                optimizersD[i].step()
+                errD_total += errD
+                history += errD
+    """
+    assert _findings("EMA202", source) == [12]

@@ -36,14 +36,25 @@ def _is_container(value: cst.BaseExpression, function: Function) -> bool:
     return isinstance(value, _CONTAINER_LITERALS)
 
 
-def _training(function: Function, loops) -> list:
+def _training(facts: FileFacts, function: Function, loops) -> list:
     """The loops of `function` among `loops` that run one training step per iteration."""
     training = [loop for loop in loops if loop.runs_backward]
     if function.steps_optimizer:
         # a loop that steps no optimizer, in a function that does, runs within one step
         # (gradient accumulation, sub-networks, a batch group): its graphs go with the step
-        training = [loop for loop in training if loop.steps_optimizer]
+        training = [loop for loop in training if loop.steps_optimizer and not _over_networks(facts, function, loop)]
     return training
+
+
+def _over_networks(facts: FileFacts, function: Function, loop) -> bool:
+    """A loop whose every optimizer step picks its optimizer by the loop's variable
+    (`for i in range(len(netsD)): ... optimizersD[i].step()`): one update of each of several
+    networks, all within one training step."""
+    variables = names_in(loop.node.target) if isinstance(loop.node, cst.For) else set()
+    steps = [s.statement for s in facts.sites if s.function is function and loop in s.loops and steps_an_optimizer(s.statement)]
+    if not variables or not steps:
+        return False
+    return all(names_in(step.value.func.value) & variables for step in steps)
 
 
 def _runs_one_step(function: Function) -> bool:
@@ -69,7 +80,7 @@ def _filled_per_step(facts: FileFacts, function: Function, parameter: str) -> bo
         if argument is None or not isinstance(strip_parens(argument.value), cst.Name):
             continue
         passed = strip_parens(argument.value).value
-        for loop in _training(call.caller, call.loops):
+        for loop in _training(facts, call.caller, call.loops):
             if LossAccumulatedWithGraph._carried_across(facts, call.caller, passed, None, loop):
                 return True
     return False
@@ -292,10 +303,10 @@ class LossAccumulatedWithGraph(AutogradRule):
             # the steps are the owner's training loops around the calls of the closure
             calls = [c for c in facts.calls if c.caller is owner and c.class_name is None and c.callee == function.name]
             loops = {loop for call in calls for loop in call.loops}
-            return any(self._carried_across(facts, owner, name, None, loop) for loop in _training(owner, loops))
+            return any(self._carried_across(facts, owner, name, None, loop) for loop in _training(facts, owner, loops))
         if name in function.params and name not in ("self", "cls") and _filled_per_step(facts, function, name):
             return True
-        training = _training(function, site.loops)
+        training = _training(facts, function, site.loops)
         if function.name in STEP_HOOKS or (not site.loops and (_runs_one_step(function) or _called_per_step(facts, function))):
             # `self.training_step_outputs.append(loss)`: the framework's loop (or the caller's)
             # is the step loop, and a local of the step (a loop's total included) dies with it
