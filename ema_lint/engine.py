@@ -122,6 +122,10 @@ def parse(path: str, source: bytes) -> cst.Module | Diagnostic:
         )
     except (UnicodeDecodeError, LookupError, SyntaxError) as error:
         return tool_diagnostic("EMA004", path, f"cannot decode: {error}")
+    except cst.CSTLogicError as error:
+        # the parser read the file but cannot build its tree (libcst 1.9 rejects concatenated
+        # template strings, valid in 3.14): the file cannot be checked, which is no checker bug
+        return tool_diagnostic("EMA001", path, f"cannot parse: libcst cannot represent this file ({error})")
 
 
 def check_source(

@@ -63,13 +63,21 @@ class _Downgrade(cst.CSTTransformer):
         # many lines as the f-string took so that later lines keep their numbers
         return _as_str_call(_expressions(updated_node), _lines_of(original_node))
 
+    def leave_TemplatedString(
+        self, original_node: cst.TemplatedString, updated_node: cst.TemplatedString
+    ) -> cst.BaseExpression:
+        # PEP 750 template strings (3.14), the same way
+        return _as_str_call(_expressions(updated_node), _lines_of(original_node))
+
     def visit_ConcatenatedString(self, node: cst.ConcatenatedString) -> bool:
         return False  # a concatenation holds only strings: it is replaced as a whole
 
     def leave_ConcatenatedString(
         self, original_node: cst.ConcatenatedString, updated_node: cst.ConcatenatedString
     ) -> cst.BaseExpression:
-        formatted = [part for part in _concatenated(original_node) if isinstance(part, cst.FormattedString)]
+        formatted = [
+            part for part in _concatenated(original_node) if isinstance(part, (cst.FormattedString, cst.TemplatedString))
+        ]
         if not formatted:
             return updated_node
         values = [value.visit(self) for part in formatted for value in _expressions(part)]
@@ -82,10 +90,10 @@ def _concatenated(node: cst.BaseExpression) -> list[cst.BaseExpression]:
     return [node]
 
 
-def _expressions(node: cst.FormattedString) -> list[cst.BaseExpression]:
+def _expressions(node: cst.FormattedString | cst.TemplatedString) -> list[cst.BaseExpression]:
     found = []
     for part in node.parts:
-        if isinstance(part, cst.FormattedStringExpression):
+        if isinstance(part, (cst.FormattedStringExpression, cst.TemplatedStringExpression)):
             found.append(part.expression)
             found.extend(e for spec in part.format_spec or () for e in _expressions(cst.FormattedString([spec])))
     return found

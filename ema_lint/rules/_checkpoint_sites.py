@@ -20,6 +20,7 @@ from ema_lint.project import (
     OTHER_BUFFERS,
     PARTIAL,
     RUNNING_STATS,
+    ModuleFacts,
     ModuleScope,
     ProjectIndex,
     dotted_name,
@@ -85,8 +86,12 @@ class CheckpointSiteRule(Rule):
         super().__init__(context)
         facts = context.project.modules.get(context.module_name)
         if facts is None:
-            # checked alone (no runner): index this file by itself
-            facts = summarize(context.module_name, context.module.bytes)
+            # checked alone (no runner), or syntax the running Python's `ast` cannot read even
+            # downgraded but libcst can: index this file by itself, or with no facts
+            try:
+                facts = summarize(context.module_name, context.module.bytes)
+            except (SyntaxError, ValueError):
+                facts = ModuleFacts(context.module_name)
             context.project = context.project.with_module(facts)
         self.project = context.project
         self.scope = ModuleScope(
