@@ -221,11 +221,17 @@ def check(source: Source) -> list[Finding]:
         text=True,
         cwd=target,
     )
-    if run.returncode not in (0, 1):
+    # exit 2 with a report: a configuration problem (EMA002) or a checker failure (EMA005)
+    # among the findings, which are scored like the rest and said on stderr
+    if run.returncode not in (0, 1) and not (run.returncode == 2 and run.stdout.strip().startswith("[")):
         raise SystemExit(f"ema-lint check failed on {source.name} (exit {run.returncode}):\n{run.stderr}")
 
     findings = []
-    for item in json.loads(run.stdout or "[]"):
+    report = json.loads(run.stdout or "[]")
+    for item in report:
+        if item["code"] == "EMA005":
+            print(f"note: EMA005 on {source.name}: {item['filename']}: {item['message']}", file=sys.stderr)
+    for item in report:
         path = os.path.relpath(os.path.join(target, item["filename"]), source.root).replace(os.sep, "/")
         findings.append(
             Finding(source.name, path, item["location"]["row"], item["code"], item.get("severity", "error"), item["message"])

@@ -79,7 +79,7 @@ def check_model_command(factory, train_mode, input_shapes, output_format, quiet,
         sys.exit(2)
     import torch
 
-    from ema_lint.cli import emit
+    from ema_lint.cli import RUN_FAILURE_CODES, emit
     from ema_lint.model import check_model
 
     generator = torch.Generator().manual_seed(0)
@@ -89,4 +89,4 @@ def check_model_command(factory, train_mode, input_shapes, output_format, quiet,
     emit(diagnostics, output_format, quiet=quiet)
     # EMA003 says how the model was analysed; it is never a hazard.
     failing = [d for d in diagnostics if d.code != "EMA003" and severity_at_least(d, settings.fail_on)]
-    sys.exit(1 if failing else 0)
+    sys.exit(2 if any(d.code in RUN_FAILURE_CODES for d in diagnostics) else 1 if failing else 0)

@@ -17,7 +17,6 @@ from ema_lint.config import parse_override
 from ema_lint.notebook import Notebook, NotebookError
 from ema_lint.registry import SOURCE_RULES, TOOL_CODES, enabled_rules, is_known_selector, rule_for
 from ema_lint.render import (
-    printable,
     FORMATS,
     render_concise,
     render_grouped,
@@ -27,6 +26,7 @@ from ema_lint.render import (
     render_text,
 )
 from ema_lint.report_formats import RENDERERS
+from ema_lint.text import printable
 from ema_lint.discovery import standard_input
 from ema_lint.runner import MAX_FILE_BYTES, SourceFile, check_files
 from ema_lint.workspace import DiscoveryOptions, Workspace
@@ -91,7 +91,7 @@ def discovery_options(function):
     function = click.option(
         "--no-respect-gitignore",
         is_flag=True,
-        help="Check files that .gitignore, .git/info/exclude and the global git excludes leave out.",
+        help="Check files that .gitignore files and .git/info/exclude leave out.",
     )(function)
     function = click.option(
         "--force-exclude",
@@ -241,7 +241,8 @@ def emit(diagnostics: Sequence[Diagnostic], output_format: str, *, output_file: 
     folder = os.path.dirname(output_file)
     if folder:
         os.makedirs(folder, exist_ok=True)
-    with open(output_file, "w", encoding="utf-8") as handle:
+    # a file name that is not UTF-8 is written back as the bytes it was read from
+    with open(output_file, "w", encoding="utf-8", errors="surrogateescape") as handle:
         handle.write(text)
 
 
@@ -317,6 +318,8 @@ def check(
     workspace, stdin = open_workspace(paths, select, ignore, extend_select, config, stdin_filename, discovery)
     jobs = jobs or os.cpu_count() or 1
     if show_files:
+        for problem in workspace.problems:
+            click.echo(f"warning: {printable(problem.path, newline=True)}: {problem.code} {printable(problem.message)}", err=True)
         click.echo("".join(f"{printable(os.path.abspath(f.path), newline=True)}\n" for f in workspace.files), nl=False)
         return
     if show_settings:

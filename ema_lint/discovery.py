@@ -198,6 +198,11 @@ def _ancestor_gitignores(folder: str) -> list[IgnorePattern]:
         current = parent
 
 
+def _skipped_folder(path: str, name: str) -> bool:
+    """A folder a walk never enters: hidden, a build or cache folder, a virtual environment."""
+    return name.startswith(".") or name in SKIPPED_FOLDERS or _is_virtualenv(path)
+
+
 def _is_virtualenv(folder: str) -> bool:
     return os.path.exists(os.path.join(folder, "pyvenv.cfg"))
 
@@ -251,18 +256,22 @@ def discover(
             if is_ignored(entry.path, is_folder, patterns) or is_ignored(entry.path, is_folder, excluded):
                 continue
             if is_folder:
-                if (
-                    entry.name.startswith(".")
-                    or entry.name in SKIPPED_FOLDERS
-                    or _is_virtualenv(entry.path)
-                ):
+                if _skipped_folder(entry.path, entry.name):
                     continue
                 walk(entry.path, module_root, patterns)
             elif entry.name.endswith((".py", NOTEBOOK_SUFFIX)):
                 add(entry.path, module_root)
 
     def excluded_by_force(path: str) -> bool:
-        """The file, or a folder above it, is one a walk of its tree would skip."""
+        """The file, or a folder above it, is one a walk of its tree would skip: ignored,
+        excluded, or a hidden, build or virtual-environment folder named in the path."""
+        inside = os.path.relpath(os.path.abspath(path))
+        if not inside.startswith(".."):
+            # folders of the path below the current one (`dist/x.py`, `.venv/lib/y.py`)
+            folders = inside.split(os.sep)[:-1]
+            for depth, name in enumerate(folders):
+                if _skipped_folder(os.path.join(*folders[: depth + 1]), name):
+                    return True
         folder = os.path.abspath(os.path.dirname(path) or ".")
         patterns = ancestor_gitignores(folder) + gitignores(folder) + list(excluded_in(folder))
         candidates, current = [(os.path.abspath(path), False)], folder

@@ -32,6 +32,7 @@ from ema_lint.workspace import DiscoveryOptions, Workspace
 from ema_lint.fix_run import FileFix, fix_files, unified_diff, why_not_fixed
 from ema_lint.fixer import is_applicable
 from ema_lint.render import render_text
+from ema_lint.text import printable
 
 
 @contextlib.contextmanager
@@ -164,7 +165,7 @@ def fix_in_check(
         return _print_fixed_stdin(workspace, outcomes[0])
     errors = [outcome for outcome in outcomes if outcome.error is not None]
     for outcome in errors:
-        click.echo(f"error: {os.path.relpath(outcome.path)}: {outcome.error}", err=True)
+        click.echo(f"error: {printable(os.path.relpath(outcome.path), newline=True)}: {outcome.error}", err=True)
     if not write:
         for outcome in outcomes:
             if outcome.changed:
@@ -172,7 +173,15 @@ def fix_in_check(
         pending = sum(sum(outcome.applied.values()) for outcome in outcomes)
         if pending:
             click.echo(f"Would fix {pending} finding{'' if pending == 1 else 's'}.", err=True)
-        return 2 if errors else 1 if pending else 0
+        # the diff shows only fixes: a bad configuration or a checker failure is said, and fails
+        failures = [
+            d
+            for d in workspace.keep([*workspace.problems, *(d for outcome in outcomes for d in outcome.found)])
+            if d.code in RUN_FAILURE_CODES
+        ]
+        for d in failures:
+            click.echo(f"error: {printable(d.path, newline=True)}: {d.code} {printable(d.message)}", err=True)
+        return 2 if errors or failures else 1 if pending else 0
     remaining = sorted(
         workspace.keep([*workspace.problems, *(d for outcome in outcomes for d in outcome.remaining)]),
         key=_display_order,
@@ -182,8 +191,10 @@ def fix_in_check(
         click.echo(applied_fixes(outcomes), nl=False)
     if errors or any(d.code in RUN_FAILURE_CODES for d in remaining):
         return 2
+    if exit_zero:
+        return 0  # as ruff: --exit-zero wins over --exit-non-zero-on-fix
     applied = any(outcome.applied for outcome in outcomes)
-    failing = not exit_zero and any(workspace.fails(d) for d in remaining)
+    failing = any(workspace.fails(d) for d in remaining)
     return 1 if failing or (exit_non_zero_on_fix and applied) else 0
 
 
@@ -197,7 +208,7 @@ def applied_fixes(outcomes: list[FileFix]) -> str:
     total = sum(sum(outcome.applied.values()) for outcome in fixed)
     lines = [f"\nFixed {_count(total, 'finding')}:\n"]
     for outcome in fixed:
-        lines.append(f"- {os.path.relpath(outcome.path)}:\n")
+        lines.append(f"- {printable(os.path.relpath(outcome.path), newline=True)}:\n")
         for code, count in sorted(outcome.applied.items()):
             lines.append(f"    {count} × {code} ({rule_for(code).name})\n")
     return "".join(lines)

@@ -26,7 +26,7 @@ from ema_lint.fixer import FixedSource, fix_source
 from ema_lint.fixes import LINE_END
 from ema_lint.notebook import Notebook, NotebookError, changed_cells, is_notebook
 from ema_lint.project import ProjectIndex
-from ema_lint.render import printable
+from ema_lint.text import printable
 from ema_lint.rule import Rule
 from ema_lint import runner
 from ema_lint.runner import (

@@ -1150,15 +1150,18 @@ class LocalValues:
             )
         return frozenset()
 
-    def _registry_keys(self, node: ast.AST) -> set[str] | None:
+    def _registry_keys(self, node: ast.AST, seen: frozenset[str] = frozenset()) -> set[str] | None:
         """The keys a registry lookup can use: a string constant, or a name bound only to
-        string constants (a parameter's default included); None when not known."""
+        string constants (a parameter's default included); None when not known (also for a
+        name bound through itself, `kind = kinds[kind]`)."""
         if isinstance(node, ast.Constant):
             return {node.value} if isinstance(node.value, str) and _REGISTRY_KEY.fullmatch(node.value) else None
         if isinstance(node, ast.Name) and self.function is not None and node.id in self.bindings:
+            if node.id in seen:
+                return None
             keys: set[str] = set()
             for bound in (bound for how, bound in self.bindings[node.id] if how == "value"):
-                found = self._registry_keys(bound)
+                found = self._registry_keys(bound, seen | {node.id})
                 if found is None:
                     return None
                 keys |= found

@@ -7,11 +7,11 @@ from __future__ import annotations
 import collections
 import json
 import os
-import re
 from typing import Callable, Sequence
 
 from ema_lint.diagnostics import Applicability, Diagnostic, Severity
 from ema_lint.report_formats import RENDERERS
+from ema_lint.text import printable
 
 FORMATS = ("text", "full", "concise", "grouped", *RENDERERS)
 _COLOURS = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -28,15 +28,6 @@ def _marker(diagnostic: Diagnostic) -> str:
     return "[*] " if diagnostic.fixable else ""
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
-
-
-def printable(text: str, *, newline: bool = False) -> str:
-    """`text` with control characters (an escape sequence in a file name or a string
-    literal quoted in a message), and with `newline` line feeds too, shown as `\\x1b`, so
-    they cannot drive the terminal or forge a line."""
-    return (_CONTROL_OR_NEWLINE if newline else _CONTROL).sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _where(d: Diagnostic) -> str:

@@ -17,6 +17,7 @@ from xml.sax.saxutils import quoteattr
 from ema_lint import __version__
 from ema_lint.diagnostics import Diagnostic, Severity
 from ema_lint.registry import SOURCE_RULES, TOOL_CODES, rule_for, tool_code
+from ema_lint.text import printable
 
 # Version of the JSON and JSON-lines record schema: fields are only ever added within a version.
 JSON_SCHEMA_VERSION = 1
@@ -71,12 +72,17 @@ def render_json_lines(diagnostics: Sequence[Diagnostic], root: str) -> str:
 
 
 def render_pylint(diagnostics: Sequence[Diagnostic], root: str) -> str:
-    # pylint's `parseable` shape, which editors and CI log parsers match: no column
-    return "".join(f"{relative(d.path, root)}:{d.start.line}: [{d.code}] {_one_line(d.message)}\n" for d in diagnostics)
+    # pylint's `parseable` shape, which editors and CI log parsers match: no column; a name or
+    # message cannot forge a line or reach the terminal as an escape sequence
+    return "".join(
+        f"{printable(relative(d.path, root), newline=True)}:{_line(d)}: [{d.code}] {printable(d.message, newline=True)}\n"
+        for d in diagnostics
+    )
 
 
-def _one_line(text: str) -> str:
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+def _line(d: Diagnostic) -> str:
+    # a notebook's lines count within a cell, not in the `.ipynb` file
+    return f"cell {d.cell}:{d.start.line}" if d.cell is not None else str(d.start.line)
 
 
 def _describe(code: str) -> tuple[str, str, Severity]:
@@ -102,13 +108,17 @@ def _sarif_uri(path: str, root: str) -> tuple[str, bool]:
     absolute = pathlib.Path(os.path.abspath(path))
     inside = os.path.relpath(absolute, root)
     if inside.startswith(".."):
-        return absolute.as_uri(), False
-    return urllib.parse.quote(pathlib.PurePath(inside).as_posix(), safe="/"), True
+        return "file://" + urllib.parse.quote(absolute.as_posix(), safe="/", errors="surrogateescape"), False
+    # a name that is not UTF-8 (`bad\xff.py`, held as a surrogate) keeps its raw bytes
+    return urllib.parse.quote(pathlib.PurePath(inside).as_posix(), safe="/", errors="surrogateescape"), True
 
 
 def _sarif_location(d: Diagnostic, root: str) -> dict:
     uri, is_relative = _sarif_uri(d.path, root)
     artifact = {"uri": uri, "uriBaseId": "%SRCROOT%"} if is_relative else {"uri": uri}
+    if d.cell is not None:
+        # a notebook's lines are not lines of its JSON file: the file only, the cell in the text
+        return {"physicalLocation": {"artifactLocation": artifact}, "message": {"text": _cell_position(d)}}
     return {
         "physicalLocation": {
             "artifactLocation": artifact,
@@ -162,7 +172,7 @@ def render_sarif(diagnostics: Sequence[Diagnostic], root: str) -> str:
             "ruleId": d.code,
             "ruleIndex": index[d.code],
             "level": _SARIF_LEVEL[d.severity],
-            "message": {"text": d.message},
+            "message": {"text": _in_cell(d, d.message)},
             "locations": [_sarif_location(d, root)],
         }
         results.append(result | ({"properties": properties} if properties else {}))
@@ -202,6 +212,15 @@ def render_sarif(diagnostics: Sequence[Diagnostic], root: str) -> str:
         ],
     }
     return json.dumps(document, indent=2) + "\n"
+
+
+def _cell_position(d: Diagnostic) -> str:
+    return f"cell {d.cell}, line {d.start.line}, column {d.start.column}"
+
+
+def _in_cell(d: Diagnostic, message: str) -> str:
+    """`message`, led by the notebook cell position for formats whose lines are file lines."""
+    return f"{_cell_position(d)}: {message}" if d.cell is not None else message
 
 
 def _escape_data(text: str) -> str:
@@ -275,21 +294,27 @@ def render_gitlab(diagnostics: Sequence[Diagnostic], root: str) -> str:
     for d in diagnostics:
         path = relative(d.path, root)
         identity = "\0".join((path, d.code, d.message, d.module or "", str(d.cell or "")))
-        fingerprint = hashlib.sha256(f"{identity}\0{seen[identity]}".encode()).hexdigest()
+        fingerprint = hashlib.sha256(f"{identity}\0{seen[identity]}".encode("utf-8", "surrogateescape")).hexdigest()
         seen[identity] += 1
+        # a notebook finding names its cell in the text and points at the file's first line
+        location = (
+            {"path": path, "lines": {"begin": 1}}
+            if d.cell is not None
+            else {
+                "path": path,
+                "positions": {
+                    "begin": {"line": d.start.line, "column": d.start.column},
+                    "end": {"line": d.end.line, "column": d.end.column},
+                },
+            }
+        )
         issues.append(
             {
-                "description": f"{d.code} {d.message}",
+                "description": _in_cell(d, f"{d.code} {d.message}"),
                 "check_name": d.code,
                 "fingerprint": fingerprint,
                 "severity": _GITLAB_SEVERITY[d.severity],
-                "location": {
-                    "path": path,
-                    "positions": {
-                        "begin": {"line": d.start.line, "column": d.start.column},
-                        "end": {"line": d.end.line, "column": d.end.column},
-                    },
-                },
+                "location": location,
             }
         )
     return json.dumps(issues, indent=2) + "\n"
@@ -313,10 +338,12 @@ def render_junit(diagnostics: Sequence[Diagnostic], root: str) -> str:
             f'  <testsuite name={attribute} tests="{len(found)}" disabled="0" errors="0" failures="{len(found)}" package="ema-lint">\n'
         )
         for d in found:
-            where = f"line {d.start.line}, col {d.start.column}" + (f", cell {d.cell}" if d.cell is not None else "")
+            where = _cell_position(d) if d.cell is not None else f"line {d.start.line}, col {d.start.column}"
+            # a notebook's lines are not lines of its file: no line attribute then
+            position = f'line="{d.start.line}" column="{d.start.column}"' if d.cell is None else ""
             out.append(
-                f"    <testcase name={_xml_attribute('ema-lint.' + d.code)} classname={attribute} "
-                f'line="{d.start.line}" column="{d.start.column}">\n'
+                f"    <testcase name={_xml_attribute('ema-lint.' + d.code)} classname={attribute} {position}".rstrip()
+                + ">\n"
                 f"      <failure message={_xml_attribute(d.message)}>{_xml_text(f'{where}, {d.message}')}</failure>\n"
                 "    </testcase>\n"
             )
@@ -345,15 +372,15 @@ def render_rdjson(diagnostics: Sequence[Diagnostic], root: str) -> str:
     """reviewdog's Diagnostic Format; a safe fix's edits are its suggestions."""
     items = []
     for d in diagnostics:
+        location: dict = {"path": relative(d.path, root)}
+        if d.cell is None:
+            location["range"] = {
+                "start": {"line": d.start.line, "column": d.start.column},
+                "end": {"line": d.end.line, "column": d.end.column},
+            }
         item = {
-            "message": d.message,
-            "location": {
-                "path": relative(d.path, root),
-                "range": {
-                    "start": {"line": d.start.line, "column": d.start.column},
-                    "end": {"line": d.end.line, "column": d.end.column},
-                },
-            },
+            "message": _in_cell(d, d.message),
+            "location": location,
             "code": {"value": d.code},
             "severity": _RDJSON_SEVERITY[d.severity],
         }

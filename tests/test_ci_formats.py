@@ -230,3 +230,63 @@ def test_rule_by_name_and_as_json() -> None:
     assert record["fix"] == "Fix is sometimes available."
     listing = json.loads(CliRunner().invoke(main, ["rule", "--all", "--output-format", "json"]).output)
     assert {"EMA001", "EMA202", "EMA301"} <= {entry["code"] for entry in listing}
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_in_every_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text("[tool.ema-lint]\n")
+    name = os.fsdecode(b"bad\xff.py")
+    (tmp_path / name).write_text(TRAINING)
+    sarif = json.loads(_check("--output-format", "sarif").output)
+    (result,) = sarif["runs"][0]["results"]
+    assert result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "bad%FF.py"
+    assert _check("--output-format", "gitlab").exit_code == 1
+    assert _check("--output-format", "pylint", "-o", "out.txt").exit_code == 1
+    assert (tmp_path / "out.txt").read_bytes().startswith(b"bad\xff.py:5: [EMA202]")
+
+
+def test_pylint_lines_cannot_be_forged_by_a_file_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text("[tool.ema-lint]\n")
+    (tmp_path / "a.py\nforged.py:99: [EMA999] fake\x1b[31m.py").write_text(TRAINING)
+    (line,) = _check("--output-format", "pylint").output.splitlines()
+    assert "\x1b" not in line and line.startswith("a.py\\x0aforged.py:99: [EMA999] fake\\x1b[31m.py:5: [EMA202]")
+
+
+def test_a_notebook_finding_names_its_cell_not_a_line_of_the_json(project: Path) -> None:
+    cells = [
+        {"cell_type": "markdown", "metadata": {}, "source": ["# Training"]},
+        {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": TRAINING.splitlines(True)},
+    ]
+    notebook = {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (project / "train.py").unlink()
+    (project / "train.ipynb").write_text(json.dumps(notebook))
+    (result,) = json.loads(_check("--output-format", "sarif").output)["runs"][0]["results"]
+    (location,) = result["locations"]
+    assert "region" not in location["physicalLocation"]
+    assert result["message"]["text"].startswith("cell 1, line 5, column 5: ")
+    (issue,) = json.loads(_check("--output-format", "gitlab").output)
+    assert issue["location"] == {"path": "train.ipynb", "lines": {"begin": 1}}
+    (item,) = json.loads(_check("--output-format", "rdjson").output)["diagnostics"]
+    assert "range" not in item["location"]
+    assert _check("--output-format", "pylint").output.startswith("train.ipynb:cell 1:5: [EMA202]")
+
+
+def test_check_diff_still_fails_on_a_bad_configuration(project: Path) -> None:
+    (project / "pyproject.toml").write_text("[tool.ema-lint]\nselect = 3\n")
+    result = _check("--diff")
+    assert result.exit_code == 2 and "EMA002" in result.stderr
+
+
+def test_force_exclude_skips_the_folders_a_walk_skips(project: Path) -> None:
+    for folder in ("dist", ".hidden", "env"):
+        (project / folder).mkdir()
+        (project / folder / "x.py").write_text(TRAINING)
+    (project / "env" / "pyvenv.cfg").write_text("home = /usr\n")
+    named = ["dist/x.py", ".hidden/x.py", "env/x.py", "train.py"]
+    assert _check("--show-files", "--force-exclude", *named).output.splitlines() == [str(project / "train.py")]
+    assert len(_check("--show-files", *named).output.splitlines()) == 4
+
+
+def test_exit_zero_wins_over_exit_non_zero_on_fix(project: Path) -> None:
+    assert _check("--fix", "--exit-non-zero-on-fix", "--exit-zero", "-q").exit_code == 0

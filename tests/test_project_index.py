@@ -279,3 +279,29 @@ def test_every_model_ema_loop_passes_its_pre_filter() -> None:
         if expected.strip():
             assert summarize("fixture", case.read_bytes()).may_hold_loop_update, case.name
     assert not summarize("m", b"for i in range(3):\n    total += 1\n    x.relu_()\n").may_hold_loop_update
+
+
+def test_a_registry_key_bound_through_itself_is_unknown_not_endless() -> None:
+    """trl's trainer binds a name through a list it fills from the name itself (`indices.append(i)`,
+    then `for i in indices`): reading the keys a registry lookup can use must end."""
+    source = dedent(
+        """
+        import torch.nn as nn
+        NORMS = {"bn": nn.BatchNorm2d}
+
+        class Block(nn.Module):
+            def __init__(self, flags):
+                super().__init__()
+                indices = []
+                for i, flag in enumerate(flags):
+                    if flag:
+                        indices.append(i)
+                for i in indices:
+                    self.norm = NORMS[i](4)
+
+            def forward(self, x):
+                return self.norm(x)
+        """
+    ).encode()
+    facts = summarize("m", source)
+    assert [c.name for c in facts.class_facts] == ["Block"]

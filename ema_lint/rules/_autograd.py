@@ -808,6 +808,8 @@ def _is_constant(node: cst.BaseExpression) -> bool:
 # libraries whose functions convert a tensor argument to a NumPy array, which raises for one
 # that requires grad
 NUMPY_CONVERTING = frozenset({"numpy", "scipy", "sklearn", "pandas"})
+# NumPy ufuncs that convert their argument (not `np.ndim` or `np.shape`, which only read it)
+CONVERTING_UFUNCS = frozenset({"isnan", "isinf", "isfinite", "isneginf", "isposinf"})
 # helpers that set `requires_grad` on a module's parameters from their second argument
 REQUIRES_GRAD_HELPER = re.compile(r"(set_|toggle_)?requires_grads?(_to)?|toggle_grads?")
 _PASS_THROUGH_CALLS = frozenset({"list", "tuple", "dict", "set", "sorted", "reversed", "min", "max", "next", "iter", "getattr"})
@@ -1242,15 +1244,16 @@ class FileFacts:
         return self.may_carry_graph(node, function)
 
     def _checked_by_numpy(self, name: str, site: Site) -> bool:
-        """An `if` around the site hands `name` itself to NumPy (`if not np.isnan(v):`), which
-        raises for a tensor that requires grad: where the site runs, `name` holds no graph."""
-        for guard in site.guards:
-            for call in _calls_in(guard):
-                if root_name(call.func) in self.array_names and any(
-                    m.matches(strip_parens(a.value), m.Name(name)) for a in call.args
-                ):
-                    return True
-        return False
+        """An `if` around the site has certainly handed `name` itself to a NumPy ufunc that
+        converts it (`if not np.isnan(v):`, `if np.isfinite(v) and ...`), which raises for a
+        tensor that requires grad: where the site runs, `name` holds no graph."""
+        return any(
+            root_name(call.func) in self.array_names
+            and attribute_name(call.func) in CONVERTING_UFUNCS
+            and any(m.matches(strip_parens(a.value), m.Name(name)) for a in call.args)
+            for guard in site.guards
+            for call in _evaluated_calls(guard)
+        )
 
     def may_carry_graph(self, node: cst.BaseExpression, function: Function) -> bool:
         names: set[str] = set()
@@ -1881,17 +1884,27 @@ def accumulation(facts: FileFacts, site: Site) -> Accumulation | None:
     return None
 
 
+def _evaluated_calls(test: cst.BaseExpression) -> list[cst.Call]:
+    """The calls a test certainly evaluated when it held: the test itself, under `not`, and
+    every operand of an `and` (an `or` may stop before any one of them)."""
+    test = strip_parens(test)
+    if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        return _evaluated_calls(test.expression)
+    if isinstance(test, cst.BooleanOperation) and isinstance(test.operator, cst.And):
+        return _evaluated_calls(test.left) + _evaluated_calls(test.right)
+    return [test] if isinstance(test, cst.Call) else []
+
+
 def _moving_index(lookup: cst.Subscript) -> bool:
-    """An index that moves with the iteration: a slice with a computed bound, or a name, not
-    only constants (`d["loss"]`, `buf[0]` overwrite one slot)."""
+    """A slice with a computed bound (`buf[LOSS, start:end]`): each step writes another stretch
+    of one tensor. A key or a constant index overwrites a slot (`last[name] = value` over a
+    fixed set of names, `buf[0] = x`), which keeps at most one value per slot."""
     for element in lookup.slice:
         index = element.slice
         if isinstance(index, cst.Slice):
             bounds = [b for b in (index.lower, index.upper) if b is not None]
             if any(not _is_constant(strip_parens(b)) for b in bounds):
                 return True
-        elif isinstance(strip_parens(index.value), cst.Name) and not strip_parens(index.value).value.isupper():
-            return True
     return False
 
 

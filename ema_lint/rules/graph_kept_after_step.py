@@ -179,12 +179,10 @@ def _trainable_attributes(module: cst.Module) -> dict[str, set[str]]:
     for klass in m.findall(module, m.ClassDef()):
         for assign in m.findall(klass.body, m.Assign(targets=[m.AssignTarget(target=_SELF_ATTRIBUTE)])):
             value = strip_parens(assign.value)
+            flags = [a.value for a in value.args if a.keyword is not None and a.keyword.value == "requires_grad"] if isinstance(value, cst.Call) else []
             if isinstance(value, cst.Call) and (
-                attribute_name(value.func) == "Parameter"
-                or any(
-                    a.keyword is not None and a.keyword.value == "requires_grad" and m.matches(a.value, m.Name("True"))
-                    for a in value.args
-                )
+                (attribute_name(value.func) == "Parameter" and not any(m.matches(f, m.Name("False")) for f in flags))
+                or any(m.matches(f, m.Name("True")) for f in flags)
             ):
                 found.setdefault(klass.name.value, set()).add(assign.targets[0].target.attr.value)
     return found
@@ -210,7 +208,14 @@ def _computed(value: cst.BaseExpression) -> bool:
 
 
 def _cut(value: cst.BaseExpression) -> bool:
-    return any(attribute_name(call.func) in CUT_METHODS for call in m.findall(value, m.Call()))
+    """The value holds no graph: a cut anywhere in it (`.detach()`, `.item()`), a number cast
+    (`float(...)`), or a read through `.data`."""
+    if m.findall(value, m.Attribute(attr=m.Name("data"))):
+        return True
+    return any(
+        attribute_name(call.func) in CUT_METHODS or m.matches(call.func, m.Name("float") | m.Name("int") | m.Name("bool"))
+        for call in m.findall(value, m.Call())
+    )
 
 
 def _updates(site: Site) -> bool:

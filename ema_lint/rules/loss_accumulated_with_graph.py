@@ -54,7 +54,19 @@ def _over_networks(facts: FileFacts, function: Function, loop) -> bool:
     steps = [s.statement for s in facts.sites if s.function is function and loop in s.loops and steps_an_optimizer(s.statement)]
     if not variables or not steps:
         return False
-    return all(names_in(step.value.func.value) & variables for step in steps)
+    return all(_stepped_optimizer_names(step.value) & variables for step in steps)
+
+
+def _stepped_optimizer_names(call: cst.Call) -> set[str]:
+    """The names the stepped optimizer is picked with: the receiver of `opts[i].step()`, or
+    the arguments of `scaler.step(opts[i])` and `step(optimizer)`."""
+    if isinstance(call.func, cst.Attribute):
+        names = names_in(call.func.value)
+    else:
+        names = set()
+    for argument in call.args:
+        names |= names_in(argument.value)
+    return names
 
 
 def _runs_one_step(function: Function) -> bool:
@@ -86,17 +98,30 @@ def _filled_per_step(facts: FileFacts, function: Function, parameter: str) -> bo
     return False
 
 
-def _called_per_step(facts: FileFacts, function: Function) -> bool:
+def _called_per_step(facts: FileFacts, function: Function, accumulator: str) -> bool:
     """A method the class's own training step calls (`loss, aux = self.loss_fn(batch)` in an
-    `update_fn` that backpropagates): what it keeps on `self` outlives each step as well."""
+    `update_fn` that backpropagates): what it keeps on `self` outlives each step as well,
+    unless that step starts it afresh (`self.outputs = []` before the call)."""
     if function.class_name is None:
         return False
-    return any(
-        call.callee == function.name
+    callers = [
+        call.caller
+        for call in facts.calls
+        if call.callee == function.name
         and call.class_name == function.class_name
         and call.caller is not function
         and (call.caller.name in STEP_HOOKS or _runs_one_step(call.caller) or any(loop.runs_backward for loop in call.loops))
-        for call in facts.calls
+    ]
+    return bool(callers) and not any(_rebinds(facts, caller, accumulator) for caller in callers)
+
+
+def _rebinds(facts: FileFacts, function: Function, code: str) -> bool:
+    """`function` assigns `code` afresh (`self.outputs = []`) somewhere in its body."""
+    return any(
+        site.function is function
+        and isinstance(site.statement, cst.Assign)
+        and any(facts.code(strip_parens(t.target)) == code for t in site.statement.targets)
+        for site in facts.sites
     )
 
 
@@ -307,7 +332,10 @@ class LossAccumulatedWithGraph(AutogradRule):
         if name in function.params and name not in ("self", "cls") and _filled_per_step(facts, function, name):
             return True
         training = _training(facts, function, site.loops)
-        if function.name in STEP_HOOKS or (not site.loops and (_runs_one_step(function) or _called_per_step(facts, function))):
+        if function.name in STEP_HOOKS or (
+            not site.loops
+            and (_runs_one_step(function) or _called_per_step(facts, function, facts.code(accumulator)))
+        ):
             # `self.training_step_outputs.append(loss)`: the framework's loop (or the caller's)
             # is the step loop, and a local of the step (a loop's total included) dies with it
             return root_name(accumulator) == "self" and not facts.reset_before(site, facts.code(accumulator))

@@ -196,22 +196,43 @@ class DifferentiableEMA(nn.Module):
                 if name.startswith(("trace_", "window_")) and buffer is not None:
                     setattr(self, name, torch.zeros_like(buffer))
 
+    @property
+    def trace_parameters(self) -> list[torch.Tensor] | None:
+        """The tensors "trace"/"truncated" differentiate with respect to (None once unpickled)."""
+        pending = self.__dict__.pop("_copied_in", None)
+        if pending is not None:
+            # resolved on first use, when the `deepcopy` that made this copy is over: a copy of
+            # the model holding both follows the copied parameters whatever their order
+            self.__dict__["_trace_parameters"] = [pending.get(id(p), p) for p in self._trace_parameters]
+        return self.__dict__["_trace_parameters"]
+
+    @trace_parameters.setter
+    def trace_parameters(self, parameters: list[torch.Tensor] | None) -> None:
+        self.__dict__["_trace_parameters"] = parameters
+
     def __deepcopy__(self, memo: dict) -> "DifferentiableEMA":
-        # The parameters are the caller's: a copy of this module alone keeps pointing at them;
-        # a copy of the model holding both follows the copied parameters (`memo`).
-        parameters = self.trace_parameters
+        # The parameters are the caller's: a copy of this module alone keeps pointing at them,
+        # a copy of the model holding both follows the copied parameters (read from `memo`).
         duplicate = self.__class__.__new__(self.__class__)
         memo[id(self)] = duplicate
         for key, value in self.__dict__.items():
-            if key != "trace_parameters":
+            if key not in ("_trace_parameters", "_copied_in"):
                 duplicate.__dict__[key] = copy.deepcopy(value, memo)
-        duplicate.__dict__["trace_parameters"] = None if parameters is None else [memo.get(id(p), p) for p in parameters]
+        duplicate.__dict__["_trace_parameters"] = self.trace_parameters
+        if self.trace_parameters:
+            duplicate.__dict__["_copied_in"] = memo
         return duplicate
+
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        # a state saved before the update count existed loads; the count starts again at zero
+        state_dict.setdefault(prefix + "updates", torch.zeros_like(self.updates))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
+        state.pop("_copied_in", None)
         # a pickle cannot hold a reference to the caller's live parameters
-        state["trace_parameters"] = None if self.mode in JACOBIAN_MODES else []
+        state["_trace_parameters"] = None if self.mode in JACOBIAN_MODES else []
         return state
 
     def _numbered(self, prefix: str) -> list[torch.Tensor]:
@@ -220,13 +241,14 @@ class DifferentiableEMA(nn.Module):
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         if sample.shape != self.average.shape:
             raise ValueError(f"sample shape {tuple(sample.shape)} != average shape {tuple(self.average.shape)}")
-        self.updates += 1
         if self.mode in STATELESS_MODES:
+            self.updates += 1
             out = ema_update(self.average, sample, self.decay, self.mode).to(self.average.dtype)
             # Reassigned, never written in place, so earlier outputs and saved tensors stay valid.
             self.average = out.detach()
             return self._corrected(out)
         params = self._checked_parameters(sample)
+        self.updates += 1
         with torch.no_grad():
             value = _blend(self.average, sample.detach(), self.decay).to(self.average.dtype)
         jacobians = self._sample_jacobians(sample, params)

@@ -17,7 +17,7 @@ does the same for one module wherever it is checkpointed, recognising a recomput
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -121,46 +121,78 @@ def replay_buffers() -> tuple[_RecordForward, _ReplayRecompute]:
 
 
 class _ReplayOnRecompute:
-    """The hooks behind `replay_on_recompute` for one module and its own buffers; picklable.
+    """The hooks behind `replay_on_recompute`; picklable. On the module it was given, one
+    snapshot of the buffers of the whole subtree before its latest forward outside backward
+    (exact however often a submodule runs inside one call of the module); on each buffer
+    owner below it, the same for that owner alone, acting only when the owner runs outside a
+    call of that module (a checkpoint calling the children directly).
 
-    One snapshot, the buffers before the module's latest forward outside backward, keeps the
-    memory bounded whatever the training loop does (forwards that are never recomputed,
-    inference in train mode); a step that calls the module more than once recomputes every
-    call from the last call's snapshot, which is why the docs limit exactness to one call.
+    One snapshot keeps the memory bounded whatever the training loop does (forwards that are
+    never recomputed, inference in train mode); a step that calls the module more than once
+    recomputes every call from the last call's snapshot, which is why the docs limit
+    exactness to one call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, root: "_ReplayOnRecompute | None" = None) -> None:
+        self.root = root
         self._reset()
 
     def _reset(self) -> None:
-        self._snapshot: list[tuple[str, torch.Tensor]] = []
-        self._left_by_forward: list[list[tuple[str, torch.Tensor]]] = []
+        self._snapshot: list[tuple[nn.Module, str, torch.Tensor]] = []
+        self._left_by_forward: list[list[tuple[nn.Module, str, torch.Tensor]]] = []
+        # calls of the root module in flight, during which the owners below leave it alone
+        self.depth = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        return {}  # the snapshot belongs to the step in flight, not to the module's state
+        # the snapshot belongs to the step in flight, not to the module's state
+        return {"root": self.root}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self.root = state.get("root")
         self._reset()
 
     def before_forward(self, module: nn.Module, args: Any) -> None:
+        if self.root is None:
+            self.depth += 1
+        elif self.root.depth:
+            # inside a call of the root module, whose snapshot covers this owner; a lazy
+            # owner joins it here, once its own input has materialised it
+            if _uninitialized(module) and not is_recomputing():
+                _initialize_lazy(module, args)
+                self.root._snapshot.extend(_clones([module]))
+            return
         if not is_recomputing():
             # Reentrant checkpoint runs the real forward under no_grad, hence `training` too.
             if torch.is_grad_enabled() or module.training:
-                if _uninitialized(module):
+                if self.root is not None and _uninitialized(module):
                     _initialize_lazy(module, args)
-                self._snapshot = [(name, buffer.clone()) for name, buffer in module._buffers.items() if buffer is not None]
+                self._snapshot = _clones(module.modules() if self.root is None else [module])
             return
-        self._left_by_forward.append([(name, module._buffers[name]) for name, _ in self._snapshot])
+        self._left_by_forward.append([(owner, name, owner._buffers[name]) for owner, name, _ in self._snapshot])
         # Clones, so the snapshot stays intact for a further backward (`retain_graph=True`);
         # buffer objects are swapped rather than written, so tensors that autograd saved
         # from the real buffers keep their version counters.
-        for name, value in self._snapshot:
-            module._buffers[name] = value.clone()
+        for owner, name, value in self._snapshot:
+            owner._buffers[name] = value.clone()
 
     def after_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.root is None:
+            self.depth -= 1
+        elif self.root.depth:
+            return
         if is_recomputing() and self._left_by_forward:
-            for name, value in self._left_by_forward.pop():
-                module._buffers[name] = value
+            for owner, name, value in self._left_by_forward.pop():
+                owner._buffers[name] = value
+
+
+def _clones(owners: Iterable[nn.Module]) -> list[tuple[nn.Module, str, torch.Tensor]]:
+    """Copies of the owners' materialised buffers (a lazy module's come once it has run)."""
+    return [
+        (owner, name, buffer.clone())
+        for owner in owners
+        for name, buffer in owner._buffers.items()
+        if buffer is not None and not isinstance(buffer, UninitializedBuffer)
+    ]
 
 
 def replay_on_recompute(module: nn.Module) -> nn.Module:
@@ -169,22 +201,24 @@ def replay_on_recompute(module: nn.Module) -> nn.Module:
 
     ```python
     replay_on_recompute(discriminator.block[0])   # a spectral_norm conv inside a checkpoint
-    replay_on_recompute(model)                    # every buffer-owning submodule of a model
+    replay_on_recompute(model)                    # a container whose children a checkpoint calls
     ```
 
     Recomputation is recognised like `convert_running_stats` does (a forward inside backward,
     or an explicit `recomputing()` signal), so any checkpoint flavour and call site works.
-    The hooks go on `module` and on each submodule that owns buffers, so a container whose
-    children a checkpoint calls directly (`checkpoint_sequential`, nested checkpoints) is
-    covered; lazy modules are snapshotted once initialised. Exact when each module runs once
-    per training step, as a checkpointed block does; each module's own buffers are cloned
-    once per forward in training mode. For a module called several times in one step, use
-    `replay_buffers` at the call site.
+    A call of `module` replays its whole subtree from one snapshot (exact however often a
+    submodule runs inside it); a buffer-owning submodule that runs outside a call of `module`
+    (`checkpoint_sequential` over a container, nested checkpoints) replays its own buffers.
+    Lazy modules are snapshotted once initialised. Exact when `module`, or each such
+    submodule, runs once per training step, as a checkpointed block does; the buffers are
+    cloned once per forward in training mode. For a module called several times in one step,
+    use `replay_buffers` at the call site.
     """
+    root = _ReplayOnRecompute()
     for owner in module.modules():
-        if not owner._buffers:
+        if owner is not module and not owner._buffers:
             continue
-        hooks = _ReplayOnRecompute()
+        hooks = root if owner is module else _ReplayOnRecompute(root)
         # Before the module's own pre-hooks: old-style spectral_norm steps its power iteration in one.
         owner.register_forward_pre_hook(hooks.before_forward, prepend=True)
         owner.register_forward_hook(hooks.after_forward, always_call=True)

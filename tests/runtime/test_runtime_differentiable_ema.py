@@ -271,3 +271,37 @@ def test_reset_bias_correction_and_dtype(mode):
     ema.reset()
     assert int(ema.updates) == 0 and torch.equal(ema.average, torch.zeros(3))
     assert all(not b.any() for name, b in ema.named_buffers() if name.startswith(("trace_", "window_")))
+
+
+def test_a_refused_update_is_not_counted():
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    ema = DifferentiableEMA(DECAY, "trace", shape=(3,), parameters=[w], dtype=w.dtype, bias_correction=True)
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        ema(w * samples(1)[0])
+    assert int(ema.updates) == 0
+    assert torch.allclose(ema(w * samples(1)[0]), (w * samples(1)[0]).detach(), rtol=0, atol=1e-15)
+
+
+def test_a_model_copy_follows_its_parameters_whatever_the_registration_order():
+    import copy
+
+    class Critic(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layer = nn.Linear(3, 1).double()
+            self.ema = DifferentiableEMA(DECAY, "trace", shape=(), parameters=list(layer.parameters()), dtype=torch.float64)
+            self.layer = layer  # registered after the EMA that traces it
+
+    original = Critic()
+    duplicate = copy.deepcopy(original)
+    x = samples(1)[0]
+    duplicate.ema(duplicate.layer(x).squeeze()).backward()
+    assert duplicate.layer.weight.grad is not None and original.layer.weight.grad is None
+
+
+def test_a_state_saved_before_the_update_count_loads():
+    state = DifferentiableEMA(DECAY, "detach", shape=(2,)).state_dict()
+    del state["updates"]
+    restored = DifferentiableEMA(DECAY, "detach", shape=(2,))
+    restored.load_state_dict(state)
+    assert int(restored.updates) == 0

@@ -168,3 +168,25 @@ def test_replay_buffers_initialises_a_lazy_module_first():
     model = _lazy_region()
     trace = _steps(model, lambda model, x: checkpoint(model, x, use_reentrant=False, context_fn=replay_buffers))
     assert same_training((model, trace), (reference, expected))
+
+
+class TwiceInOneCall(nn.Module):
+    """One spectral-norm layer run twice inside one call of the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = spectral_norm(nn.Linear(8, 8))
+
+    def forward(self, x):
+        return self.lin(torch.tanh(self.lin(x)))
+
+
+def test_module_replay_of_a_block_replays_a_submodule_it_runs_twice_from_the_block_start():
+    torch.manual_seed(0)
+    reference = TwiceInOneCall()
+    model = replay_on_recompute(copy.deepcopy(reference))
+    x = torch.randn(4, 8)
+    reference(x).sum().backward()
+    checkpoint(model, x, use_reentrant=False).sum().backward()
+    assert torch.equal(reference.lin.weight_orig.grad, model.lin.weight_orig.grad)
+    assert torch.equal(reference.lin.weight_u, model.lin.weight_u)
