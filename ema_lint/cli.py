@@ -325,6 +325,17 @@ def check(
     if show_settings:
         click.echo(describe_settings(workspace, paths), nl=False)
         return
+    def print_findings(found: Sequence[Diagnostic]) -> None:
+        emit(
+            found,
+            output_format,
+            output_file=output_file,
+            show_source=show_source,
+            quiet=quiet,
+            statistics=statistics,
+            read_lines=lines_reader(stdin),
+        )
+
     if apply_fixes or show_diff:
         from ema_lint.fix_cli import fix_in_check
 
@@ -336,15 +347,7 @@ def check(
                 unsafe=unsafe_fixes,
                 jobs=jobs,
                 roots=[stdin.path] if stdin is not None else paths or ["."],
-                report=lambda remaining: emit(
-                    remaining,
-                    output_format,
-                    output_file=output_file,
-                    show_source=show_source,
-                    quiet=quiet,
-                    statistics=statistics,
-                    read_lines=lines_reader(stdin),
-                ),
+                report=print_findings,
                 show_fixes=show_fixes,
                 exit_zero=exit_zero,
                 exit_non_zero_on_fix=exit_non_zero_on_fix,
@@ -362,16 +365,7 @@ def check(
     diagnostics = sorted(workspace.keep([*workspace.problems, *report.diagnostics]), key=_display_order)
     for note in cache.notes if cache is not None else ():
         click.echo(f"note: {note}", err=True)
-
-    emit(
-        diagnostics,
-        output_format,
-        output_file=output_file,
-        show_source=show_source,
-        quiet=quiet,
-        statistics=statistics,
-        read_lines=lines_reader(stdin),
-    )
+    print_findings(diagnostics)
     sys.exit(exit_code(diagnostics, workspace, exit_zero=exit_zero))
 
 
