@@ -240,3 +240,20 @@ def test_a_loop_over_networks_within_one_step_is_not_a_step_loop() -> None:
                 history += errD
     """
     assert _findings("EMA202", source) == [12]
+
+
+def test_helpers_named_for_arrays_or_numbers_return_no_graph() -> None:
+    source = """
+    def train(model, loader, opt, du):
+        logs = []
+        for x in loader:
+            out = model(x)
+            loss = out.sum()
+            loss.backward()
+            opt.step()
+            logs.append(du.move_to_np(out))
+            logs.append(tensors_to_scalars(out))
+            logs.append(out)
+        return logs
+    """
+    assert _findings("EMA202", source) == [11]

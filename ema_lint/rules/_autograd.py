@@ -805,6 +805,9 @@ def _is_constant(node: cst.BaseExpression) -> bool:
 
 
 # Builtins that hand back the objects they are given (or containers of them).
+# helpers named for what they return: NumPy arrays or plain numbers (`move_to_np`, `to_numpy`,
+# `tensors_to_scalars`), never a tensor with history
+NUMBER_CONVERTER = re.compile(r"(^|_)(np|numpy|scalars?)$")
 # libraries whose functions convert a tensor argument to a NumPy array, which raises for one
 # that requires grad
 NUMPY_CONVERTING = frozenset({"numpy", "scipy", "sklearn", "pandas"})
@@ -1433,6 +1436,8 @@ class FileFacts:
             dotted = dotted_text(node.func)
             if dotted is not None and self._returns_no_graph(dotted):
                 return False  # `acc1, acc5 = accuracy(output, target, topk=(1, 5))`
+            if isinstance(node.func, (cst.Name, cst.Attribute)) and NUMBER_CONVERTER.search((name or "").lower()):
+                return False  # `du.move_to_np(v)`, `tensors_to_scalars(logs)`: arrays and numbers by name
             callee = self._callee(node)
             if callee is not None and callee.returns and callee not in self._judging:
                 # a function of this file: its result carries a graph when what it returns does
