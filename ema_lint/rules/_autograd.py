@@ -663,8 +663,8 @@ class _Collector(cst.BatchableCSTVisitor):
         if name == "grad" and (dotted_text(node.func) or "").endswith("autograd.grad") and self._steps_by_hand(node):
             outputs = [a.value for a in node.args if (a.keyword is None and not a.star) or (a.keyword and a.keyword.value == "outputs")]
             self._backpropagates(outputs[:1])
-        stepping_helper = "step" in (name or "") and any(_optimizer_like(a.value) for a in node.args)
-        if (name == "step" and _optimizer_like(node.func)) or stepping_helper:
+        stepping_helper = "step" in (name or "") and any(optimizer_like(a.value) for a in node.args)
+        if (name == "step" and optimizer_like(node.func)) or stepping_helper:
             # `clip_and_step(optimizer)`, `scaler.step(opt)`'s helpers
             self.function.steps_optimizer = True
             for loop in self._loops[-1]:
@@ -673,7 +673,7 @@ class _Collector(cst.BatchableCSTVisitor):
             # `net.train_step(loss, optim)`: a helper handed one value beside the optimizer it
             # steps backpropagates that value; handed several (`train_step(net, inputs,
             # labels, optimizer)`) it computes the loss from them, and which is which is unknown
-            named = [a.value for a in node.args if isinstance(a.value, cst.Name) and not _optimizer_like(a.value)]
+            named = [a.value for a in node.args if isinstance(a.value, cst.Name) and not optimizer_like(a.value)]
             if len(named) == 1 and not self._data_source(named[0].value):
                 self._backpropagates(named)
         func = node.func
@@ -1971,11 +1971,11 @@ def steps_an_optimizer(statement: cst.CSTNode) -> bool:
         return False
     call = statement.value
     return attribute_name(call.func) == "step" and (
-        _optimizer_like(call.func) or any(_optimizer_like(a.value) for a in call.args)
+        optimizer_like(call.func) or any(optimizer_like(a.value) for a in call.args)
     )
 
 
-def _optimizer_like(node: cst.BaseExpression) -> bool:
+def optimizer_like(node: cst.BaseExpression) -> bool:
     """The receiver of `optimizer.step()`, `self.opt_d.step()`, `optimizers[0].step()`,
     `scaler.step(optimizer)` (given the method), or an optimizer itself (given a value): not a
     scheduler's or an environment's `step`."""

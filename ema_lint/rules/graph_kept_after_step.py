@@ -3,7 +3,6 @@ from __future__ import annotations
 import libcst as cst
 import libcst.matchers as m
 
-from ema_lint.analysis.torch_names import OPTIMIZER_NAME
 from ema_lint.diagnostics import Applicability, Fix, Severity
 from ema_lint.rule import Example
 from ema_lint.rules._autograd import (
@@ -14,6 +13,7 @@ from ema_lint.rules._autograd import (
     attribute_name,
     detached,
     one_line,
+    optimizer_like,
     steps_an_optimizer,
     strip_parens,
 )
@@ -224,15 +224,10 @@ def _updates(site: Site) -> bool:
     statement = site.statement
     if steps_an_optimizer(statement):
         return True
-    for call in m.findall(statement, m.Call()):
-        if attribute_name(call.func) == "backward":
-            return True
-        for argument in call.args:
-            value = strip_parens(argument.value)
-            last = value.attr.value if isinstance(value, cst.Attribute) else getattr(value, "value", "")
-            if isinstance(last, str) and OPTIMIZER_NAME.search(last.lower()):
-                return True
-    return False
+    return any(
+        attribute_name(call.func) == "backward" or any(optimizer_like(a.value) for a in call.args)
+        for call in m.findall(statement, m.Call())
+    )
 
 
 def _after_last_update(site: Site, siblings: list[Site]) -> bool:

@@ -23,6 +23,7 @@ same forward value (bit for bit: one shared formula) and differs only in the gra
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -153,7 +154,7 @@ class DifferentiableEMA(nn.Module):
         if state_bytes > memory_budget:
             raise ValueError(
                 f'mode="{mode}" would keep {state_bytes / 2**20:.1f} MiB of Jacobians beside the average '
-                f"({_numel(shape)} values x {sum(p.numel() for p in self.trace_parameters)} parameters), over "
+                f"({math.prod(shape)} values x {sum(p.numel() for p in self.trace_parameters)} parameters), over "
                 f"memory_budget={memory_budget / 2**20:.1f} MiB: use mode=\"straight_through\" (no state), fewer "
                 "parameters (the last layer), a smaller horizon, or raise memory_budget"
             )
@@ -175,7 +176,7 @@ class DifferentiableEMA(nn.Module):
         if mode not in JACOBIAN_MODES:
             return 0
         copies = horizon if mode == "truncated" else 1
-        return copies * _numel(shape) * sum(p.numel() for p in parameters) * torch.empty((), dtype=dtype).element_size()
+        return copies * math.prod(shape) * sum(p.numel() for p in parameters) * torch.empty((), dtype=dtype).element_size()
 
     def bind(self, parameters: Iterable[torch.Tensor]) -> "DifferentiableEMA":
         """Point "trace"/"truncated" at these parameters (after unpickling, or to follow a copied
@@ -329,13 +330,6 @@ class DifferentiableEMA(nn.Module):
             torch.zeros(shape, **like) if row is None else row.reshape(shape).to(**like)
             for row, shape in zip(rows, self._jacobian_shapes)
         ]
-
-
-def _numel(shape: Sequence[int]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def _leaves_requiring_grad(sample: torch.Tensor) -> set[int]:
