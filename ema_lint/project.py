@@ -767,7 +767,7 @@ def _calls_square_root(node: ast.AST) -> bool:
 
 def may_hold_recurrence(nodes: list[ast.AST], trains: bool) -> bool:
     """A loose, structural superset of the statements the EMA2xx/EMA301 recognisers accept
-    (`rules/_autograd.py`, `_Shapes`): an assignment of a step-shaped value (see
+    (`analysis/recurrences.py`, `_Shapes`): an assignment of a step-shaped value (see
     `_step_shaped`) whose target reappears in it, `+=`/`-=` of a product the target
     reappears in (`w * (x - avg)`) or on a target that was scaled (`*=`, `.mul_`), or an
     in-place step call (`lerp_`; `copy_` mentioning its receiver; `add_`/`sub_` of one product

@@ -22,7 +22,16 @@ from ema_lint.analysis.syntax import may_crash_libcst, parse_any
 from ema_lint.diagnostics import Diagnostic
 from ema_lint.engine import FileResult, check_source, tool_diagnostic, triage, undecodable
 from ema_lint.notebook import CellMap, Notebook, NotebookError, NotPython, is_notebook
-from ema_lint.project import ModuleFacts, ProjectIndex, imported_top_names, module_name_for, renamed_module, separate_roots, sibling_imports, summarize
+from ema_lint.project import (
+    ModuleFacts,
+    ProjectIndex,
+    imported_top_names,
+    module_name_for,
+    renamed_module,
+    separate_roots,
+    sibling_imports,
+    summarize,
+)
 from ema_lint.result_cache import ResultCache
 from ema_lint.rule import Rule
 from ema_lint.worker_processes import AloneLimits, LimitReached, map_isolated, worker_context

@@ -11,7 +11,14 @@ from typing import Sequence
 
 from ema_lint.config import Settings, SettingsResolver
 from ema_lint.diagnostics import Diagnostic
-from ema_lint.discovery import IgnorePattern, compile_pattern, discover, exclude_patterns, expand_braces, matches_or_inside
+from ema_lint.discovery import (
+    IgnorePattern,
+    compile_pattern,
+    discover,
+    exclude_patterns,
+    expand_braces,
+    matches_or_inside,
+)
 from ema_lint.engine import severity_at_least
 from ema_lint.registry import TOOL_CODES, enabled_rules, is_enabled
 from ema_lint.result_cache import ResultCache, default_cache_dir

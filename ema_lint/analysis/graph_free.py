@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import ast
 
-from ema_lint.analysis.torch_names import GRAD_OFF_CONTEXTS, HISTORY_CUTTING_METHODS, SCALAR_CASTS, SHAPE_METHODS
+from ema_lint.analysis.torch_names import (
+    GRAD_OFF_CONTEXTS,
+    HISTORY_CUTTING_METHODS,
+    SCALAR_CASTS,
+    SHAPE_METHODS,
+)
 
 # Methods whose result never carries a graph, whatever their receiver and arguments:
 # comparisons, index and sign functions, integer and boolean casts.

@@ -34,9 +34,7 @@ from ema_lint.analysis.torch_names import (
     IN_PLACE_METHODS,
     TRANSFER_METHODS,
 )
-from ema_lint.rules._autograd import (
-    FileFacts,
-    Site,
+from ema_lint.analysis.expressions import (
     attribute_name,
     collection_kind,
     names_and_attributes,
@@ -44,6 +42,8 @@ from ema_lint.rules._autograd import (
     strip_parens,
     whole_tensor,
 )
+from ema_lint.analysis.function_facts import Site
+from ema_lint.analysis.value_flow import FileFacts
 
 
 @dataclass(frozen=True, eq=False)

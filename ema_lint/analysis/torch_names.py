@@ -132,3 +132,67 @@ ARRAY_LIBRARIES = frozenset({"numpy", "sklearn", "scipy", "pandas", "math"})
 # `opt_d`, `scaler`; searched in the lower-cased last name of the value
 OPTIMIZER_NAME = re.compile(r"optim|(^|_)opt(_|$|\d)|scaler")
 GRADIENT_NORM_NAME = re.compile(r"(\w+_)?(grad_?norms?|gnorm)")
+
+# Methods whose tensor arguments are the model's inputs during a training step.
+FORWARD_METHODS = frozenset({"forward", "__call__", "training_step", "compute_loss", "_forward"})
+# `numel()`, `.shape` and friends describe a tensor; they are plain numbers, never graph nodes.
+CUT_METHODS = frozenset(
+    {
+        "detach",
+        "detach_",
+        "item",
+        "tolist",
+        "numpy",
+        "numel",
+        "size",
+        "dim",
+        "is_floating_point",
+        "argmax",
+        "argmin",
+        "get_lr",
+        "get_last_lr",
+        "asscalar",
+        "asnumpy",
+        # fresh tensors that share only a dtype and device with their argument
+        "new_tensor",
+        "new_zeros",
+        "new_ones",
+        "new_full",
+        "new_empty",
+        "zeros_like",
+        "ones_like",
+        "empty_like",
+        "full_like",
+        "randn_like",
+        "rand_like",
+    }
+)
+CUT_ATTRIBUTES = frozenset({"data", "grad", "shape", "ndim", "dtype", "device", "indices"})
+# Element kinds of collections an EMA loop iterates over.
+PARAMETER_SOURCES = frozenset({"parameters", "named_parameters"})
+DETACHED_SOURCES = frozenset({"buffers", "named_buffers", "state_dict"})
+TENSOR_COLLECTIONS = PARAMETER_SOURCES | DETACHED_SOURCES
+# Reads of a value that never enter a differentiable computation.
+LOGGING_CALLS = frozenset({"print", "log", "info", "debug", "warning", "add_scalar", "format", "append"})
+
+
+SCALAR_TYPES = frozenset({"int", "float", "bool", "str", "complex"})
+
+
+# Calls that move or retype a tensor; they keep whatever history it had and add none of
+# their own parameters'.
+RETYPING_METHODS = frozenset({"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "long", "int", "contiguous"})
+
+
+# Builtins that hand back the objects they are given (or containers of them).
+# helpers named for what they return: NumPy arrays or plain numbers (`move_to_np`, `to_numpy`,
+# `tensors_to_scalars`), never a tensor with history
+NUMBER_CONVERTER = re.compile(r"(^|_)(np|numpy|scalars?)$")
+# libraries whose functions convert a tensor argument to a NumPy array, which raises for one
+# that requires grad
+NUMPY_CONVERTING = frozenset({"numpy", "scipy", "sklearn", "pandas"})
+# NumPy ufuncs that convert their argument (not `np.ndim` or `np.shape`, which only read it)
+CONVERTING_UFUNCS = frozenset({"isnan", "isinf", "isfinite", "isneginf", "isposinf"})
+# helpers that set `requires_grad` on a module's parameters from their second argument
+REQUIRES_GRAD_HELPER = re.compile(r"(set_|toggle_)?requires_grads?(_to)?|toggle_grads?")
+PASS_THROUGH_CALLS = frozenset({"list", "tuple", "dict", "set", "sorted", "reversed", "min", "max", "next", "iter", "getattr"})

@@ -19,15 +19,10 @@ import libcst.matchers as m
 
 from ema_lint.diagnostics import Applicability, Fix, RequiredImport
 
-from ema_lint.rules._autograd import (
-    PARAMETER_SOURCES,
-    FileFacts,
-    Recurrence,
-    collection_kind,
-    names_in,
-    root_name,
-    strip_parens,
-)
+from ema_lint.analysis.expressions import collection_kind, names_in, root_name, strip_parens
+from ema_lint.analysis.recurrences import Recurrence
+from ema_lint.analysis.torch_names import PARAMETER_SOURCES
+from ema_lint.analysis.value_flow import FileFacts
 
 
 @dataclass(eq=False)

@@ -3,7 +3,9 @@ from __future__ import annotations
 from ema_lint.analysis.model_ema_loops import model_ema_loops
 from ema_lint.diagnostics import Severity
 from ema_lint.rule import Example
-from ema_lint.rules._autograd import AutogradRule, FileFacts, one_line, strip_parens, through_data
+from ema_lint.rules._autograd import AutogradRule
+from ema_lint.analysis.expressions import one_line, strip_parens, through_data
+from ema_lint.analysis.value_flow import FileFacts
 from ema_lint.rules._parameter_loops import foreach_fix, parameter_loop
 
 IN_PLACE_FORMS = frozenset(

@@ -5,17 +5,10 @@ import libcst.matchers as m
 
 from ema_lint.diagnostics import Applicability, Fix, RequiredImport, Severity
 from ema_lint.rule import Example
-from ema_lint.rules._autograd import (
-    one_line,
-    RecurrenceRule,
-    FileFacts,
-    Recurrence,
-    detached,
-    is_atom,
-    root_name,
-    strip_parens,
-    through_data,
-)
+from ema_lint.rules._autograd import RecurrenceRule
+from ema_lint.analysis.expressions import one_line, detached, is_atom, root_name, strip_parens, through_data
+from ema_lint.analysis.recurrences import Recurrence
+from ema_lint.analysis.value_flow import FileFacts
 from ema_lint.rules._parameter_loops import parameter_loop
 
 TRACE_NOTE = (

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from ema_lint.diagnostics import Severity
 from ema_lint.rule import Example
-from ema_lint.rules._autograd import FileFacts, RecurrenceRule, one_line, strip_parens, through_data
+from ema_lint.rules._autograd import RecurrenceRule
+from ema_lint.analysis.expressions import one_line, strip_parens, through_data
+from ema_lint.analysis.value_flow import FileFacts
 from ema_lint.rules._parameter_loops import foreach_fix, parameter_loop
 
 

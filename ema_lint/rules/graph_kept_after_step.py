@@ -5,11 +5,8 @@ import libcst.matchers as m
 
 from ema_lint.diagnostics import Applicability, Fix, Severity
 from ema_lint.rule import Example
-from ema_lint.rules._autograd import (
-    CUT_METHODS,
-    AutogradRule,
-    FileFacts,
-    Site,
+from ema_lint.rules._autograd import AutogradRule
+from ema_lint.analysis.expressions import (
     attribute_name,
     detached,
     one_line,
@@ -17,6 +14,9 @@ from ema_lint.rules._autograd import (
     steps_an_optimizer,
     strip_parens,
 )
+from ema_lint.analysis.function_facts import Site
+from ema_lint.analysis.torch_names import CUT_METHODS
+from ema_lint.analysis.value_flow import FileFacts
 
 _SELF_ATTRIBUTE = m.Attribute(value=m.Name("self"), attr=m.Name())
 

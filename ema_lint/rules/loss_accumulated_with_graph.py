@@ -7,15 +7,10 @@ from ema_lint.analysis.torch_names import LIBRARY_ACCUMULATORS, STEP_HOOKS
 from ema_lint.diagnostics import Applicability, Fix, Severity
 from ema_lint.project import BUILT
 from ema_lint.rule import Example
-from ema_lint.rules._autograd import (
-    PARAMETER_SOURCES,
-    Function,
+from ema_lint.rules._autograd import AutogradRule
+from ema_lint.analysis.expressions import (
     names_in,
     one_line,
-    AutogradRule,
-    Accumulation,
-    FileFacts,
-    accumulation,
     attribute_name,
     collection_kind,
     detached,
@@ -23,6 +18,10 @@ from ema_lint.rules._autograd import (
     steps_an_optimizer,
     strip_parens,
 )
+from ema_lint.analysis.function_facts import Function
+from ema_lint.analysis.recurrences import Accumulation, accumulation
+from ema_lint.analysis.torch_names import PARAMETER_SOURCES
+from ema_lint.analysis.value_flow import FileFacts
 
 
 def _is_container(value: cst.BaseExpression, function: Function) -> bool:
