@@ -678,7 +678,7 @@ def summarize(
         tuple(star_imports),
         may_hold_recurrence(kinds(ast.For, ast.AsyncFor, ast.comprehension, ast.Assign, ast.AugAssign, ast.Call), trains),
         may_hold_momentum_correction(kinds(ast.BinOp)),
-        may_hold_loop_update(kinds(ast.For, ast.AsyncFor)),
+        may_hold_loop_update(kinds(ast.For, ast.AsyncFor, ast.DictComp, ast.ListComp)),
         trains,
         read_names(names, scope) if mentions_checkpoint else (),
         structure,
@@ -836,8 +836,14 @@ def may_hold_loop_update(loops: list[ast.AST]) -> bool:
     `for` loop, a write (an in-place tensor method, an augmented assignment, a store to
     `.data` or a subscript, or an EMA-named helper's argument) to something that changes
     with the iteration: rooted at a name the loop binds (a loop variable, or a name assigned
-    in its body), or a lookup keyed by one (`esd[k]`)."""
+    in its body), or a lookup keyed by one (`esd[k]`). A dict or list comprehension may hold
+    a weight average (`analysis.averaging_comprehensions`) when its element adds something to
+    a name its generators bind."""
     for loop in loops:
+        if isinstance(loop, (ast.DictComp, ast.ListComp)):
+            if _adds_per_iteration(loop):
+                return True
+            continue
         bound: set[str] = set()
         # the values the loop assigns to plain names, which a store may read through
         temporaries: dict[str, list[ast.AST]] = {}
@@ -873,6 +879,14 @@ def may_hold_loop_update(loops: list[ast.AST]) -> bool:
                     ):
                         return True
     return False
+
+
+def _adds_per_iteration(comprehension: ast.DictComp | ast.ListComp) -> bool:
+    bound = {n.id for g in comprehension.generators for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+    element = comprehension.value if isinstance(comprehension, ast.DictComp) else comprehension.elt
+    return isinstance(element, ast.BinOp) and isinstance(element.op, ast.Add) and any(
+        isinstance(n, ast.Name) and n.id in bound for n in ast.walk(element)
+    )
 
 
 _WEIGHING_CALLS = frozenset({"lerp", "lerp_", "mul", "mul_", "add", "add_", "sub", "sub_", "div", "div_", "addcmul"})

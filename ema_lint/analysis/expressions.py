@@ -10,15 +10,17 @@ import libcst as cst
 import libcst.matchers as m
 
 from ema_lint.analysis.torch_names import (
-    GRAD_OFF_CONTEXTS, METRIC_NAME, SCALAR_CASTS, OPTIMIZER_NAME,
-)
-from ema_lint.analysis.torch_names import (
     CUT_METHODS,
+    GRAD_OFF_CONTEXTS,
+    METRIC_NAME,
+    OPTIMIZER_NAME,
     PASS_THROUGH_CALLS,
     REQUIRES_GRAD_HELPER,
+    SCALAR_CASTS,
     SCALAR_TYPES,
     TENSOR_COLLECTIONS,
 )
+
 
 def code_of(module: cst.Module, node: cst.CSTNode) -> str:
     return "".join(module.code_for_node(node).split())

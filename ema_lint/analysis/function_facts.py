@@ -10,11 +10,6 @@ from typing import Sequence
 import libcst as cst
 import libcst.matchers as m
 
-from ema_lint.analysis.names import dotted_text
-from ema_lint.analysis.torch_names import (
-    MODULE_ONLY_METHODS,
-    NAMED_ITEMS, NUMERIC_LIBRARIES,
-)
 from ema_lint.analysis.expressions import (
     attribute_name,
     backward_runner,
@@ -31,7 +26,16 @@ from ema_lint.analysis.expressions import (
     strip_parens,
     toggled_modules,
 )
-from ema_lint.analysis.torch_names import FORWARD_METHODS, NUMPY_CONVERTING, PARAMETER_SOURCES
+from ema_lint.analysis.names import dotted_text
+from ema_lint.analysis.torch_names import (
+    FORWARD_METHODS,
+    MODULE_ONLY_METHODS,
+    NAMED_ITEMS,
+    NUMERIC_LIBRARIES,
+    NUMPY_CONVERTING,
+    PARAMETER_SOURCES,
+)
+
 
 @dataclass(eq=False)
 class Loop:

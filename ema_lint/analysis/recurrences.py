@@ -17,6 +17,7 @@ from ema_lint.analysis.expressions import (
     whole_tensor,
 )
 from ema_lint.analysis.function_facts import Site
+
 if TYPE_CHECKING:
     from ema_lint.analysis.value_flow import FileFacts
 

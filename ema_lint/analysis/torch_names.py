@@ -35,6 +35,10 @@ NO_GRAPH_CALLS = frozenset(
         "clip_grad_norm_",
         "clip_grad_value_",
         "from_numpy",
+        # `torch.tensor([a, b])` copies values into a new leaf, whatever history they had
+        "tensor",
+        "FloatTensor",
+        "LongTensor",
         "get_lr",
         "get_last_lr",
         "memory_allocated",

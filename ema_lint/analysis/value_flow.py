@@ -25,10 +25,6 @@ from typing import Callable
 import libcst as cst
 import libcst.matchers as m
 
-from ema_lint.analysis.names import dotted_text
-from ema_lint.analysis.torch_names import (
-    CONFIGURATION_CALLS, GRADIENT_NORM_NAME, LOGGING_NAME, METRIC_NAME, SCALAR_CASTS, NO_GRAPH_CALLS, OTHER_FRAMEWORKS, VALUES_AND_INDICES,
-)
 from ema_lint.analysis.expressions import (
     attribute_name,
     calls_in,
@@ -61,17 +57,27 @@ from ema_lint.analysis.function_facts import (
     returned_elements,
     returned_names,
 )
+from ema_lint.analysis.names import dotted_text
 from ema_lint.analysis.recurrences import Recurrence, find_recurrences
 from ema_lint.analysis.torch_names import (
+    CONFIGURATION_CALLS,
     CONVERTING_UFUNCS,
     CUT_ATTRIBUTES,
     CUT_METHODS,
     DETACHED_SOURCES,
+    GRADIENT_NORM_NAME,
     LOGGING_CALLS,
+    LOGGING_NAME,
+    METRIC_NAME,
+    NO_GRAPH_CALLS,
     NUMBER_CONVERTER,
+    OTHER_FRAMEWORKS,
     PARAMETER_SOURCES,
     RETYPING_METHODS,
+    SCALAR_CASTS,
+    VALUES_AND_INDICES,
 )
+
 
 class FileFacts:
     """Everything the autograd rules read about one module."""

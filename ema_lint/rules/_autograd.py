@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-
 import libcst as cst
 
 from ema_lint.analysis.function_facts import FunctionFactsCollector
 from ema_lint.analysis.value_flow import FileFacts
 from ema_lint.rule import Rule
+
 
 class AutogradRule(Rule):
     """Base of the rules that read `FileFacts`; they judge the whole file in `check`."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from ema_lint.analysis.averaging_comprehensions import averaging_comprehensions
 from ema_lint.analysis.model_ema_loops import model_ema_loops
 from ema_lint.diagnostics import Severity
 from ema_lint.rule import Example
@@ -21,6 +22,8 @@ class EmaUpdateInPythonLoop(AutogradRule):
     `self` or passed in (`update_ema(target_params, source_params, rate)`), with `mul_` /
     `add_`, `lerp_`, `copy_`, `*=` / `+=`, a `.data =` assignment or a per-tensor helper.
     A loop written through `.data` is reported here, with a note, rather than as EMA203.
+    A weight average of two models built as a comprehension over their state dicts (model
+    soups, WiSE-FT, merging: `{k: sd0[k] * (1 - a) + sd1[k] * a for k in sd0}`) is one too.
 
     ## Why is this bad?
     The loop launches a few kernels per tensor, hundreds per step for a real model, and on an
@@ -99,6 +102,13 @@ class EmaUpdateInPythonLoop(AutogradRule):
                 fix=fix,
                 notes=notes,
             )
+        for average in averaging_comprehensions(module):
+            self.report(
+                average.node,
+                f"Weight average built one tensor at a time by a comprehension over "
+                f"`{one_line(module, strip_parens(average.iterable))}`, one kernel per tensor "
+                "instead of one `torch._foreach_*` call",
+            )
 
     @staticmethod
     def _fixable_loops(facts: FileFacts) -> dict:
@@ -131,6 +141,20 @@ class EmaUpdateInPythonLoop(AutogradRule):
         ),
     )
     INVALID = (
+        Example(
+            """
+            import torch
+
+            def interpolate(zero_shot, fine_tuned, alpha):
+                sd0 = zero_shot.state_dict()
+                sd1 = fine_tuned.state_dict()
+                return {k: sd0[k] * (1 - alpha) + sd1[k] * alpha for k in sd0}
+            """,
+            message=(
+                "Weight average built one tensor at a time by a comprehension over `sd0`, one kernel per tensor"
+                " instead of one `torch._foreach_*` call"
+            ),
+        ),
         Example(
             """
             import torch
