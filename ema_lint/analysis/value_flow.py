@@ -20,7 +20,7 @@ hyperparameters read from `self`).
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Sequence
 
 import libcst as cst
 import libcst.matchers as m
@@ -102,7 +102,7 @@ class FileFacts:
         toggled_on = {code_of(module, n) for nodes, off in collector.toggled if not off for n in nodes}
         self.frozen = {code_of(module, node) for node in collector.frozen} | (toggled_off - toggled_on)
         self._code: dict[int, str] = {}
-        self._carrying: dict[Function, set[str]] = {}
+        self._carrying: dict[tuple[Function, frozenset[str]], set[str]] = {}
         # functions whose returns are being judged (recursion guard)
         self._judging: set[Function] = set()
         self._by_name: dict[tuple[str | None, str], list[Function]] = {}
@@ -475,9 +475,14 @@ class FileFacts:
         history itself or reads a name of the set. Solved once per function (a chain or cycle
         of bindings costs linear time) and kept until some function's facts grow: a binding
         to a call of this file carries what the callee's returns carry."""
-        if function in self._carrying:
-            return self._carrying[function]
-        carrying = (function.graph_params | function.backward_names) - function.objects
+        return self._carrying_from(function, frozenset(function.graph_params))
+
+    def _carrying_from(self, function: Function, parameters: frozenset[str]) -> set[str]:
+        """`_carrying_names` when exactly `parameters` receive values with history."""
+        key = (function, parameters)
+        if key in self._carrying:
+            return self._carrying[key]
+        carrying = set(parameters | function.backward_names) - function.objects
         readers: dict[str, list[str]] = {}
         for name, bindings in function.bindings.items():
             if name in carrying or name in function.objects:
@@ -495,7 +500,7 @@ class FileFacts:
                 if reader not in carrying:
                     carrying.add(reader)
                     pending.append(reader)
-        self._carrying[function] = carrying
+        self._carrying[key] = carrying
         return carrying
 
     def _binding_sources(self, binding: Binding, names: set[str], function: Function) -> bool:
@@ -504,7 +509,18 @@ class FileFacts:
             func = strip_parens(binding.value).func
             if binding.element_index == 1 and isinstance(func, cst.Attribute) and func.attr.value in VALUES_AND_INDICES:
                 return False  # `_, preds = torch.max(out, 1)`: positions, integers without history
-            callee = self._callee(strip_parens(binding.value))
+            call = strip_parens(binding.value)
+            method = self._called_object_method(call, function)
+            elements = returned_elements(method, binding.element_index) if method is not None else None
+            if elements is not None and method not in self._judging:
+                # `loss, loss_node = loss_compute(out, y, n)` with `loss_compute` an object of a
+                # class of this file: what its `__call__` returns there, for these arguments
+                self._judging.add(method)
+                try:
+                    return any(self._carries_for_call(e, method, call, function) for e in elements)
+                finally:
+                    self._judging.discard(method)
+            callee = self._callee(call)
             elements = returned_elements(callee, binding.element_index) if callee is not None else None
             if elements is not None and all(self._never_carries(e, callee, set()) for e in elements):
                 # `info = Tracker()` filled with `.item()` numbers, however the rest is made
@@ -545,6 +561,70 @@ class FileFacts:
         ):
             return False  # `obs, reward, done, info = envs.step(action.cpu().numpy())`
         return self._sources(binding.value, names)
+
+    def _called_object_method(self, call: cst.Call, function: Function) -> Function | None:
+        """The method that runs when `call` calls an object (`loss_compute(out, y)`) that every
+        binding of its name makes from one class of this file: a local built there, or a
+        parameter every caller of this file passes such an object for. Its `__call__`, or for a
+        module its `forward`."""
+        if not isinstance(call.func, cst.Name) or self._by_name.get((None, call.func.value)):
+            return None
+        classes = self._constructed_classes(call.func.value, function, depth=0)
+        if classes is None or len(classes) != 1:
+            return None
+        (class_name,) = classes
+        for method in ("__call__", "forward"):
+            found = self._by_name.get((class_name, method), ())
+            if len(found) == 1:
+                return found[0]
+        return None
+
+    def _constructed_classes(self, name: str, function: Function, depth: int) -> set[str] | None:
+        """The classes of this file `name` holds in `function`; None when some binding or
+        some caller's argument is anything else (or unknown)."""
+        scope = function.scope_of(name)
+        values: list[cst.BaseExpression] = []
+        for binding in scope.bindings.get(name, ()):
+            if binding.element_of or binding.element_index is not None:
+                return None
+            values.append(binding.value)
+        if name in scope.params:
+            callers = [c for c in self.calls if c.callee == scope.name and c.class_name is None and scope.class_name is None]
+            if not callers:
+                return None
+            for caller in callers:
+                argument = argument_for(scope, name, caller.args, bound=False)
+                if argument is None:
+                    return None
+                values.append((argument, caller.caller))
+        classes: set[str] = set()
+        for value in values:
+            value, owner = value if isinstance(value, tuple) else (value, scope)
+            value = strip_parens(value)
+            if isinstance(value, cst.Call) and isinstance(value.func, cst.Name) and value.func.value in self.class_bases:
+                classes.add(value.func.value)
+            elif isinstance(value, cst.Name) and depth < 2:
+                found = self._constructed_classes(value.value, owner, depth + 1)
+                if found is None:
+                    return None
+                classes |= found
+            else:
+                return None
+        return classes or None
+
+    def _carries_for_call(self, element: cst.BaseExpression, method: Function, call: cst.Call, caller: Function) -> bool:
+        """`element`, returned by `method`, carries history when `call` runs it: a name
+        of its parameters carries what the call passes for it."""
+        names: set[str] = set()
+        if self._sources(element, names):
+            return True
+        passed_history = frozenset(
+            name
+            for name in method.params[1:]
+            if (argument := argument_for(method, name, call.args, bound=True)) is None
+            or self.may_carry_graph(argument, caller)
+        )
+        return not names.isdisjoint(self._carrying_from(method, passed_history))
 
     def _callee(self, call: cst.Call) -> Function | None:
         """The one function of this file that `f(...)` or `self.f(...)` calls, if any."""
@@ -752,3 +832,16 @@ class _ReadFinder(cst.CSTVisitor):
         if id(original_node) in self._entered:
             self._entered.discard(id(original_node))
             self._inert -= 1
+
+
+def argument_for(function: Function, parameter: str, args: Sequence[cst.Arg], *, bound: bool) -> cst.BaseExpression | None:
+    """What a call with `args` passes for `parameter` of `function` (`bound`: called as a
+    bound method, `self` not among `args`); None when it passes nothing known for it."""
+    positional = [a for a in args if a.keyword is None and not a.star]
+    for argument in args:
+        if argument.keyword is not None and argument.keyword.value == parameter:
+            return argument.value
+    if any(a.star for a in args):
+        return None
+    index = function.params.index(parameter) - (1 if bound else 0)
+    return positional[index].value if 0 <= index < len(positional) else None
