@@ -1145,6 +1145,18 @@ class LocalValues:
             return frozenset().union(*(self.references(v) for v in node.values if v is not None))
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
             return frozenset().union(*(self.references(e) for e in node.elts))
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Dict):
+            return self._entries(node.value, node.slice)
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and isinstance(node.func.value, ast.Dict)
+            and node.args
+        ):
+            # `{"batch": nn.BatchNorm1d, ...}.get(kind, default)`
+            default = self.references(node.args[1]) if len(node.args) > 1 else frozenset()
+            return self._entries(node.func.value, node.args[0]) | default
         if isinstance(node, ast.Subscript):
             registry = self.references(node.value)
             keys = self._registry_keys(node.slice)
@@ -1163,6 +1175,17 @@ class LocalValues:
                 for h in self.references(node.args[0])
             )
         return frozenset()
+
+    def _entries(self, registry: ast.Dict, key: ast.AST) -> frozenset[Held]:
+        """What a lookup of `key` in a dict literal may name: the entries under the keys it
+        can hold, or every entry when those are not known."""
+        keys = self._registry_keys(key)
+        entries = [
+            value
+            for name, value in zip(registry.keys, registry.values)
+            if keys is None or name is None or (isinstance(name, ast.Constant) and name.value in keys)
+        ]
+        return frozenset().union(*(self.references(value) for value in entries))
 
     def _registry_keys(self, node: ast.AST, seen: frozenset[str] = frozenset()) -> set[str] | None:
         """The keys a registry lookup can use: a string constant, or a name bound only to
@@ -1188,6 +1211,8 @@ class LocalValues:
 
     def values(self, node: ast.AST) -> frozenset[Held]:
         """What an expression may evaluate to: references, built modules, call results."""
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Dict):
+            return self.references(node)
         if isinstance(node, ast.Call):
             return self._call_values(node)
         if isinstance(node, ast.Name):
