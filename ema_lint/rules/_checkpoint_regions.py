@@ -22,11 +22,15 @@ class Region:
     name: str
     callable_keyword: str
     editable: bool = False
+    # fairscale's wrapper hooks every `_BatchNorm` inside to stop tracking running stats while
+    # gradients are off (its first, no-grad pass), so they are updated once, by the recompute
+    batch_norm_protected: bool = False
 
 
 _TORCH_CHECKPOINT = Region("checkpoint", "function", editable=True)
 _TIMM_CHECKPOINT_SEQ = Region("checkpoint_seq", "functions")
 _DEEPSPEED_CHECKPOINT = Region("checkpoint", "function")
+_FAIRSCALE_WRAPPER = Region("checkpoint_wrapper", "module", batch_norm_protected=True)
 _WRAPPER_MODULE = "torch.distributed.algorithms._checkpoint.checkpoint_wrapper"
 APPLY_ACTIVATION_CHECKPOINTING = "apply_activation_checkpointing"
 
@@ -46,10 +50,10 @@ REGIONS: dict[str, Region] = {
     ),
     "deepspeed.checkpointing.checkpoint": _DEEPSPEED_CHECKPOINT,
     "deepspeed.checkpointing.non_reentrant_checkpoint": _DEEPSPEED_CHECKPOINT,
-    "fairscale.nn.checkpoint.checkpoint_wrapper": Region("checkpoint_wrapper", "module"),
-    "fairscale.nn.checkpoint_wrapper": Region("checkpoint_wrapper", "module"),
+    "fairscale.nn.checkpoint.checkpoint_wrapper": _FAIRSCALE_WRAPPER,
+    "fairscale.nn.checkpoint_wrapper": _FAIRSCALE_WRAPPER,
     "fairseq.modules.checkpoint_activations.checkpoint_wrapper": Region("checkpoint_wrapper", "m"),
-    "fairscale.nn.checkpoint.checkpoint_activations.checkpoint_wrapper": Region("checkpoint_wrapper", "module"),
+    "fairscale.nn.checkpoint.checkpoint_activations.checkpoint_wrapper": _FAIRSCALE_WRAPPER,
     "deepspeed.runtime.activation_checkpointing.checkpointing.checkpoint": _DEEPSPEED_CHECKPOINT,
 }
 

@@ -312,6 +312,8 @@ class CheckpointSiteRule(Rule):
         if found is None:
             return None
         region, direct = found
+        if region.batch_norm_protected and self.STATE == RUNNING_STATS:
+            return None
         target = call.func if region is HF_GRADIENT_CHECKPOINTING else argument(call, region.callable_keyword)
         if target is None or self._is_protected(call, target):
             return None

@@ -19,6 +19,8 @@ class BatchnormInCheckpoint(CheckpointSiteRule):
     `track_running_stats=True`, their subclasses, or a project class whose `forward`
     updates a registered buffer. The callable is followed through lambdas, closures,
     bound methods, `self.<attr>` and `for block in self.blocks` loops, and across files.
+    fairscale's `checkpoint_wrapper` is not reported: it stops every `_BatchNorm` inside
+    from tracking statistics during its no-grad first pass (fairseq's copy of it does not).
 
     ## Why is this bad?
     Checkpointing runs the region's forward again during backward. Every running-stat
