@@ -11,6 +11,8 @@ import libcst.matchers as m
 
 from ema_lint.analysis.torch_names import (
     CUT_METHODS,
+    ENVIRONMENT_METHODS,
+    ENVIRONMENT_NAME,
     GRAD_OFF_CONTEXTS,
     METRIC_NAME,
     OPTIMIZER_NAME,
@@ -329,6 +331,16 @@ def optimizer_like(node: cst.BaseExpression) -> bool:
     if isinstance(node, cst.Attribute) and node.attr.value == "step":
         node = node.value
     return OPTIMIZER_NAME.search(_last_name(node)) is not None
+
+
+def environment_step(call: cst.Call) -> bool:
+    """`env.step(action)`, `self.envs.reset()`: a simulator's step, which returns arrays and
+    numbers (the Gym API), never a tensor with history."""
+    return (
+        isinstance(call.func, cst.Attribute)
+        and call.func.attr.value in ENVIRONMENT_METHODS
+        and ENVIRONMENT_NAME.fullmatch(_last_name(call.func.value)) is not None
+    )
 
 
 def _last_name(node: cst.BaseExpression) -> str:

@@ -200,3 +200,9 @@ CONVERTING_UFUNCS = frozenset({"isnan", "isinf", "isfinite", "isneginf", "isposi
 # helpers that set `requires_grad` on a module's parameters from their second argument
 REQUIRES_GRAD_HELPER = re.compile(r"(set_|toggle_)?requires_grads?(_to)?|toggle_grads?")
 PASS_THROUGH_CALLS = frozenset({"list", "tuple", "dict", "set", "sorted", "reversed", "min", "max", "next", "iter", "getattr"})
+# Reinforcement-learning environments (Gym, Gymnasium, vectorised wrappers) and their methods
+# that run the simulator.
+ENVIRONMENT_NAME = re.compile(r"(\w+_)?(env|envs|environment|environments)")
+ENVIRONMENT_METHODS = frozenset({"step", "reset"})
+# Methods that empty a container or a rollout buffer (`buffer.clear()`, `memory.clear_memory()`).
+EMPTYING_METHOD = re.compile(r"(clear|reset|empty|flush)(_\w+)?")

@@ -32,6 +32,7 @@ from ema_lint.analysis.expressions import (
     collection_kind,
     creates_graph,
     data_reads,
+    environment_step,
     evaluated_calls,
     indices_of,
     is_constant,
@@ -716,6 +717,8 @@ class FileFacts:
                 return False  # `roc_auc_score(...)`, `np.mean(...)`: a NumPy array or a number
             if name in NO_GRAPH_CALLS:
                 return False  # `grad_norm = clip_grad_norm_(model.parameters(), 1.0)`
+            if environment_step(node):
+                return False  # `obs, reward, done, info = env.step(action)`: from the simulator
             if isinstance(node.func, cst.Attribute) and isinstance(
                 node.func.value, (cst.SimpleString, cst.ConcatenatedString, cst.FormattedString)
             ):

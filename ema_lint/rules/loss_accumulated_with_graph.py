@@ -3,7 +3,7 @@ from __future__ import annotations
 import libcst as cst
 
 from ema_lint.analysis.names import dotted_text
-from ema_lint.analysis.torch_names import LIBRARY_ACCUMULATORS, STEP_HOOKS
+from ema_lint.analysis.torch_names import EMPTYING_METHOD, LIBRARY_ACCUMULATORS, STEP_HOOKS
 from ema_lint.diagnostics import Applicability, Fix, Severity
 from ema_lint.project import BUILT
 from ema_lint.rule import Example
@@ -357,6 +357,12 @@ class LossAccumulatedWithGraph(AutogradRule):
         resets = [b for b in bindings if not b.augmented and name not in names_in(b.value)]
         if any(b.loops and b.loops[-1] is loop and b.blocks in stepping for b in resets):
             return False
+        # `memory.clear_memory()` beside `optimizer.step()`: a rollout buffer emptied each update
+        if any(
+            s.function is function and loop in s.loops and s.blocks in stepping and _empties(s.statement, name)
+            for s in facts.sites
+        ):
+            return False
         return any(loop not in b.loops for b in bindings)
 
     def _report(self, facts: FileFacts, found: Accumulation) -> None:
@@ -443,6 +449,19 @@ class LossAccumulatedWithGraph(AutogradRule):
                 "`self.training_step_outputs` accumulates `loss` with its autograd graph, so every step's graph stays in memory"
             ),
         ),
+    )
+
+
+def _empties(statement, name: str) -> bool:
+    """`name.clear()`, `name.reset()`, `name.clear_memory()`: the container drops what it holds."""
+    if not (isinstance(statement, cst.Expr) and isinstance(statement.value, cst.Call)):
+        return False
+    func = statement.value.func
+    return (
+        isinstance(func, cst.Attribute)
+        and isinstance(func.value, cst.Name)
+        and func.value.value == name
+        and EMPTYING_METHOD.fullmatch(func.attr.value) is not None
     )
 
 
