@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from ema_lint.analysis.grad_mode_calls import grad_mode_calls
 from ema_lint.analysis.graph_free import returns_no_graph
 from ema_lint.analysis.syntax import parse_any
 from ema_lint.analysis.torch_names import (
@@ -238,6 +239,10 @@ class ModuleFacts:
     graph_free_functions: tuple[str, ...] = ()
     # top-level module names this file's imports mean under another name (see `separate_roots`)
     import_renames: tuple[tuple[str, str], ...] = ()
+    # last names of the callees this file calls with gradient recording on, and of those it
+    # calls only with it off (see `analysis.grad_mode_calls`)
+    grad_on_calls: tuple[str, ...] = ()
+    grad_off_calls: tuple[str, ...] = ()
 
 
 @dataclass
@@ -252,6 +257,7 @@ class ProjectIndex:
         default_factory=dict, repr=False, compare=False
     )
     _mentioning: dict[bytes, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
+    _calls_by_grad_mode: tuple[frozenset[str], frozenset[str]] | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self):
         # memo tables are rebuilt on demand
@@ -400,6 +406,16 @@ class ProjectIndex:
         module, _, name = self.qualify(module_name, dotted).rpartition(".")
         facts = self.modules.get(module)
         return facts is not None and name in facts.graph_free_functions
+
+    def only_called_with_grad_off(self, name: str) -> bool:
+        """Some checked file calls a function named `name`, and every such call runs with
+        gradient recording off (under `no_grad()`, or in a function decorated with it)."""
+        if self._calls_by_grad_mode is None:
+            grad_on = frozenset(n for facts in self.modules.values() for n in facts.grad_on_calls)
+            grad_off = frozenset(n for facts in self.modules.values() for n in facts.grad_off_calls)
+            self._calls_by_grad_mode = (grad_on, grad_off)
+        grad_on, grad_off = self._calls_by_grad_mode
+        return name in grad_off and name not in grad_on
 
     def qualify(self, module_name: str, dotted: str) -> str:
         """The qualified name a dotted expression `a.b.c` written in `module_name` refers to."""
@@ -668,6 +684,7 @@ def summarize(
     numeric_names = frozenset(
         local for local, qualified in imports.items() if qualified.partition(".")[0] in ARRAY_LIBRARIES
     )
+    calls = grad_mode_calls(tree)
     return ModuleFacts(
         module_name,
         imports,
@@ -684,6 +701,8 @@ def summarize(
         structure,
         tuple(f.name for f in functions if returns_no_graph(f, numeric_names)),
         tuple(renames),
+        tuple(sorted(calls.grad_on)),
+        tuple(sorted(calls.grad_off)),
     )
 
 

@@ -164,7 +164,9 @@ class FunctionFactsCollector(cst.BatchableCSTVisitor):
         self.frozen: list[cst.BaseExpression] = []
         # modules handed to a requires-grad helper (`toggle_grad(model, False)`), with whether
         # the call turns gradients off
-        self.toggled: list[tuple[list[cst.BaseExpression], bool]] = []
+        # `toggle_grad(modules, flag)` calls: the modules, whether they turn gradients off, the
+        # function and statement order of the call
+        self.toggled: list[tuple[list[cst.BaseExpression], bool, Function, int]] = []
         self._lambdas = 0
         self._single_body: list[cst.CSTNode | None] = [None]
         self._blocks: list[int] = []
@@ -490,7 +492,7 @@ class FunctionFactsCollector(cst.BatchableCSTVisitor):
             self.frozen.append(node.func.value)
         toggled = toggled_modules(node)
         if toggled is not None:
-            self.toggled.append(toggled)
+            self.toggled.append((*toggled, self.function, self._order))
         # `self.backward(...)` is a method of the user's own class (hand-written backprop in
         # numpy code), not autograd's
         # Lightning's `self.manual_backward(loss)` is autograd's

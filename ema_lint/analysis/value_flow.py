@@ -84,11 +84,18 @@ class FileFacts:
     """Everything the autograd rules read about one module."""
 
     def __init__(
-        self, module: cst.Module, collector: "FunctionFactsCollector", returns_no_graph: Callable[[str], bool] = lambda dotted: False
+        self,
+        module: cst.Module,
+        collector: "FunctionFactsCollector",
+        returns_no_graph: Callable[[str], bool] = lambda dotted: False,
+        only_called_with_grad_off: Callable[[str], bool] = lambda name: False,
     ) -> None:
         self.module = module
         # `returns_no_graph(dotted)`: the project knows the called function returns no history
         self._returns_no_graph = returns_no_graph
+        # `only_called_with_grad_off(name)`: every call of a function of that name in the
+        # checked files runs with gradient recording off
+        self._only_called_with_grad_off = only_called_with_grad_off
         self.functions = collector.functions
         self.sites = collector.sites
         self.calls = collector.calls
@@ -99,9 +106,12 @@ class FileFacts:
         self.foreign = "torch" not in collector.imported_roots and bool(collector.imported_roots & OTHER_FRAMEWORKS)
         # a module a helper turns gradients off for is frozen, unless the file also turns them
         # back on for it (a GAN toggling its discriminator between the two steps)
-        toggled_off = {code_of(module, n) for nodes, off in collector.toggled if off for n in nodes}
-        toggled_on = {code_of(module, n) for nodes, off in collector.toggled if not off for n in nodes}
+        toggled_off = {code_of(module, n) for nodes, off, _, _ in collector.toggled if off for n in nodes}
+        toggled_on = {code_of(module, n) for nodes, off, _, _ in collector.toggled if not off for n in nodes}
         self.frozen = {code_of(module, node) for node in collector.frozen} | (toggled_off - toggled_on)
+        self._frozen_within = _bracketed_modules(module, collector.toggled)
+        # the function whose names are being judged, for `_parameters_frozen`
+        self._judged_in: Function | None = None
         self._code: dict[int, str] = {}
         self._carrying: dict[tuple[Function, frozenset[str]], set[str]] = {}
         # functions whose returns are being judged (recursion guard)
@@ -133,9 +143,9 @@ class FileFacts:
 
     def _propagate_grad_free(self, calls: list[Call]) -> None:
         """A function runs with gradients off when it is decorated so, or when every call to it
-        in this file (there is at least one) is under a grad-off context or in such a function."""
-        for function in self.functions:
-            function.grad_free = function.grad_off_decorated
+        in this file (there is at least one) is under a grad-off context or in such a function,
+        or, called nowhere in this file, when every call of its name in the checked files is
+        (an EMA helper of `utils.py` the trainer calls under `no_grad()`)."""
         by_key: dict[tuple[str | None, str], list[Function]] = {}
         for function in self.functions:
             if function.node is not None:
@@ -144,6 +154,12 @@ class FileFacts:
         for call in calls:
             for callee in by_key.get((call.class_name, call.callee), ()):
                 callers.setdefault(id(callee), []).append(call)
+        for function in self.functions:
+            function.grad_free = function.grad_off_decorated or (
+                function.node is not None
+                and id(function) not in callers
+                and self._only_called_with_grad_off(function.name)
+            )
         changed = True
         while changed:
             changed = False
@@ -468,7 +484,18 @@ class FileFacts:
 
     def may_carry_graph(self, node: cst.BaseExpression, function: Function) -> bool:
         names: set[str] = set()
-        return self._sources(node, names) or not names.isdisjoint(self._carrying_names(function))
+        outer, self._judged_in = self._judged_in, function
+        try:
+            sources = self._sources(node, names)
+        finally:
+            self._judged_in = outer
+        return sources or not names.isdisjoint(self._carrying_names(function))
+
+    def _parameters_frozen(self, code: str) -> bool:
+        """The parameters of the module `code` do not require grad where they are read: set
+        so in this file, or turned off and back on around the judged function's work
+        (`toggle_grad(model_src, False)` ... `toggle_grad(model_src, True)`)."""
+        return code in self.frozen or code in self._frozen_within.get(self._judged_in, ())
 
     def _carrying_names(self, function: Function) -> set[str]:
         """The local names that may carry autograd history: the least set holding the graph
@@ -506,6 +533,13 @@ class FileFacts:
 
     def _binding_sources(self, binding: Binding, names: set[str], function: Function) -> bool:
         """Like `_sources`, for the value one binding gives its name."""
+        outer, self._judged_in = self._judged_in, function
+        try:
+            return self._binding_value_sources(binding, names, function)
+        finally:
+            self._judged_in = outer
+
+    def _binding_value_sources(self, binding: Binding, names: set[str], function: Function) -> bool:
         if binding.element_index is not None:
             func = strip_parens(binding.value).func
             if binding.element_index == 1 and isinstance(func, cst.Attribute) and func.attr.value in VALUES_AND_INDICES:
@@ -552,7 +586,7 @@ class FileFacts:
                 owner = strip_parens(binding.value)
                 while isinstance(owner, cst.Call) and attribute_name(owner.func) in ("list", "tuple"):
                     owner = owner.args[0].value
-                return self.code(owner.func.value) not in self.frozen
+                return not self._parameters_frozen(self.code(owner.func.value))
             if kind in DETACHED_SOURCES:
                 return False
             if attribute_name(strip_parens(binding.value)) == "param_groups":
@@ -744,7 +778,7 @@ class FileFacts:
                 if name in CUT_METHODS:
                     return False
                 if name in PARAMETER_SOURCES:
-                    return self.code(node.func.value) not in self.frozen
+                    return not self._parameters_frozen(self.code(node.func.value))
                 if self._sources(node.func.value, names):
                     return True
             return any(self._sources(a.value, names) for a in node.args)
@@ -848,3 +882,22 @@ def argument_for(function: Function, parameter: str, args: Sequence[cst.Arg], *,
         return None
     index = function.params.index(parameter) - (1 if bound else 0)
     return positional[index].value if 0 <= index < len(positional) else None
+
+
+def _bracketed_modules(module: cst.Module, toggled) -> dict[Function, set[str]]:
+    """Per function, the modules it turns gradients off for and then back on (a helper that
+    freezes both models around an EMA step): their parameters hold no history in between,
+    which is where the function reads them."""
+    bracketed: dict[Function, set[str]] = {}
+    for nodes, off, function, order in toggled:
+        if not off:
+            continue
+        for node in nodes:
+            code = code_of(module, node)
+            if any(
+                not later_off and later_function is function and later_order > order
+                and code in {code_of(module, n) for n in later_nodes}
+                for later_nodes, later_off, later_function, later_order in toggled
+            ):
+                bracketed.setdefault(function, set()).add(code)
+    return bracketed

@@ -22,6 +22,7 @@ class AutogradRule(Rule):
                 original_node,
                 context.collected(FunctionFactsCollector),
                 lambda dotted: context.project.returns_no_graph(context.module_name, dotted),
+                context.project.only_called_with_grad_off,
             ),
         )
         if not facts.foreign:
