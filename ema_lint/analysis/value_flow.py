@@ -557,6 +557,8 @@ class FileFacts:
                     self._judging.discard(method)
             callee = self._callee(call)
             elements = returned_elements(callee, binding.element_index) if callee is not None else None
+            if elements is not None and all(self._converted_to_numbers(e, callee) for e in elements):
+                return False  # `for k, v in losses.items(): losses[k] = v.item()`, then returned
             if elements is not None and all(self._never_carries(e, callee, set()) for e in elements):
                 # `info = Tracker()` filled with `.item()` numbers, however the rest is made
                 return False
@@ -695,6 +697,18 @@ class FileFacts:
         ):
             return None
         return own
+
+    def _converted_to_numbers(self, node: cst.BaseExpression, function: Function) -> bool:
+        """`node` names a dict that `function`, after every binding of it, converts entry by
+        entry to numbers (`for key, value in losses.items(): losses[key] = value.item()`)."""
+        node = strip_parens(node)
+        if not isinstance(node, cst.Name) or node.value not in function.bindings:
+            return False
+        last_binding = max(b.order for b in function.bindings[node.value])
+        return any(
+            site.function is function and site.order > last_binding and _converts_entries(site, node.value)
+            for site in self.sites
+        )
 
     def _never_carries(self, node: cst.BaseExpression, function: Function, seen: set[str]) -> bool:
         """True when `node` is made only of values that cannot hold a graph: literals, cut
@@ -901,3 +915,50 @@ def _bracketed_modules(module: cst.Module, toggled) -> dict[Function, set[str]]:
             ):
                 bracketed.setdefault(function, set()).add(code)
     return bracketed
+
+
+def _converts_entries(site: Site, mapping: str) -> bool:
+    """`site` is `mapping[key] = value.item()` (or `float(value)`, `value.detach()`...) in a
+    loop `for key, value in mapping.items()`."""
+    statement = site.statement
+    loop = site.loops[-1].node if site.loops else None
+    if not (
+        isinstance(statement, cst.Assign)
+        and len(statement.targets) == 1
+        and isinstance(loop, cst.For)
+        and isinstance(loop.target, cst.Tuple)
+        and len(loop.target.elements) == 2
+        and isinstance(loop.iter, cst.Call)
+        and attribute_name(loop.iter.func) == "items"
+        and isinstance(loop.iter.func, cst.Attribute)
+        and isinstance(loop.iter.func.value, cst.Name)
+        and loop.iter.func.value.value == mapping
+    ):
+        return False
+    key, value = (strip_parens(element.value) for element in loop.target.elements)
+    target = strip_parens(statement.targets[0].target)
+    if not (
+        isinstance(key, cst.Name)
+        and isinstance(value, cst.Name)
+        and isinstance(target, cst.Subscript)
+        and isinstance(target.value, cst.Name)
+        and target.value.value == mapping
+        and len(target.slice) == 1
+        and isinstance(target.slice[0].slice, cst.Index)
+        and isinstance(strip_parens(target.slice[0].slice.value), cst.Name)
+        and strip_parens(target.slice[0].slice.value).value == key.value
+    ):
+        return False
+    converted = strip_parens(statement.value)
+    if not isinstance(converted, cst.Call):
+        return False
+    func = converted.func
+    if isinstance(func, cst.Attribute):
+        return func.attr.value in CUT_METHODS and isinstance(func.value, cst.Name) and func.value.value == value.value
+    return (
+        isinstance(func, cst.Name)
+        and func.value in SCALAR_CASTS
+        and len(converted.args) == 1
+        and isinstance(strip_parens(converted.args[0].value), cst.Name)
+        and strip_parens(converted.args[0].value).value == value.value
+    )
