@@ -198,6 +198,17 @@ class _GraphFree:
             return node.id in self.names
         if isinstance(node, (ast.Tuple, ast.List)):
             return all(self.expression(element) for element in node.elts)
+        if isinstance(node, ast.Dict):
+            return all(self.expression(value) for value in node.values)
+        if isinstance(node, (ast.DictComp, ast.ListComp, ast.SetComp)):
+            # `{k: v.item() for k, v in stats.items()}`: the names the comprehension binds
+            # hold its iterable's items, so only elements cut whatever they read pass
+            own = {n.id for g in node.generators for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+            outer, self.names = self.names, self.names - own
+            try:
+                return self.expression(node.value if isinstance(node, ast.DictComp) else node.elt)
+            finally:
+                self.names = outer
         if isinstance(node, ast.Subscript):
             return self.expression(node.value)
         if isinstance(node, ast.BinOp):

@@ -698,6 +698,44 @@ class FileFacts:
             return None
         return own
 
+    def _returned_value_carries(self, value: cst.BaseExpression, function: Function) -> bool:
+        """`return value` in `function` hands back history. A name is judged by the bindings
+        that reach the `return`: the last one on every path to it (an assignment in the
+        `return`'s block or one around it) and any after that one, so a name rebound to
+        numbers before it is returned (`stats = to_numbers(stats)`) holds numbers."""
+        reaching = self._reaching_bindings(value, function)
+        if reaching is None:
+            return self.may_carry_graph(value, function)
+        first = min(b.order for b in reaching)
+        if value.value in function.backward_names and any(order > first for order, _ in function.backward_calls):
+            return True  # a reaching binding was backpropagated: it recorded a graph
+        names: set[str] = set()
+        if any(self._binding_sources(binding, names, function) for binding in reaching):
+            return True
+        return not names.isdisjoint(self._carrying_names(function))
+
+    def _reaching_bindings(self, value: cst.BaseExpression, function: Function) -> list[Binding] | None:
+        """The bindings of the name `value` that reach its `return`; None when `value` is no
+        bare name or no binding lies on every path to the return."""
+        if not isinstance(value, cst.Name) or value.value in function.params:
+            return None
+        returning = next(
+            (s for s in self.sites if s.function is function and isinstance(s.statement, cst.Return) and s.statement.value is value),
+            None,
+        )
+        bindings = function.bindings.get(value.value, ())
+        if returning is None or not bindings:
+            return None
+        before = [b for b in bindings if b.order < returning.order]
+        dominating = [
+            b for b in before
+            if b.blocks == returning.blocks[: len(b.blocks)] and not b.augmented and not b.element_of and b.element_index is None
+        ]
+        if not dominating:
+            return None
+        last = max(dominating, key=lambda b: b.order)
+        return [b for b in before if b.order >= last.order]
+
     def _converted_to_numbers(self, node: cst.BaseExpression, function: Function) -> bool:
         """`node` names a dict that `function`, after every binding of it, converts entry by
         entry to numbers (`for key, value in losses.items(): losses[key] = value.item()`)."""
@@ -781,7 +819,7 @@ class FileFacts:
                 # a function of this file: its result carries a graph when what it returns does
                 self._judging.add(callee)
                 try:
-                    return any(self.may_carry_graph(value, callee) for value in callee.returns)
+                    return any(self._returned_value_carries(value, callee) for value in callee.returns)
                 finally:
                     self._judging.discard(callee)
             if self.code(node.func) in self.frozen:
