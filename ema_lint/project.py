@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from ema_lint.analysis.backpropagated_returns import backpropagated_returns
 from ema_lint.analysis.grad_mode_calls import grad_mode_calls
 from ema_lint.analysis.graph_free import returns_no_graph
 from ema_lint.analysis.syntax import parse_any
@@ -243,6 +244,9 @@ class ModuleFacts:
     # calls only with it off (see `analysis.grad_mode_calls`)
     grad_on_calls: tuple[str, ...] = ()
     grad_off_calls: tuple[str, ...] = ()
+    # module-level functions returning a name they backpropagate: `name` when returned
+    # whole, `name:<i>` at position i of a returned tuple (see `analysis.backpropagated_returns`)
+    backpropagated_returns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -258,6 +262,7 @@ class ProjectIndex:
     )
     _mentioning: dict[bytes, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
     _calls_by_grad_mode: tuple[frozenset[str], frozenset[str]] | None = field(default=None, repr=False, compare=False)
+    _step_helpers: frozenset[str] | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self):
         # memo tables are rebuilt on demand
@@ -406,6 +411,31 @@ class ProjectIndex:
         module, _, name = self.qualify(module_name, dotted).rpartition(".")
         facts = self.modules.get(module)
         return facts is not None and name in facts.graph_free_functions
+
+    def returns_backpropagated(self, module_name: str, dotted: str, position: int | None = None) -> bool:
+        """`dotted(...)`, called in `module_name`, is a checked function that returns a value
+        it backpropagated (at `position` of the tuple it returns, when given)."""
+        module, _, name = self.qualify(module_name, dotted).rpartition(".")
+        facts = self.modules.get(module)
+        key = name if position is None else f"{name}:{position}"
+        return facts is not None and key in facts.backpropagated_returns
+
+    def backpropagates(self, module_name: str, dotted: str) -> bool:
+        """`dotted(...)`, called in `module_name`, is a checked function that returns a value
+        it backpropagated, whole or in a tuple: a call of it runs a training step."""
+        module, _, name = self.qualify(module_name, dotted).rpartition(".")
+        facts = self.modules.get(module)
+        return facts is not None and any(key.partition(":")[0] == name for key in facts.backpropagated_returns)
+
+    def calls_a_step_helper(self, module_name: str) -> bool:
+        """`module_name` calls, with gradients on, a function some checked file defines to
+        backpropagate and return its loss (by the callee's name)."""
+        if self._step_helpers is None:
+            self._step_helpers = frozenset(
+                key.partition(":")[0] for facts in self.modules.values() for key in facts.backpropagated_returns
+            )
+        facts = self.modules.get(module_name)
+        return facts is not None and not self._step_helpers.isdisjoint(facts.grad_on_calls)
 
     def only_called_with_grad_off(self, name: str) -> bool:
         """Some checked file calls a function named `name`, and every such call runs with
@@ -703,6 +733,11 @@ def summarize(
         tuple(renames),
         tuple(sorted(calls.grad_on)),
         tuple(sorted(calls.grad_off)),
+        tuple(
+            f"{f.name}:{position}" if position else f.name
+            for f in functions
+            for position in backpropagated_returns(f)
+        ),
     )
 
 

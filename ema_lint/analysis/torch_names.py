@@ -35,6 +35,8 @@ NO_GRAPH_CALLS = frozenset(
         "clip_grad_norm_",
         "clip_grad_value_",
         "from_numpy",
+        # `torch.onnx.operators.shape_as_tensor(x)`: the sizes, as an integer tensor
+        "shape_as_tensor",
         # `torch.tensor([a, b])` copies values into a new leaf, whatever history they had
         "tensor",
         "FloatTensor",

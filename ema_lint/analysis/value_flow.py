@@ -20,7 +20,7 @@ hyperparameters read from `self`).
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from typing import Sequence
 
 import libcst as cst
 import libcst.matchers as m
@@ -80,22 +80,39 @@ from ema_lint.analysis.torch_names import (
 )
 
 
+class CrossFileFacts:
+    """What the checked files say about functions one file calls (the project index, seen
+    from that file); this base knows nothing, as when one file is checked alone."""
+
+    def returns_no_graph(self, dotted: str) -> bool:
+        """`dotted(...)` returns no autograd history, whatever it is given."""
+        return False
+
+    def returns_backpropagated(self, dotted: str, position: int | None) -> bool:
+        """`dotted(...)` returns (at `position` of its tuple, when given) a value it backpropagated."""
+        return False
+
+    def backpropagates(self, dotted: str) -> bool:
+        """`dotted(...)` backpropagates a value it returns: a call of it is a training step."""
+        return False
+
+    def only_called_with_grad_off(self, name: str) -> bool:
+        """Every call of a function named `name` in the checked files runs with gradients off."""
+        return False
+
+
+NO_OTHER_FILES = CrossFileFacts()
+
+
 class FileFacts:
     """Everything the autograd rules read about one module."""
 
     def __init__(
-        self,
-        module: cst.Module,
-        collector: "FunctionFactsCollector",
-        returns_no_graph: Callable[[str], bool] = lambda dotted: False,
-        only_called_with_grad_off: Callable[[str], bool] = lambda name: False,
+        self, module: cst.Module, collector: "FunctionFactsCollector", other_files: CrossFileFacts | None = None
     ) -> None:
         self.module = module
-        # `returns_no_graph(dotted)`: the project knows the called function returns no history
-        self._returns_no_graph = returns_no_graph
-        # `only_called_with_grad_off(name)`: every call of a function of that name in the
-        # checked files runs with gradient recording off
-        self._only_called_with_grad_off = only_called_with_grad_off
+        # what the checked files around this one say about the functions it calls
+        self.other_files = other_files or NO_OTHER_FILES
         self.functions = collector.functions
         self.sites = collector.sites
         self.calls = collector.calls
@@ -158,7 +175,7 @@ class FileFacts:
             function.grad_free = function.grad_off_decorated or (
                 function.node is not None
                 and id(function) not in callers
-                and self._only_called_with_grad_off(function.name)
+                and self.other_files.only_called_with_grad_off(function.name)
             )
         changed = True
         while changed:
@@ -177,6 +194,17 @@ class FileFacts:
         an optimizer."""
         trains = {function for function in self.functions if function.backward_names}
         steps = {function for function in self.functions if function.steps_optimizer}
+        for call in calls:
+            if (
+                call.class_name is None
+                and not self._by_name.get((None, call.callee))
+                and not call.grad_off
+                and self.other_files.backpropagates(call.callee)
+            ):
+                # `total += train_batch(model, batch, optimizer)`, a step helper of another file
+                for loop in call.loops:
+                    loop.runs_backward = True
+                trains.add(call.caller)
         changed = True
         while changed:
             changed = False
@@ -569,6 +597,9 @@ class FileFacts:
                     return any(self.may_carry_graph(element, callee) for element in elements)
                 finally:
                     self._judging.discard(callee)
+            dotted = dotted_text(call.func)
+            if dotted is not None and self.other_files.returns_backpropagated(dotted, binding.element_index):
+                return True  # `loss, acc = train_batch(...)`: the loss it backpropagated
             beside_the_loss = self.beside_the_loss(binding, function)
             if beside_the_loss is not None:
                 # the call recorded a graph, since a gradient flows through it, so what comes
@@ -810,8 +841,10 @@ class FileFacts:
             ):
                 return False  # `"loss {:.3f}".format(loss)`: a string
             dotted = dotted_text(node.func)
-            if dotted is not None and self._returns_no_graph(dotted):
+            if dotted is not None and self.other_files.returns_no_graph(dotted):
                 return False  # `acc1, acc5 = accuracy(output, target, topk=(1, 5))`
+            if dotted is not None and self.other_files.returns_backpropagated(dotted, None):
+                return True  # `total += train_batch(model, batch, optimizer)`: its loss, graph and all
             if isinstance(node.func, (cst.Name, cst.Attribute)) and NUMBER_CONVERTER.search((name or "").lower()):
                 return False  # `du.move_to_np(v)`, `tensors_to_scalars(logs)`: arrays and numbers by name
             callee = self._callee(node)

@@ -216,11 +216,18 @@ class LossAccumulatedWithGraph(AutogradRule):
     triggers = ("backward", "autograd", *sorted(STEP_HOOKS))
 
     @classmethod
+    def could_report(cls, source: bytes, project, module_name: str) -> bool:
+        # a loop that calls another file's step helper (`total += train_batch(...)`) trains
+        # without saying `backward` itself
+        return super().could_report(source, project, module_name) or project.calls_a_step_helper(module_name)
+
+    @classmethod
     def structurally_possible(cls, project, module_name: str) -> bool:
-        """Every finding sits in a loop that calls something named `backward` or in a per-step
-        hook; the textual trigger also passes files that only say the words in docstrings."""
+        """Every finding sits in a loop that calls something named `backward` (itself or
+        through another file's step helper) or in a per-step hook; the textual trigger also
+        passes files that only say the words in docstrings."""
         facts = project.modules.get(module_name)
-        return facts is None or facts.calls_backward
+        return facts is None or facts.calls_backward or project.calls_a_step_helper(module_name)
 
     def check(self, facts: FileFacts) -> None:
         for site in facts.sites:
