@@ -40,7 +40,7 @@ MIRRORS = Path(os.environ.get("EMA_LINT_MIRRORS", "/work/.mirror"))
 
 FAMILIES = {
     "H1": ("EMA101", "EMA102", "EMA103"),
-    "H2": ("EMA201", "EMA202", "EMA203", "EMA204"),
+    "H2": ("EMA201", "EMA202", "EMA203", "EMA204", "EMA205"),
     "H3": ("EMA301",),
 }
 HAZARD_NAMES = {

@@ -16,6 +16,7 @@ from ema_lint.rules.ema_update_in_python_loop import EmaUpdateInPythonLoop
 from ema_lint.rules.ema_update_keeps_graph import EmaUpdateKeepsGraph
 from ema_lint.rules.ema_update_via_data import EmaUpdateViaData
 from ema_lint.rules.graph_kept_after_step import GraphKeptAfterStep
+from ema_lint.rules.graph_stored_in_buffer import GraphStoredInBuffer
 from ema_lint.rules.loss_accumulated_with_graph import LossAccumulatedWithGraph
 from ema_lint.rules.momentum_correction_workaround import MomentumCorrectionWorkaround
 from ema_lint.rules.stateful_module_in_checkpoint import StatefulModuleInCheckpoint
@@ -47,6 +48,7 @@ SOURCE_RULES: tuple[type[Rule], ...] = (
     LossAccumulatedWithGraph,
     EmaUpdateViaData,
     GraphKeptAfterStep,
+    GraphStoredInBuffer,
     EmaUpdateInPythonLoop,
 )
 

@@ -34,6 +34,7 @@ from ema_lint.analysis.torch_names import (
     NUMERIC_LIBRARIES,
     NUMPY_CONVERTING,
     PARAMETER_SOURCES,
+    TARGET_NAME,
 )
 
 
@@ -242,7 +243,11 @@ class FunctionFactsCollector(cst.BatchableCSTVisitor):
             base not in ("object", "") for base in self.class_bases.get(class_name, ())
         )
         if node.name.value in FORWARD_METHODS and may_be_module:
-            function.graph_params.update(n for n in names if n not in ("self", "cls", *function.scalar_params))
+            # a loss module's `forward(input, target)`: the targets are data (a caller passing
+            # a tensor with history still counts, through `_propagate_graph_params`)
+            function.graph_params.update(
+                n for n in names if n not in ("self", "cls", *function.scalar_params) and not TARGET_NAME.fullmatch(n)
+            )
         self.functions.append(function)
         self._functions.append(function)
         self._scopes.append(function)

@@ -208,3 +208,5 @@ ENVIRONMENT_NAME = re.compile(r"(\w+_)?(env|envs|environment|environments)")
 ENVIRONMENT_METHODS = frozenset({"step", "reset"})
 # Methods that empty a container or a rollout buffer (`buffer.clear()`, `memory.clear_memory()`).
 EMPTYING_METHOD = re.compile(r"(clear|reset|empty|flush)(_\w+)?")
+# Parameters of a loss's `forward` that hold the ground truth, which is data.
+TARGET_NAME = re.compile(r"(\w+_)?(targets?|labels?|gts?|ground_truths?|y_true)")

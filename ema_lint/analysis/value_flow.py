@@ -866,6 +866,8 @@ class FileFacts:
                     return not self._parameters_frozen(self.code(node.func.value))
                 if self._sources(node.func.value, names):
                     return True
+                if name in RETYPING_METHODS or name in ("type", "type_as"):
+                    return False  # `w.to(loss)`, `x.type(t.type())`: the argument is a dtype or device
             return any(self._sources(a.value, names) for a in node.args)
         if isinstance(node, cst.Subscript):
             if indices_of(node):
