@@ -437,6 +437,14 @@ class ProjectIndex:
         facts = self.modules.get(module_name)
         return facts is not None and not self._step_helpers.isdisjoint(facts.grad_on_calls)
 
+    def called_outside(self, module_name: str, name: str) -> bool:
+        """A checked module other than `module_name` calls or refers to something named `name`."""
+        return any(
+            name in facts.grad_on_calls or name in facts.grad_off_calls
+            for other, facts in self.modules.items()
+            if other != module_name
+        )
+
     def only_called_with_grad_off(self, name: str) -> bool:
         """Some checked file calls a function named `name`, and every such call runs with
         gradient recording off (under `no_grad()`, or in a function decorated with it)."""
@@ -714,7 +722,7 @@ def summarize(
     numeric_names = frozenset(
         local for local, qualified in imports.items() if qualified.partition(".")[0] in ARRAY_LIBRARIES
     )
-    calls = grad_mode_calls(tree)
+    calls = grad_mode_calls(tree, imports)
     return ModuleFacts(
         module_name,
         imports,
@@ -1232,12 +1240,13 @@ class LocalValues:
 
     def _entries(self, registry: ast.Dict, key: ast.AST) -> frozenset[Held]:
         """What a lookup of `key` in a dict literal may name: the entries under the keys it
-        can hold, or every entry when those are not known."""
+        can hold, or every entry when those are not known (entries under a computed key,
+        `{BATCH: nn.BatchNorm1d}`, or a `**spread`, may match any key)."""
         keys = self._registry_keys(key)
         entries = [
             value
             for name, value in zip(registry.keys, registry.values)
-            if keys is None or name is None or (isinstance(name, ast.Constant) and name.value in keys)
+            if keys is None or not isinstance(name, ast.Constant) or name.value in keys
         ]
         return frozenset().union(*(self.references(value) for value in entries))
 
@@ -1266,6 +1275,7 @@ class LocalValues:
     def values(self, node: ast.AST) -> frozenset[Held]:
         """What an expression may evaluate to: references, built modules, call results."""
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Dict):
+            # `{"batch": nn.BatchNorm1d}.get(kind)` names a class; it does not call one
             return self.references(node)
         if isinstance(node, ast.Call):
             return self._call_values(node)

@@ -17,7 +17,20 @@ def backpropagated_returns(function: ast.FunctionDef | ast.AsyncFunctionDef) -> 
     """`""` when `function` returns a backpropagated name itself, `"<i>"` for each position `i`
     of a returned tuple that holds one."""
     own = list(_own_nodes(function))
-    backpropagated = {name for node in own if isinstance(node, ast.Call) for name in _backpropagated_names(node)}
+    backward_line: dict[str, int] = {}
+    for node in own:
+        if isinstance(node, ast.Call):
+            for name in _backpropagated_names(node):
+                backward_line[name] = min(backward_line.get(name, node.lineno), node.lineno)
+    # `loss.backward(); loss = loss.item(); return loss` returns a number
+    rebound = {
+        target.id
+        for node in own
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name) and node.lineno > backward_line.get(target.id, node.lineno)
+    }
+    backpropagated = set(backward_line) - rebound
     if not backpropagated:
         return ()
     found: set[str] = set()

@@ -27,7 +27,7 @@ _FREE = ast.Constant(None)  # stands for a value known to carry no graph
 _UNKNOWN = ast.Name("<unknown>")  # stands for a value this reading cannot see (a parameter)
 
 
-def _grad_mode(expression: ast.expr) -> bool | None:
+def grad_mode(expression: ast.expr) -> bool | None:
     """False for a context or decorator that turns gradient recording off (`torch.no_grad()`,
     `inference_mode()`, `set_grad_enabled(False)`), True for one that turns it on
     (`enable_grad()`, `set_grad_enabled(True)`, `inference_mode(False)`), else None."""
@@ -46,7 +46,7 @@ def _grad_mode(expression: ast.expr) -> bool | None:
 
 
 def turns_grad_off(expression: ast.expr) -> bool:
-    return _grad_mode(expression) is False
+    return grad_mode(expression) is False
 
 
 def returns_no_graph(function: ast.FunctionDef | ast.AsyncFunctionDef, numeric_names: frozenset[str] = frozenset()) -> bool:
@@ -74,7 +74,7 @@ def returns_no_graph(function: ast.FunctionDef | ast.AsyncFunctionDef, numeric_n
             _bind(statement, bindings, grad_off)
             off = grad_off
             if isinstance(statement, (ast.With, ast.AsyncWith)):
-                modes = [_grad_mode(item.context_expr) for item in statement.items]
+                modes = [grad_mode(item.context_expr) for item in statement.items]
                 off = False if True in modes else (grad_off or False in modes)
             for field_name in ("body", "orelse", "finalbody"):
                 block = getattr(statement, field_name, None)

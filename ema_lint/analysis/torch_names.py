@@ -37,10 +37,6 @@ NO_GRAPH_CALLS = frozenset(
         "from_numpy",
         # `torch.onnx.operators.shape_as_tensor(x)`: the sizes, as an integer tensor
         "shape_as_tensor",
-        # `torch.tensor([a, b])` copies values into a new leaf, whatever history they had
-        "tensor",
-        "FloatTensor",
-        "LongTensor",
         "get_lr",
         "get_last_lr",
         "memory_allocated",
@@ -190,8 +186,7 @@ SCALAR_TYPES = frozenset({"int", "float", "bool", "str", "complex"})
 RETYPING_METHODS = frozenset({"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "long", "int", "contiguous"})
 
 
-# Builtins that hand back the objects they are given (or containers of them).
-# helpers named for what they return: NumPy arrays or plain numbers (`move_to_np`, `to_numpy`,
+# Helpers named for what they return: NumPy arrays or plain numbers (`move_to_np`, `to_numpy`,
 # `tensors_to_scalars`), never a tensor with history
 NUMBER_CONVERTER = re.compile(r"(^|_)(np|numpy|scalars?)$")
 # libraries whose functions convert a tensor argument to a NumPy array, which raises for one
@@ -201,6 +196,7 @@ NUMPY_CONVERTING = frozenset({"numpy", "scipy", "sklearn", "pandas"})
 CONVERTING_UFUNCS = frozenset({"isnan", "isinf", "isfinite", "isneginf", "isposinf"})
 # helpers that set `requires_grad` on a module's parameters from their second argument
 REQUIRES_GRAD_HELPER = re.compile(r"(set_|toggle_)?requires_grads?(_to)?|toggle_grads?")
+# Builtins that hand back the objects they are given (or containers of them).
 PASS_THROUGH_CALLS = frozenset({"list", "tuple", "dict", "set", "sorted", "reversed", "min", "max", "next", "iter", "getattr"})
 # Reinforcement-learning environments (Gym, Gymnasium, vectorised wrappers) and their methods
 # that run the simulator.
@@ -210,3 +206,6 @@ ENVIRONMENT_METHODS = frozenset({"step", "reset"})
 EMPTYING_METHOD = re.compile(r"(clear|reset|empty|flush)(_\w+)?")
 # Parameters of a loss's `forward` that hold the ground truth, which is data.
 TARGET_NAME = re.compile(r"(\w+_)?(targets?|labels?|gts?|ground_truths?|y_true)")
+# `torch.tensor([a, b])` copies values into a new leaf, whatever history they had (torch's own
+# constructors only: another object's `tensor(...)` method may hand back its argument).
+TENSOR_CONSTRUCTORS = frozenset({"torch.tensor", "torch.Tensor", "torch.FloatTensor", "torch.LongTensor"})

@@ -19,6 +19,7 @@ hyperparameters read from `self`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Sequence
 
@@ -76,6 +77,7 @@ from ema_lint.analysis.torch_names import (
     PARAMETER_SOURCES,
     RETYPING_METHODS,
     SCALAR_CASTS,
+    TENSOR_CONSTRUCTORS,
     VALUES_AND_INDICES,
 )
 
@@ -100,6 +102,10 @@ class CrossFileFacts:
         """Every call of a function named `name` in the checked files runs with gradients off."""
         return False
 
+    def called_elsewhere(self, name: str) -> bool:
+        """Another checked file calls (or refers to) something named `name`."""
+        return False
+
 
 NO_OTHER_FILES = CrossFileFacts()
 
@@ -115,6 +121,9 @@ class FileFacts:
         self.other_files = other_files or NO_OTHER_FILES
         self.functions = collector.functions
         self.sites = collector.sites
+        self._sites_of: dict[Function, list[Site]] = {}
+        for site in collector.sites:
+            self._sites_of.setdefault(site.function, []).append(site)
         self.calls = collector.calls
         self.class_bases = collector.class_bases
         self.numeric_names = collector.numeric_names
@@ -126,11 +135,13 @@ class FileFacts:
         toggled_off = {code_of(module, n) for nodes, off, _, _ in collector.toggled if off for n in nodes}
         toggled_on = {code_of(module, n) for nodes, off, _, _ in collector.toggled if not off for n in nodes}
         self.frozen = {code_of(module, node) for node in collector.frozen} | (toggled_off - toggled_on)
-        self._frozen_within = _bracketed_modules(module, collector.toggled)
+        self._frozen_within = _bracketed_modules(module, collector.toggled, self._sites_of)
         # the function whose names are being judged, for `_parameters_frozen`
         self._judged_in: Function | None = None
         self._code: dict[int, str] = {}
         self._carrying: dict[tuple[Function, frozenset[str]], set[str]] = {}
+        # (function, id of a returned value) -> whether it hands back history; cleared with `_carrying`
+        self._returns_carry: dict[tuple[Function, int], bool] = {}
         # functions whose returns are being judged (recursion guard)
         self._judging: set[Function] = set()
         self._by_name: dict[tuple[str | None, str], list[Function]] = {}
@@ -247,7 +258,7 @@ class FileFacts:
                     if name not in callee.graph_params and self.may_carry_graph(arg.value, call.caller):
                         callee.graph_params.add(name)
                         changed = True
-            self._carrying.clear()
+            self._forget_judgements()
             if not changed:
                 return
 
@@ -309,7 +320,7 @@ class FileFacts:
                 bindings = function.bindings.get(name, ())
                 if bindings and all(self._produces_graph(b, name, function) for b in bindings):
                     function.backward_names.add(name)
-                    self._carrying.clear()
+                    self._forget_judgements()
 
     def _feeding_backward(self, function: Function) -> set[str]:
         """The text of the names and attribute chains whose values flow, by arithmetic and
@@ -510,13 +521,28 @@ class FileFacts:
             for call in evaluated_calls(guard)
         )
 
-    def may_carry_graph(self, node: cst.BaseExpression, function: Function) -> bool:
-        names: set[str] = set()
+    def sites_of(self, function: Function) -> list[Site]:
+        """The statements of `function`, in source order."""
+        return self._sites_of.get(function, [])
+
+    def _forget_judgements(self) -> None:
+        """Some function's facts grew: every answer derived from them is recomputed."""
+        self._carrying.clear()
+        self._returns_carry.clear()
+
+    @contextlib.contextmanager
+    def _judging_in(self, function: Function):
+        """Judge expressions as text of `function` (its requires-grad brackets apply)."""
         outer, self._judged_in = self._judged_in, function
         try:
-            sources = self._sources(node, names)
+            yield
         finally:
             self._judged_in = outer
+
+    def may_carry_graph(self, node: cst.BaseExpression, function: Function) -> bool:
+        names: set[str] = set()
+        with self._judging_in(function):
+            sources = self._sources(node, names)
         return sources or not names.isdisjoint(self._carrying_names(function))
 
     def _parameters_frozen(self, code: str) -> bool:
@@ -561,11 +587,8 @@ class FileFacts:
 
     def _binding_sources(self, binding: Binding, names: set[str], function: Function) -> bool:
         """Like `_sources`, for the value one binding gives its name."""
-        outer, self._judged_in = self._judged_in, function
-        try:
+        with self._judging_in(function):
             return self._binding_value_sources(binding, names, function)
-        finally:
-            self._judged_in = outer
 
     def _binding_value_sources(self, binding: Binding, names: set[str], function: Function) -> bool:
         if binding.element_index is not None:
@@ -644,6 +667,10 @@ class FileFacts:
         for method in ("__call__", "forward"):
             found = self._by_name.get((class_name, method), ())
             if len(found) == 1:
+                parameters = found[0].node.params
+                # `__call__(self, *inputs)`: which argument lands where is not known
+                if isinstance(parameters.star_arg, cst.Param) or parameters.star_kwarg is not None:
+                    return None
                 return found[0]
         return None
 
@@ -658,8 +685,8 @@ class FileFacts:
             values.append(binding.value)
         if name in scope.params:
             callers = [c for c in self.calls if c.callee == scope.name and c.class_name is None and scope.class_name is None]
-            if not callers:
-                return None
+            if not callers or self.other_files.called_elsewhere(scope.name):
+                return None  # other files may pass other objects
             for caller in callers:
                 argument = argument_for(scope, name, caller.args, bound=False)
                 if argument is None:
@@ -684,8 +711,9 @@ class FileFacts:
         """`element`, returned by `method`, carries history when `call` runs it: a name
         of its parameters carries what the call passes for it."""
         names: set[str] = set()
-        if self._sources(element, names):
-            return True
+        with self._judging_in(method):
+            if self._sources(element, names):
+                return True
         passed_history = frozenset(
             name
             for name in method.params[1:]
@@ -734,6 +762,12 @@ class FileFacts:
         that reach the `return`: the last one on every path to it (an assignment in the
         `return`'s block or one around it) and any after that one, so a name rebound to
         numbers before it is returned (`stats = to_numbers(stats)`) holds numbers."""
+        key = (function, id(value))
+        if key not in self._returns_carry:
+            self._returns_carry[key] = self._judge_return(value, function)
+        return self._returns_carry[key]
+
+    def _judge_return(self, value: cst.BaseExpression, function: Function) -> bool:
         reaching = self._reaching_bindings(value, function)
         if reaching is None:
             return self.may_carry_graph(value, function)
@@ -750,12 +784,10 @@ class FileFacts:
         bare name or no binding lies on every path to the return."""
         if not isinstance(value, cst.Name) or value.value in function.params:
             return None
-        returning = next(
-            (s for s in self.sites if s.function is function and isinstance(s.statement, cst.Return) and s.statement.value is value),
-            None,
-        )
+        returning = self._return_of(value, function)
         bindings = function.bindings.get(value.value, ())
-        if returning is None or not bindings:
+        if returning is None or returning.loops or not bindings:
+            # a `return` inside a loop is reached by the bindings later in the loop too
             return None
         before = [b for b in bindings if b.order < returning.order]
         dominating = [
@@ -767,24 +799,47 @@ class FileFacts:
         last = max(dominating, key=lambda b: b.order)
         return [b for b in before if b.order >= last.order]
 
+    def _return_of(self, value: cst.BaseExpression, function: Function) -> Site | None:
+        """The `return` statement of `function` whose value is `value` or holds it in a tuple."""
+        for site in self.sites_of(function):
+            if isinstance(site.statement, cst.Return) and site.statement.value is not None:
+                returned = strip_parens(site.statement.value)
+                if returned is value or (
+                    isinstance(returned, cst.Tuple) and any(e.value is value for e in returned.elements)
+                ):
+                    return site
+        return None
+
     def _converted_to_numbers(self, node: cst.BaseExpression, function: Function) -> bool:
-        """`node` names a dict that `function`, after every binding of it, converts entry by
-        entry to numbers (`for key, value in losses.items(): losses[key] = value.item()`)."""
+        """`node` names a dict that `function`, after every binding of it and on the way to
+        the `return` that hands it back, converts entry by entry to numbers (`for key, value
+        in losses.items(): losses[key] = value.item()`, the loop's whole body) and does not
+        write again."""
         node = strip_parens(node)
-        if not isinstance(node, cst.Name) or node.value not in function.bindings:
+        returning = self._return_of(node, function)
+        if not isinstance(node, cst.Name) or node.value not in function.bindings or returning is None:
             return False
         last_binding = max(b.order for b in function.bindings[node.value])
-        return any(
-            site.function is function and site.order > last_binding and _converts_entries(site, node.value)
-            for site in self.sites
-        )
+        sites = self.sites_of(function)
+        for site in sites:
+            if not (last_binding < site.order < returning.order and _converts_entries(site, node.value)):
+                continue
+            loop_block = site.blocks[:-1]
+            if loop_block != returning.blocks[: len(loop_block)] or returning.loops != site.loops[:-1]:
+                continue  # the conversion is not on every path to the return
+            if not any(
+                site.order < other.order < returning.order and _writes_into(other.statement, node.value) for other in sites
+            ):
+                return True
+        return False
 
     def _never_carries(self, node: cst.BaseExpression, function: Function, seen: set[str]) -> bool:
         """True when `node` is made only of values that cannot hold a graph: literals, cut
         values, and local names bound only to such values (no parameter, no loop element)."""
         names: set[str] = set()
-        if self._sources(node, names) or not self._only_fresh_calls(node):
-            return False
+        with self._judging_in(function):
+            if self._sources(node, names) or not self._only_fresh_calls(node):
+                return False
         for name in names - seen:
             seen.add(name)
             if name in function.params or name in function.graph_params or name in function.backward_names:
@@ -841,6 +896,8 @@ class FileFacts:
             ):
                 return False  # `"loss {:.3f}".format(loss)`: a string
             dotted = dotted_text(node.func)
+            if dotted in TENSOR_CONSTRUCTORS:
+                return False  # `torch.tensor([loss_a, loss_b])`: a new leaf
             if dotted is not None and self.other_files.returns_no_graph(dotted):
                 return False  # `acc1, acc5 = accuracy(output, target, topk=(1, 5))`
             if dotted is not None and self.other_files.returns_backpropagated(dotted, None):
@@ -971,21 +1028,30 @@ def argument_for(function: Function, parameter: str, args: Sequence[cst.Arg], *,
     return positional[index].value if 0 <= index < len(positional) else None
 
 
-def _bracketed_modules(module: cst.Module, toggled) -> dict[Function, set[str]]:
+def _bracketed_modules(module: cst.Module, toggled, sites_of: dict[Function, list[Site]]) -> dict[Function, set[str]]:
     """Per function, the modules it turns gradients off for and then back on (a helper that
-    freezes both models around an EMA step): their parameters hold no history in between,
-    which is where the function reads them."""
+    freezes both models around an EMA step), when it reads them only in between: their
+    parameters hold no history there."""
     bracketed: dict[Function, set[str]] = {}
     for nodes, off, function, order in toggled:
         if not off:
             continue
         for node in nodes:
             code = code_of(module, node)
-            if any(
-                not later_off and later_function is function and later_order > order
-                and code in {code_of(module, n) for n in later_nodes}
+            back_on = [
+                later_order
                 for later_nodes, later_off, later_function, later_order in toggled
-            ):
+                if not later_off and later_function is function and later_order > order
+                and code in {code_of(module, n) for n in later_nodes}
+            ]
+            if not back_on:
+                continue
+            # statements, and loop headers through the bindings they make
+            reads = [
+                *((site.order, site.statement) for site in sites_of.get(function, ()) if not _is_docstring(site.statement)),
+                *((b.order, b.value) for bindings in function.bindings.values() for b in bindings),
+            ]
+            if not any((at < order or at > min(back_on)) and code in code_of(module, node) for at, node in reads):
                 bracketed.setdefault(function, set()).add(code)
     return bracketed
 
@@ -1008,6 +1074,14 @@ def _converts_entries(site: Site, mapping: str) -> bool:
         and loop.iter.func.value.value == mapping
     ):
         return False
+    body = loop.body.body if isinstance(loop.body, cst.IndentedBlock) else ()
+    if not (
+        len(body) == 1
+        and isinstance(body[0], cst.SimpleStatementLine)
+        and len(body[0].body) == 1
+        and body[0].body[0] is statement
+    ):
+        return False  # every entry, unconditionally: the store is the loop's whole body
     key, value = (strip_parens(element.value) for element in loop.target.elements)
     target = strip_parens(statement.targets[0].target)
     if not (
@@ -1035,3 +1109,25 @@ def _converts_entries(site: Site, mapping: str) -> bool:
         and isinstance(strip_parens(converted.args[0].value), cst.Name)
         and strip_parens(converted.args[0].value).value == value.value
     )
+
+
+def _writes_into(statement: cst.CSTNode, mapping: str) -> bool:
+    """`mapping[k] = ...`, `mapping[k] += ...` or `mapping.update(...)`/`setdefault(...)`."""
+    if isinstance(statement, (cst.Assign, cst.AugAssign, cst.AnnAssign)):
+        targets = [t.target for t in statement.targets] if isinstance(statement, cst.Assign) else [statement.target]
+        return any(
+            isinstance(strip_parens(t), cst.Subscript) and root_name(strip_parens(t)) == mapping for t in targets
+        )
+    if isinstance(statement, cst.Expr) and isinstance(statement.value, cst.Call):
+        func = statement.value.func
+        return (
+            isinstance(func, cst.Attribute)
+            and func.attr.value in ("update", "setdefault", "__setitem__")
+            and isinstance(func.value, cst.Name)
+            and func.value.value == mapping
+        )
+    return False
+
+
+def _is_docstring(statement: cst.CSTNode) -> bool:
+    return isinstance(statement, cst.Expr) and isinstance(statement.value, (cst.SimpleString, cst.ConcatenatedString))

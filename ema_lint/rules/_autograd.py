@@ -62,3 +62,6 @@ class ProjectView(CrossFileFacts):
 
     def only_called_with_grad_off(self, name: str) -> bool:
         return self.project.only_called_with_grad_off(name)
+
+    def called_elsewhere(self, name: str) -> bool:
+        return self.project.called_outside(self.module_name, name)

@@ -21,6 +21,8 @@ class BatchnormInCheckpoint(CheckpointSiteRule):
     bound methods, `self.<attr>` and `for block in self.blocks` loops, and across files.
     fairscale's `checkpoint_wrapper` is not reported: it stops every `_BatchNorm` inside
     from tracking statistics during its no-grad first pass (fairseq's copy of it does not).
+    Other running-stat modules inside it (an `InstanceNorm` tracking statistics, a project
+    class updating its own buffers) are not patched by fairscale and are missed for now.
 
     ## Why is this bad?
     Checkpointing runs the region's forward again during backward. Every running-stat

@@ -360,15 +360,12 @@ class LossAccumulatedWithGraph(AutogradRule):
         bindings = function.bindings.get(name, ())
         if any(b.statement is not None and b.statement is not statement and b.loops and b.loops[-1] is loop for b in bindings):
             return False
-        stepping = {s.blocks for s in facts.sites if s.function is function and loop in s.loops and steps_an_optimizer(s.statement)}
+        stepping = {s.blocks for s in facts.sites_of(function) if loop in s.loops and steps_an_optimizer(s.statement)}
         resets = [b for b in bindings if not b.augmented and name not in names_in(b.value)]
         if any(b.loops and b.loops[-1] is loop and b.blocks in stepping for b in resets):
             return False
         # `memory.clear_memory()` beside `optimizer.step()`: a rollout buffer emptied each update
-        if any(
-            s.function is function and loop in s.loops and s.blocks in stepping and _empties(s.statement, name)
-            for s in facts.sites
-        ):
+        if any(loop in s.loops and s.blocks in stepping and _empties(s.statement, name) for s in facts.sites_of(function)):
             return False
         return any(loop not in b.loops for b in bindings)
 
