@@ -944,11 +944,20 @@ def may_hold_loop_update(loops: list[ast.AST]) -> bool:
 
 
 def _adds_per_iteration(comprehension: ast.DictComp | ast.ListComp) -> bool:
+    """The element adds two or more terms that read a name the comprehension binds, one of
+    them a product or quotient (a weight): what `averaging_comprehensions` accepts, and more."""
     bound = {n.id for g in comprehension.generators for n in ast.walk(g.target) if isinstance(n, ast.Name)}
     element = comprehension.value if isinstance(comprehension, ast.DictComp) else comprehension.elt
-    return isinstance(element, ast.BinOp) and isinstance(element.op, ast.Add) and any(
-        isinstance(n, ast.Name) and n.id in bound for n in ast.walk(element)
-    )
+    terms: list[ast.AST] = []
+    pending = [element]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            pending += [node.left, node.right]
+        else:
+            terms.append(node)
+    reading = [t for t in terms if any(isinstance(n, ast.Name) and n.id in bound for n in ast.walk(t))]
+    return len(reading) >= 2 and any(isinstance(t, ast.BinOp) and isinstance(t.op, (ast.Mult, ast.Div)) for t in reading)
 
 
 _WEIGHING_CALLS = frozenset({"lerp", "lerp_", "mul", "mul_", "add", "add_", "sub", "sub_", "div", "div_", "addcmul"})
