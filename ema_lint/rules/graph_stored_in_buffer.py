@@ -21,7 +21,8 @@ class GraphStoredInBuffer(AutogradRule):
     `running_mean`/`running_var`) written, outside `torch.no_grad()`, with a value that
     carries autograd history: `self.buf = value`, `self.buf[i] = value`,
     `self.buf.copy_(value)`, in `forward` or another method of the module. EMA updates of a
-    buffer are EMA201's.
+    buffer are EMA201's, and values accumulated into a buffer across steps EMA202's: one
+    finding per statement.
 
     ## Why is this bad?
     A buffer is state: it outlives the step. Written with a tensor computed from the inputs or
@@ -58,7 +59,7 @@ class GraphStoredInBuffer(AutogradRule):
     severity = Severity.ERROR
     summary = "A module buffer is written with a value that carries autograd history"
     triggers = ("register_buffer", *sorted(_NORM_BUFFERS))
-    SUPERSEDED_BY = ("EMA201",)
+    SUPERSEDED_BY = ("EMA201", "EMA202")
 
     def check(self, facts: FileFacts) -> None:
         buffers = _registered_buffers(facts.module)
